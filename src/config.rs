@@ -110,6 +110,7 @@ pub struct GroupConfig {
     pub stop_timeout: Duration,
     pub stop_timeout_action: StopTimeoutAction,
     pub ready_after: Duration,
+    pub ready_timeout: Duration,
     pub after: Vec<String>,
     pub max_unavailable: u32,
     pub user: Option<String>,
@@ -157,6 +158,8 @@ struct RawGroup {
     stop_timeout_action: StopTimeoutAction,
     #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
     ready_after: Duration,
+    #[serde(default = "ms::<60_000>", deserialize_with = "duration")]
+    ready_timeout: Duration,
     #[serde(default)]
     after: Vec<String>,
     #[serde(default = "one")]
@@ -313,6 +316,7 @@ impl Config {
                     stop_timeout: g.stop_timeout,
                     stop_timeout_action: g.stop_timeout_action,
                     ready_after: g.ready_after,
+                    ready_timeout: g.ready_timeout,
                     after: g.after,
                     max_unavailable: g.max_unavailable,
                     user: g.user,

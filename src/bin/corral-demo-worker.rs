@@ -1,1 +1,322 @@
-fn main() {}
+//! A worker that simulates in-flight work, for testing corral.
+//!
+//! Each unit of work is a sleep bracketed by `start` and `done` lines in a
+//! shared log, so a test can prove that a soft stop drained everything (every
+//! `start` has its `done`, then `exit`) and that a hard stop did not.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use corral::proto::{worker_request::Command, Status, WorkerRequest};
+use corral::worker::{
+    WorkerChannel, WorkerChannelError, WorkerRequests, WorkerResponder, ENV_WORKER_ID,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+
+/// A corral worker that simulates units of work.
+#[derive(Parser, Debug)]
+#[command(name = "corral-demo-worker")]
+struct Args {
+    /// Total units of work, 0 for unlimited. Once all are done the worker idles.
+    #[arg(long, default_value_t = 0)]
+    units: u64,
+    /// Units in flight at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// How long each unit takes, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    unit_ms: u64,
+    /// File to append event lines to (default: $CORRAL_DEMO_LOG, else none).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Wait this long before reporting ready, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ready_delay_ms: u64,
+    /// Acknowledge stops (and ignore SIGTERM/SIGINT) but never finish them.
+    #[arg(long)]
+    ignore_stop: bool,
+    /// Exit with --exit-code after this long, in milliseconds, as if crashing.
+    #[arg(long)]
+    exit_after_ms: Option<u64>,
+    /// The exit code for --exit-after-ms.
+    #[arg(long, default_value_t = 1, requires = "exit_after_ms")]
+    exit_code: u8,
+    /// Print "unit N done" to stdout as each unit N completes.
+    #[arg(long)]
+    print_units: bool,
+    /// At start, print "line 1" to "line N" to stdout as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    burst_lines: u64,
+}
+
+fn main() -> ExitCode {
+    // Usage errors follow the same rule as every other error here: one line on
+    // stderr and exit 1, so a test only has to tell success from failure.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first_paragraph: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            return fail(&first_paragraph.join(" "));
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(msg) => fail(&msg),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    note(msg);
+    ExitCode::FAILURE
+}
+
+/// Writes to stderr without eprintln!, which would panic if stderr is a
+/// closed pipe.
+fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "corral-demo-worker: {msg}");
+}
+
+async fn run(args: Args) -> Result<ExitCode, String> {
+    // Take the channel before anything else runs: it removes
+    // CORRAL_WORKER_FD from the environment, which races with any concurrent
+    // reader of the environment.
+    let channel = WorkerChannel::from_env().map_err(|e| e.to_string())?;
+    let log_path = args.log.clone().or_else(|| {
+        std::env::var_os("CORRAL_DEMO_LOG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let log = Log::open(log_path)?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let (mut requests, mut corrald) = match channel {
+        Some(channel) => {
+            let (requests, responder) = channel.split();
+            (Some(requests), Corrald(Some(responder)))
+        }
+        None => (None, Corrald(None)),
+    };
+
+    burst(args.burst_lines)?;
+
+    let started = Instant::now();
+    let crash_at = args
+        .exit_after_ms
+        .map(|ms| started + Duration::from_millis(ms));
+    let mut ready_at = Some(started + Duration::from_millis(args.ready_delay_ms));
+    let unit_time = Duration::from_millis(args.unit_ms);
+    let mut in_flight: JoinSet<u64> = JoinSet::new();
+    let mut units_started: u64 = 0;
+    // Set once a stop is accepted; holds the ids of the SoftStop requests to
+    // answer OK when the drain is over (empty for a signal).
+    let mut stopping: Option<Vec<u64>> = None;
+
+    loop {
+        if let Some(stop_ids) = &stopping {
+            if in_flight.is_empty() {
+                log.event("exit", None)?;
+                for id in stop_ids {
+                    corrald.reply(*id, Status::Ok, "").await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        } else if ready_at.is_none() {
+            while in_flight.len() < args.concurrency as usize
+                && (args.units == 0 || units_started < args.units)
+            {
+                units_started += 1;
+                let unit = units_started;
+                log.event("start", Some(unit))?;
+                in_flight.spawn(async move {
+                    sleep(unit_time).await;
+                    unit
+                });
+            }
+        }
+
+        tokio::select! {
+            () = until(crash_at) => return Ok(ExitCode::from(args.exit_code)),
+            () = until(ready_at), if stopping.is_none() => {
+                ready_at = None;
+                log.event("ready", None)?;
+                corrald.ready().await;
+            }
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let unit = joined.map_err(|e| format!("unit task failed: {e}"))?;
+                log.event("done", Some(unit))?;
+                if args.print_units {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "unit {unit} done")
+                        .and_then(|()| out.flush())
+                        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+                }
+            }
+            request = next_request(&mut requests) => match request {
+                Ok(Some(request)) => {
+                    handle_request(request, &mut corrald, &mut stopping, args.ignore_stop).await;
+                }
+                Ok(None) => {
+                    note("worker channel closed by the supervisor; carrying on without it");
+                    requests = None;
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            _ = sigterm.recv() => on_signal("SIGTERM", &mut stopping, args.ignore_stop),
+            _ = sigint.recv() => on_signal("SIGINT", &mut stopping, args.ignore_stop),
+        }
+    }
+}
+
+async fn handle_request(
+    request: WorkerRequest,
+    corrald: &mut Corrald,
+    stopping: &mut Option<Vec<u64>>,
+    ignore_stop: bool,
+) {
+    let id = request.id;
+    match request.command {
+        Some(Command::SoftStop(_)) => {
+            corrald.reply(id, Status::Processing, "").await;
+            if !ignore_stop {
+                stopping.get_or_insert_with(Vec::new).push(id);
+            }
+        }
+        // A newer corrald may send commands this worker predates; refusing
+        // them keeps corrald from waiting for an answer that never comes.
+        None => {
+            corrald
+                .reply(id, Status::Failure, "unsupported request")
+                .await
+        }
+    }
+}
+
+fn on_signal(name: &str, stopping: &mut Option<Vec<u64>>, ignore_stop: bool) {
+    if ignore_stop {
+        note(&format!("{name} received; ignoring it (--ignore-stop)"));
+    } else {
+        stopping.get_or_insert_with(Vec::new);
+    }
+}
+
+/// The sending side of the channel to corrald, while there is one that works.
+/// A failed send means corrald is gone; like EOF on the channel, that is no
+/// reason to stop working, so the channel is dropped and the worker carries on.
+struct Corrald(Option<WorkerResponder>);
+
+impl Corrald {
+    async fn ready(&mut self) {
+        if let Some(r) = &self.0 {
+            let result = r.ready().await;
+            self.check(result);
+        }
+    }
+
+    async fn reply(&mut self, id: u64, status: Status, message: &str) {
+        if let Some(r) = &self.0 {
+            let result = r.reply(id, status, message).await;
+            self.check(result);
+        }
+    }
+
+    fn check(&mut self, result: Result<(), WorkerChannelError>) {
+        if let Err(e) = result {
+            note(&format!("{e}; carrying on without the channel"));
+            self.0 = None;
+        }
+    }
+}
+
+async fn next_request(
+    requests: &mut Option<WorkerRequests>,
+) -> Result<Option<WorkerRequest>, WorkerChannelError> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn burst(lines: u64) -> Result<(), String> {
+    if lines == 0 {
+        return Ok(());
+    }
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    (1..=lines)
+        .try_for_each(|i| writeln!(out, "line {i}"))
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+/// The event log. Each line goes out in one write(2) on an O_APPEND file, so
+/// lines from many workers sharing the file never interleave.
+struct Log {
+    file: Option<File>,
+    worker_id: String,
+    pid: u32,
+}
+
+impl Log {
+    fn open(path: Option<PathBuf>) -> Result<Self, String> {
+        let file = match path {
+            Some(path) => Some(
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open log {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let worker_id = std::env::var(ENV_WORKER_ID).unwrap_or_else(|_| "-".to_owned());
+        Ok(Self {
+            file,
+            worker_id,
+            pid: std::process::id(),
+        })
+    }
+
+    /// A lost line would make a test draw the wrong conclusion, so a failed or
+    /// short write is fatal rather than skipped.
+    fn event(&self, what: &str, unit: Option<u64>) -> Result<(), String> {
+        let Some(mut file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        let line = match unit {
+            Some(unit) => format!("{what} {} {} {unit}\n", self.worker_id, self.pid),
+            None => format!("{what} {} {}\n", self.worker_id, self.pid),
+        };
+        match file.write(line.as_bytes()) {
+            Ok(n) if n == line.len() => Ok(()),
+            Ok(n) => Err(format!(
+                "short write to the log ({n} of {} bytes)",
+                line.len()
+            )),
+            Err(e) => Err(format!("cannot write to the log: {e}")),
+        }
+    }
+}

@@ -1,0 +1,982 @@
+//! The supervisor: spawns worker groups, keeps them running by their restart
+//! policy, and carries out the commands that reach it from the socket.
+//!
+//! One actor task owns all supervision state and never waits on a worker:
+//! everything that takes time (a drain, a rolling restart, a shutdown) runs
+//! as its own orchestration task that asks the actor for quick state changes
+//! through a [`Handle`]. So a slow stop in one group never delays a command
+//! for another, and a hard stop reaches the workers while a soft stop is
+//! still waiting on them.
+
+mod fanout;
+mod orchestrate;
+mod process;
+mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::{Config, GroupConfig, RestartPolicy, StopMode};
+use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
+use fanout::{OpEvent, OpSink};
+use process::{ProcCmd, ProcEvent};
+
+pub use fanout::kind_name;
+
+/// Where the responses to one connection's requests go.
+pub type Replies = mpsc::UnboundedSender<proto::Response>;
+
+/// Answers one request: any number of `PROCESSING`, then one final answer.
+#[derive(Clone)]
+pub struct Reply {
+    id: u64,
+    tx: Replies,
+}
+
+impl Reply {
+    pub fn new(id: u64, tx: Replies) -> Reply {
+        Reply { id, tx }
+    }
+
+    fn send(&self, status: Status, message: String, content: Option<Content>) {
+        // A client that hung up no longer wants the answer; the work goes on.
+        let _ = self.tx.send(proto::Response { id: self.id, status: status as i32, message, content });
+    }
+
+    pub fn processing(&self, message: String, content: Option<Content>) {
+        self.send(Status::Processing, message, content)
+    }
+
+    pub fn ok(&self, message: String, content: Option<Content>) {
+        self.send(Status::Ok, message, content)
+    }
+
+    pub fn failure(&self, message: String, content: Option<Content>) {
+        self.send(Status::Failure, message, content)
+    }
+}
+
+/// A worker's place in its group: `web-3` is slot 3 of group `web`. The
+/// slot outlives the processes that fill it, so ids stay stable across
+/// restarts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotKey {
+    pub group: String,
+    pub index: u32,
+}
+
+impl SlotKey {
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.group, self.index)
+    }
+}
+
+/// Messages to the supervisor actor.
+pub enum Msg {
+    Request { request: proto::Request, reply: Reply },
+    Process { key: SlotKey, generation: u64, event: ProcEvent },
+    RestartDue { key: SlotKey, token: u64 },
+    ReadyAfter { key: SlotKey, generation: u64 },
+    /// Stop these slots, reporting to `op`; slots not running report at once.
+    Stop { keys: Vec<SlotKey>, hard: bool, op: OpSink },
+    /// Start these slots (creating missing ones); each reports to `waiter`
+    /// as finished when ready, or why it is not.
+    Start { keys: Vec<SlotKey>, waiter: OpSink },
+    /// A group has been drained for removal by a reload.
+    ForgetGroup(String),
+    /// The final step of a shutdown: leave the run loop.
+    Exit { clean: bool },
+}
+
+/// The way into the supervisor, for the command socket and for
+/// orchestration tasks.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Handle {
+    /// Submits a request from a client; responses go to `reply`.
+    pub fn request(&self, request: proto::Request, reply: Reply) {
+        let _ = self.tx.send(Msg::Request { request, reply });
+    }
+
+    fn send(&self, msg: Msg) {
+        let _ = self.tx.send(msg);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Its group waits for the groups it starts after.
+    Waiting,
+    Starting,
+    Ready,
+    Stopping,
+    Backoff,
+    Stopped,
+    Failed,
+}
+
+impl SlotState {
+    fn name(self) -> &'static str {
+        match self {
+            SlotState::Waiting => "waiting",
+            SlotState::Starting => "starting",
+            SlotState::Ready => "ready",
+            SlotState::Stopping => "stopping",
+            SlotState::Backoff => "backoff",
+            SlotState::Stopped => "stopped",
+            SlotState::Failed => "failed",
+        }
+    }
+}
+
+struct Proc {
+    generation: u64,
+    pid: u32,
+    started_at: SystemTime,
+    started: Instant,
+    tx: mpsc::UnboundedSender<ProcCmd>,
+}
+
+struct Slot {
+    state: SlotState,
+    proc: Option<Proc>,
+    /// Set when the operator (or a scale-down, reload, shutdown) stopped it:
+    /// its exit is then not a reason to restart.
+    stop_requested: bool,
+    restarts: u32,
+    /// Exits in a row that came soon after their start; drives the backoff.
+    consecutive_failures: u32,
+    backoff_token: u64,
+    last_exit: String,
+    ready_waiters: Vec<OpSink>,
+}
+
+impl Slot {
+    fn new(state: SlotState) -> Slot {
+        Slot {
+            state,
+            proc: None,
+            stop_requested: false,
+            restarts: 0,
+            consecutive_failures: 0,
+            backoff_token: 0,
+            last_exit: String::new(),
+            ready_waiters: Vec::new(),
+        }
+    }
+}
+
+struct Group {
+    config: Arc<GroupConfig>,
+    desired: u32,
+    slots: BTreeMap<u32, Slot>,
+    waiting: bool,
+    failed: Option<String>,
+    removing: bool,
+    /// Restarts within the start-limit interval.
+    recent_restarts: VecDeque<Instant>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    groups: BTreeMap<String, Group>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    handle: Handle,
+    next_generation: u64,
+    shutting_down: bool,
+    started: Instant,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Supervisor {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let groups = BTreeMap::new();
+        let mut sup = Supervisor {
+            config: config.clone(),
+            groups,
+            rx,
+            handle: Handle { tx },
+            next_generation: 1,
+            shutting_down: false,
+            started: Instant::now(),
+        };
+        for g in config.groups.values() {
+            sup.add_group(g.clone());
+        }
+        sup
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Starts the groups whose dependencies allow it, then serves until a
+    /// shutdown completes. Returns whether every worker drained cleanly.
+    pub async fn run(mut self) -> bool {
+        self.start_waiting_groups();
+        while let Some(msg) = self.rx.recv().await {
+            match msg {
+                Msg::Request { request, reply } => self.on_request(request, reply),
+                Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
+                Msg::RestartDue { key, token } => self.on_restart_due(key, token),
+                Msg::ReadyAfter { key, generation } => {
+                    if let Some(slot) = self.slot_mut(&key) {
+                        if slot.state == SlotState::Starting && slot.proc.as_ref().map(|p| p.generation) == Some(generation) {
+                            self.mark_ready(&key);
+                        }
+                    }
+                }
+                Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
+                Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
+                Msg::ForgetGroup(name) => {
+                    if self.groups.get(&name).is_some_and(|g| g.removing) {
+                        self.groups.remove(&name);
+                    }
+                }
+                Msg::Exit { clean } => return clean,
+            }
+        }
+        false
+    }
+
+    fn add_group(&mut self, config: GroupConfig) {
+        let desired = config.count;
+        let slots = (1..=desired).map(|i| (i, Slot::new(SlotState::Waiting))).collect();
+        self.groups.insert(
+            config.name.clone(),
+            Group {
+                config: Arc::new(config),
+                desired,
+                slots,
+                waiting: true,
+                failed: None,
+                removing: false,
+                recent_restarts: VecDeque::new(),
+            },
+        );
+    }
+
+    fn slot_mut(&mut self, key: &SlotKey) -> Option<&mut Slot> {
+        self.groups.get_mut(&key.group)?.slots.get_mut(&key.index)
+    }
+
+    /// A group is ready when it has started and every worker meant to run
+    /// is ready: the condition for the groups that start after it.
+    fn group_ready(&self, name: &str) -> bool {
+        self.groups.get(name).is_some_and(|g| {
+            !g.waiting
+                && g.failed.is_none()
+                && g.slots.values().all(|s| s.stop_requested || matches!(s.state, SlotState::Ready | SlotState::Stopped))
+        })
+    }
+
+    fn start_waiting_groups(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        loop {
+            let startable: Vec<String> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.waiting && !g.removing && g.config.after.iter().all(|d| self.group_ready(d)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if startable.is_empty() {
+                return;
+            }
+            for name in startable {
+                let group = self.groups.get_mut(&name).expect("listed above");
+                group.waiting = false;
+                let keys: Vec<SlotKey> = group
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.state == SlotState::Waiting)
+                    .map(|(i, _)| SlotKey { group: name.clone(), index: *i })
+                    .collect();
+                tracing::info!(group = %name, workers = keys.len(), "starting group");
+                for key in keys {
+                    self.spawn_slot(&key);
+                }
+            }
+        }
+    }
+
+    /// Forks a process for a slot. A failure to start counts as an exit, so
+    /// the restart policy and its backoff apply to it as to a crash.
+    fn spawn_slot(&mut self, key: &SlotKey) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let events = self.handle.tx.clone();
+        let Some(group) = self.groups.get_mut(&key.group) else { return };
+        let config = group.config.clone();
+        let Some(slot) = group.slots.get_mut(&key.index) else { return };
+        slot.stop_requested = false;
+        match process::spawn(&config, &key.id(), key.clone(), generation, events) {
+            Ok(spawned) => {
+                tracing::debug!(worker = %key.id(), pid = spawned.pid, "spawned");
+                slot.proc = Some(Proc {
+                    generation,
+                    pid: spawned.pid,
+                    started_at: spawned.started_at,
+                    started: Instant::now(),
+                    tx: spawned.tx,
+                });
+                slot.state = SlotState::Starting;
+                if config.stop_mode == StopMode::Signal {
+                    let tx = self.handle.tx.clone();
+                    let key = key.clone();
+                    let after = config.ready_after;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(Msg::ReadyAfter { key, generation });
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(worker = %key.id(), command = %config.command, "failed to start: {e}");
+                slot.last_exit = format!("failed to start: {e}");
+                self.after_exit(key, false, Duration::ZERO);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, key: &SlotKey) {
+        let Some(slot) = self.slot_mut(key) else { return };
+        let Some(pid) = slot.proc.as_ref().map(|p| p.pid) else { return };
+        if slot.state != SlotState::Starting {
+            return;
+        }
+        slot.state = SlotState::Ready;
+        for w in slot.ready_waiters.drain(..) {
+            let _ = w.send(OpEvent::Finished(key.id(), Ok(())));
+        }
+        tracing::debug!(worker = %key.id(), pid, "ready");
+        self.start_waiting_groups();
+    }
+
+    fn on_process_event(&mut self, key: SlotKey, generation: u64, event: ProcEvent) {
+        let Some(slot) = self.slot_mut(&key) else { return };
+        if slot.proc.as_ref().map(|p| p.generation) != Some(generation) {
+            return;
+        }
+        match event {
+            ProcEvent::Ready => self.mark_ready(&key),
+            ProcEvent::StopAbandoned => {
+                slot.stop_requested = false;
+                slot.state = SlotState::Ready;
+            }
+            ProcEvent::Exited { description, clean } => {
+                let proc = slot.proc.take().expect("generation matched");
+                let ran_for = proc.started.elapsed();
+                tracing::info!(worker = %key.id(), pid = proc.pid, "{description}");
+                slot.last_exit = description.clone();
+                for w in slot.ready_waiters.drain(..) {
+                    let detail = format!("{description} before it was ready");
+                    let _ = w.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, detail))));
+                }
+                self.after_exit(&key, clean, ran_for);
+            }
+        }
+    }
+
+    /// Decides what follows an exit (or a failed start): nothing when it was
+    /// asked to stop, otherwise the restart policy with exponential backoff,
+    /// bounded by the group's start limit.
+    fn after_exit(&mut self, key: &SlotKey, clean: bool, ran_for: Duration) {
+        let shutting_down = self.shutting_down;
+        let Some(group) = self.groups.get_mut(&key.group) else { return };
+        let cfg = group.config.clone();
+        let desired = group.desired;
+        let removing = group.removing;
+        let group_failed = group.failed.is_some();
+        let Some(slot) = group.slots.get_mut(&key.index) else { return };
+
+        if slot.stop_requested || shutting_down || removing {
+            slot.state = SlotState::Stopped;
+            if key.index > desired {
+                group.slots.remove(&key.index);
+            }
+            self.after_stop_changes(&key.group);
+            return;
+        }
+        let restart = match cfg.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !clean,
+            RestartPolicy::Never => false,
+        };
+        if !restart || group_failed {
+            slot.state = if clean { SlotState::Stopped } else { SlotState::Failed };
+            return;
+        }
+        let now = Instant::now();
+        while group.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > cfg.start_limit_interval) {
+            group.recent_restarts.pop_front();
+        }
+        if group.recent_restarts.len() as u32 >= cfg.start_limit_burst {
+            let reason = format!(
+                "start limit hit: {} restarts within {}",
+                cfg.start_limit_burst,
+                humantime::format_duration(cfg.start_limit_interval)
+            );
+            tracing::error!(group = %key.group, "{reason}; the group is marked failed");
+            group.failed = Some(reason);
+            for s in group.slots.values_mut() {
+                if matches!(s.state, SlotState::Backoff | SlotState::Starting) && s.proc.is_none() {
+                    s.state = SlotState::Failed;
+                }
+            }
+            if let Some(slot) = group.slots.get_mut(&key.index) {
+                slot.state = SlotState::Failed;
+            }
+            return;
+        }
+        group.recent_restarts.push_back(now);
+        slot.consecutive_failures =
+            if ran_for >= cfg.restart_backoff_max { 1 } else { slot.consecutive_failures.saturating_add(1) };
+        let exponent = slot.consecutive_failures.saturating_sub(1).min(20);
+        let delay = cfg.restart_backoff_initial.saturating_mul(1u32 << exponent).min(cfg.restart_backoff_max);
+        slot.state = SlotState::Backoff;
+        slot.backoff_token += 1;
+        let token = slot.backoff_token;
+        tracing::info!(worker = %key.id(), "restarting in {}", humantime::format_duration(delay));
+        let tx = self.handle.tx.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Msg::RestartDue { key, token });
+        });
+    }
+
+    /// A stop can make a group that others wait on ready (all its remaining
+    /// workers ready), and can finish a group's removal.
+    fn after_stop_changes(&mut self, group: &str) {
+        self.start_waiting_groups();
+        let drained = self
+            .groups
+            .get(group)
+            .is_some_and(|g| g.removing && g.slots.values().all(|s| s.proc.is_none()));
+        if drained {
+            self.groups.remove(group);
+        }
+    }
+
+    fn on_restart_due(&mut self, key: SlotKey, token: u64) {
+        let Some(group) = self.groups.get_mut(&key.group) else { return };
+        if group.failed.is_some() || self.shutting_down {
+            return;
+        }
+        let Some(slot) = group.slots.get_mut(&key.index) else { return };
+        if slot.state != SlotState::Backoff || slot.backoff_token != token {
+            return;
+        }
+        slot.restarts += 1;
+        self.spawn_slot(&key);
+    }
+
+    fn stop_slots(&mut self, keys: Vec<SlotKey>, hard: bool, op: OpSink) {
+        for key in keys {
+            let id = key.id();
+            let Some(group) = self.groups.get_mut(&key.group) else {
+                let _ = op.send(OpEvent::Finished(id, Ok(())));
+                continue;
+            };
+            let desired = group.desired;
+            let Some(slot) = group.slots.get_mut(&key.index) else {
+                let _ = op.send(OpEvent::Finished(id, Ok(())));
+                continue;
+            };
+            slot.stop_requested = true;
+            match &slot.proc {
+                Some(proc) => {
+                    slot.state = SlotState::Stopping;
+                    let cmd = if hard { ProcCmd::HardStop(op.clone()) } else { ProcCmd::SoftStop(op.clone()) };
+                    if proc.tx.send(cmd).is_err() {
+                        let _ = op.send(OpEvent::Finished(id, Err((FailureKind::Died, "worker task is gone".into()))));
+                    }
+                }
+                None => {
+                    // Not running (backoff, failed, never started): nothing
+                    // to drain, and no restart may follow.
+                    slot.state = SlotState::Stopped;
+                    slot.backoff_token += 1;
+                    for w in slot.ready_waiters.drain(..) {
+                        let detail = "stopped before it was ready".to_string();
+                        let _ = w.send(OpEvent::Finished(id.clone(), Err((FailureKind::Failed, detail))));
+                    }
+                    if key.index > desired {
+                        group.slots.remove(&key.index);
+                    }
+                    let _ = op.send(OpEvent::Finished(id, Ok(())));
+                    self.after_stop_changes(&key.group);
+                }
+            }
+        }
+    }
+
+    fn start_slots(&mut self, keys: Vec<SlotKey>, waiter: OpSink) {
+        let refuse = |id: String, why: &str| {
+            let _ = waiter.send(OpEvent::Finished(id, Err((FailureKind::Failed, why.to_string()))));
+        };
+        for key in keys {
+            let id = key.id();
+            if self.shutting_down {
+                refuse(id, "corrald is shutting down");
+                continue;
+            }
+            let Some(group) = self.groups.get_mut(&key.group) else {
+                refuse(id, "no such group");
+                continue;
+            };
+            // An explicit start is the operator's say-so: it clears a
+            // failed group and does not wait for the groups it starts after.
+            group.failed = None;
+            group.waiting = false;
+            group.recent_restarts.clear();
+            let slot = group.slots.entry(key.index).or_insert_with(|| Slot::new(SlotState::Stopped));
+            match (&slot.proc, slot.state) {
+                (Some(_), SlotState::Ready) => {
+                    let _ = waiter.send(OpEvent::Finished(id, Ok(())));
+                }
+                (Some(_), SlotState::Starting) => slot.ready_waiters.push(waiter.clone()),
+                (Some(_), _) => refuse(id, "still stopping"),
+                (None, _) => {
+                    slot.ready_waiters.push(waiter.clone());
+                    slot.consecutive_failures = 0;
+                    slot.backoff_token += 1;
+                    self.spawn_slot(&key);
+                }
+            }
+        }
+    }
+
+    /// Resolves a target: empty for all groups, a group name, or a worker id.
+    fn resolve(&self, target: &str) -> Result<Vec<SlotKey>, String> {
+        let keys_of = |name: &str, g: &Group| -> Vec<SlotKey> {
+            g.slots.keys().map(|i| SlotKey { group: name.to_string(), index: *i }).collect()
+        };
+        if target.is_empty() || target == "all" {
+            return Ok(self.groups.iter().flat_map(|(n, g)| keys_of(n, g)).collect());
+        }
+        if let Some(g) = self.groups.get(target) {
+            return Ok(keys_of(target, g));
+        }
+        if let Some((group, index)) = target.rsplit_once('-') {
+            if let (Some(g), Ok(index)) = (self.groups.get(group), index.parse::<u32>()) {
+                if g.slots.contains_key(&index) {
+                    return Ok(vec![SlotKey { group: group.to_string(), index }]);
+                }
+            }
+        }
+        Err(format!("no group or worker named {target:?}"))
+    }
+
+    fn on_request(&mut self, request: proto::Request, reply: Reply) {
+        let Some(command) = request.command else {
+            reply.failure("unknown or missing command".into(), None);
+            return;
+        };
+        if self.shutting_down && !matches!(command, Command::Status(_) | Command::ListWorkers(_) | Command::Stop(_)) {
+            reply.failure("corrald is shutting down".into(), None);
+            return;
+        }
+        match command {
+            Command::Status(_) => reply.ok(String::new(), Some(Content::SupervisorStatus(self.status()))),
+            Command::ListWorkers(req) => match self.workers(&req.group) {
+                Ok(list) => reply.ok(String::new(), Some(Content::Workers(list))),
+                Err(e) => reply.failure(e, None),
+            },
+            Command::Stop(req) => match self.resolve(&req.target) {
+                Ok(keys) => {
+                    let layers = if req.target.is_empty() || req.target == "all" {
+                        self.stop_layers(keys)
+                    } else {
+                        vec![keys]
+                    };
+                    let timeout = self.request_timeout(&layers);
+                    orchestrate::stop(self.handle(), reply, layers, req.hard, timeout, describe_target(&req.target));
+                }
+                Err(e) => reply.failure(e, None),
+            },
+            Command::Start(req) => match self.resolve(&req.target) {
+                Ok(keys) => {
+                    let keys: Vec<SlotKey> =
+                        keys.into_iter().filter(|k| self.slot_is_down(k)).collect();
+                    let timeout = self.ready_timeout(&keys);
+                    orchestrate::start(self.handle(), reply, keys, timeout);
+                }
+                Err(e) => reply.failure(e, None),
+            },
+            Command::Restart(req) => match self.resolve(&req.target) {
+                Ok(keys) => {
+                    let batch = if req.rolling {
+                        match req.max_unavailable {
+                            0 => keys
+                                .first()
+                                .and_then(|k| self.groups.get(&k.group))
+                                .map(|g| g.config.max_unavailable)
+                                .unwrap_or(1),
+                            n => n,
+                        }
+                    } else {
+                        keys.len().max(1) as u32
+                    };
+                    let stop_timeout = self.request_timeout(std::slice::from_ref(&keys));
+                    let ready_timeout = self.ready_timeout(&keys);
+                    orchestrate::restart(self.handle(), reply, keys, batch as usize, stop_timeout, ready_timeout);
+                }
+                Err(e) => reply.failure(e, None),
+            },
+            Command::Scale(req) => self.scale(&req.group, req.count, reply),
+            Command::ReloadConfig(_) => self.reload(reply),
+            Command::SaveState(req) => {
+                let state = self.dynamic_state();
+                tokio::spawn(async move {
+                    let path = PathBuf::from(&req.path);
+                    match tokio::task::spawn_blocking(move || state::save(&path, &state)).await {
+                        Ok(Ok(())) => reply.ok(format!("state saved to {}", req.path), None),
+                        Ok(Err(e)) => reply.failure(e, None),
+                        Err(e) => reply.failure(format!("saving state failed: {e}"), None),
+                    }
+                });
+            }
+            Command::LoadState(req) => match state::load(std::path::Path::new(&req.path)) {
+                Ok(saved) => self.apply_state(saved, &req.path, reply),
+                Err(e) => reply.failure(e, None),
+            },
+            Command::Shutdown(_) => self.shutdown(reply),
+        }
+    }
+
+    fn slot_is_down(&self, key: &SlotKey) -> bool {
+        self.groups
+            .get(&key.group)
+            .and_then(|g| g.slots.get(&key.index))
+            .is_some_and(|s| s.proc.is_none())
+    }
+
+    /// Begins the soft shutdown: no more starts or restarts, every worker
+    /// drained in reverse start order, then the run loop ends.
+    pub fn shutdown(&mut self, reply: Reply) {
+        if self.shutting_down {
+            reply.failure("a shutdown is already in progress".into(), None);
+            return;
+        }
+        self.shutting_down = true;
+        tracing::info!("soft shutdown: draining every worker");
+        let keys = self.resolve("").unwrap_or_default();
+        let layers = self.stop_layers(keys);
+        let timeout = self.request_timeout(&layers);
+        orchestrate::shutdown(self.handle(), reply, layers, timeout);
+    }
+
+    /// Splits slots into layers to stop one after another: groups that
+    /// start after others stop before them.
+    fn stop_layers(&self, keys: Vec<SlotKey>) -> Vec<Vec<SlotKey>> {
+        let order = self.config_order();
+        let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in &order {
+            let d = self.groups[name]
+                .config
+                .after
+                .iter()
+                .filter_map(|dep| depth.get(dep.as_str()))
+                .map(|d| d + 1)
+                .max()
+                .unwrap_or(0);
+            depth.insert(name, d);
+        }
+        let max = depth.values().copied().max().unwrap_or(0);
+        let mut layers = vec![Vec::new(); max + 1];
+        for key in keys {
+            let d = depth.get(key.group.as_str()).copied().unwrap_or(0);
+            layers[max - d].push(key);
+        }
+        layers.retain(|l| !l.is_empty());
+        layers
+    }
+
+    /// Groups in dependency order (dependencies first).
+    fn config_order(&self) -> Vec<String> {
+        let mut done: Vec<String> = Vec::new();
+        while done.len() < self.groups.len() {
+            let before = done.len();
+            for (name, g) in &self.groups {
+                if !done.contains(name) && g.config.after.iter().all(|d| done.contains(d) || !self.groups.contains_key(d)) {
+                    done.push(name.clone());
+                }
+            }
+            if done.len() == before {
+                break;
+            }
+        }
+        done
+    }
+
+    /// How long a stop request may take before the workers still out are
+    /// reported as timed out: the longest stop timeout involved per layer,
+    /// plus a margin for the kill that follows it.
+    fn request_timeout(&self, layers: &[Vec<SlotKey>]) -> Duration {
+        let per_layer = |keys: &Vec<SlotKey>| {
+            keys.iter()
+                .filter_map(|k| self.groups.get(&k.group))
+                .map(|g| g.config.stop_timeout)
+                .max()
+                .unwrap_or(Duration::ZERO)
+        };
+        layers.iter().map(per_layer).sum::<Duration>() + Duration::from_secs(5)
+    }
+
+    fn ready_timeout(&self, keys: &[SlotKey]) -> Duration {
+        keys.iter()
+            .filter_map(|k| self.groups.get(&k.group))
+            .map(|g| g.config.ready_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    fn scale(&mut self, name: &str, count: u32, reply: Reply) {
+        let Some(group) = self.groups.get_mut(name) else {
+            reply.failure(format!("no group named {name:?}"), None);
+            return;
+        };
+        let old = group.desired;
+        group.desired = count;
+        let ready_timeout = group.config.ready_timeout;
+        let stop_timeout = group.config.stop_timeout + Duration::from_secs(5);
+        let key = |index| SlotKey { group: name.to_string(), index };
+        if count >= old {
+            let keys: Vec<SlotKey> = (old + 1..=count).map(key).collect();
+            if group.waiting {
+                for k in &keys {
+                    group.slots.insert(k.index, Slot::new(SlotState::Waiting));
+                }
+                reply.ok(format!("{name} scaled to {count}; it waits for the groups it starts after"), None);
+                return;
+            }
+            orchestrate::start(self.handle(), reply, keys, ready_timeout);
+        } else {
+            let surplus: Vec<SlotKey> = group.slots.keys().filter(|i| **i > count).map(|i| key(*i)).collect();
+            orchestrate::stop(self.handle(), reply, vec![surplus], false, stop_timeout, format!("{name} scaled down"));
+        }
+    }
+
+    fn reload(&mut self, reply: Reply) {
+        let new = match Config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                reply.failure(format!("reload refused, nothing changed: {e}"), None);
+                return;
+            }
+        };
+        let mut to_stop: Vec<SlotKey> = Vec::new();
+        let mut to_start: Vec<SlotKey> = Vec::new();
+        let mut summary = state::ReloadSummary::default();
+        for (name, group) in self.groups.iter_mut() {
+            if !new.groups.contains_key(name) && !group.removing {
+                group.removing = true;
+                summary.removed.push(name.clone());
+                to_stop.extend(group.slots.keys().map(|i| SlotKey { group: name.clone(), index: *i }));
+            }
+        }
+        for (name, cfg) in &new.groups {
+            match self.groups.get_mut(name) {
+                None => {
+                    summary.added.push(name.clone());
+                    self.add_group(cfg.clone());
+                }
+                Some(group) => {
+                    let mut same_but_count = cfg.clone();
+                    same_but_count.count = group.config.count;
+                    if *group.config == *cfg {
+                        summary.unchanged.push(name.clone());
+                    } else if *group.config == same_but_count {
+                        summary.scaled.push(name.clone());
+                        let old = group.desired;
+                        group.config = Arc::new(cfg.clone());
+                        group.desired = cfg.count;
+                        let key = |index| SlotKey { group: name.clone(), index };
+                        to_stop.extend(group.slots.keys().filter(|i| **i > cfg.count).map(|i| key(*i)));
+                        to_start.extend((old + 1..=cfg.count).map(key));
+                    } else {
+                        summary.changed.push(name.clone());
+                        let keys: Vec<SlotKey> =
+                            group.slots.keys().map(|i| SlotKey { group: name.clone(), index: *i }).collect();
+                        group.config = Arc::new(cfg.clone());
+                        group.desired = cfg.count;
+                        // Changed groups are replaced: their workers stop and
+                        // new ones start with the new settings.
+                        to_stop.extend(keys.iter().cloned());
+                        to_start.extend((1..=cfg.count).map(|index| SlotKey { group: name.clone(), index }));
+                    }
+                }
+            }
+        }
+        if new.socket != self.config.socket {
+            summary.notes.push(format!(
+                "the socket path change to {} takes effect when corrald restarts",
+                new.socket.display()
+            ));
+        }
+        let ready_timeout = self.ready_timeout(&to_start);
+        let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));
+        self.config = Config { socket: self.config.socket.clone(), ..new };
+        tracing::info!("reload: {}", summary.describe());
+        let removed = summary.removed.clone();
+        orchestrate::reload(self.handle(), reply, to_stop, to_start, removed, summary, stop_timeout, ready_timeout);
+        self.start_waiting_groups();
+    }
+
+    fn dynamic_state(&self) -> state::SavedState {
+        state::SavedState {
+            version: state::STATE_VERSION,
+            groups: self
+                .groups
+                .iter()
+                .filter(|(_, g)| !g.removing)
+                .map(|(name, g)| {
+                    let stopped = g
+                        .slots
+                        .iter()
+                        .filter(|(i, s)| **i <= g.desired && s.stop_requested && s.proc.is_none())
+                        .map(|(i, _)| SlotKey { group: name.clone(), index: *i }.id())
+                        .collect();
+                    (name.clone(), state::SavedGroup { scale: g.desired, stopped_workers: stopped })
+                })
+                .collect(),
+        }
+    }
+
+    fn apply_state(&mut self, saved: state::SavedState, path: &str, reply: Reply) {
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        let mut unknown = Vec::new();
+        for (name, sg) in saved.groups {
+            let Some(group) = self.groups.get_mut(&name) else {
+                unknown.push(name);
+                continue;
+            };
+            group.desired = sg.scale;
+            let stopped: Vec<u32> = sg
+                .stopped_workers
+                .iter()
+                .filter_map(|id| id.strip_prefix(&format!("{name}-")).and_then(|n| n.parse().ok()))
+                .collect();
+            for (index, slot) in &group.slots {
+                let key = SlotKey { group: name.clone(), index: *index };
+                let should_run = *index <= sg.scale && !stopped.contains(index);
+                if !should_run && !(slot.stop_requested && slot.proc.is_none()) {
+                    to_stop.push(key);
+                } else if should_run && slot.proc.is_none() && !group.waiting {
+                    to_start.push(key);
+                }
+            }
+            for index in 1..=sg.scale {
+                if !group.slots.contains_key(&index) && !stopped.contains(&index) {
+                    if group.waiting {
+                        group.slots.insert(index, Slot::new(SlotState::Waiting));
+                    } else {
+                        to_start.push(SlotKey { group: name.clone(), index });
+                    }
+                }
+            }
+        }
+        let mut summary = state::ReloadSummary::default();
+        if !unknown.is_empty() {
+            summary.notes.push(format!("groups not in the config were ignored: {}", unknown.join(", ")));
+        }
+        summary.notes.push(format!("state loaded from {path}"));
+        let ready_timeout = self.ready_timeout(&to_start);
+        let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));
+        orchestrate::reload(self.handle(), reply, to_stop, to_start, Vec::new(), summary, stop_timeout, ready_timeout);
+    }
+
+    fn status(&self) -> proto::SupervisorStatus {
+        let groups = self
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let count = |f: &dyn Fn(&Slot) -> bool| g.slots.values().filter(|s| f(s)).count() as u32;
+                let running = count(&|s| s.proc.is_some());
+                let state = if g.removing {
+                    "stopping"
+                } else if g.failed.is_some() {
+                    "failed"
+                } else if g.waiting {
+                    "waiting"
+                } else if running == 0 && g.desired > 0 {
+                    "stopped"
+                } else {
+                    "running"
+                };
+                let reason = match (&g.failed, g.waiting) {
+                    (Some(r), _) => r.clone(),
+                    (None, true) => format!("waiting for {}", g.config.after.join(", ")),
+                    _ => String::new(),
+                };
+                proto::GroupStatus {
+                    name: name.clone(),
+                    state: state.into(),
+                    desired: g.desired,
+                    running,
+                    ready: count(&|s| s.state == SlotState::Ready),
+                    stopped: count(&|s| s.state == SlotState::Stopped),
+                    failed: count(&|s| s.state == SlotState::Failed),
+                    reason,
+                }
+            })
+            .collect();
+        proto::SupervisorStatus {
+            pid: std::process::id(),
+            config_path: self.config.path.display().to_string(),
+            socket_path: self.config.socket.display().to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            groups,
+            scopes_active: false,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn workers(&self, only: &str) -> Result<proto::WorkerList, String> {
+        if !only.is_empty() && !self.groups.contains_key(only) {
+            return Err(format!("no group named {only:?}"));
+        }
+        let workers = self
+            .groups
+            .iter()
+            .filter(|(name, _)| only.is_empty() || name.as_str() == only)
+            .flat_map(|(name, g)| {
+                g.slots.iter().map(move |(index, s)| proto::WorkerInfo {
+                    id: SlotKey { group: name.clone(), index: *index }.id(),
+                    group: name.clone(),
+                    pid: s.proc.as_ref().map(|p| p.pid).unwrap_or(0),
+                    state: s.state.name().into(),
+                    started_at_ms: s
+                        .proc
+                        .as_ref()
+                        .and_then(|p| p.started_at.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
+                })
+            })
+            .collect();
+        Ok(proto::WorkerList { workers })
+    }
+}
+
+fn describe_target(target: &str) -> String {
+    if target.is_empty() || target == "all" {
+        "all workers".into()
+    } else {
+        target.to_string()
+    }
+}

@@ -1,0 +1,407 @@
+//! One worker process: how it is spawned, and the task that owns it until it
+//! is reaped.
+//!
+//! The task is the only place that signals or talks to the process, so a
+//! soft stop, a hard stop overtaking it and the process's own death are all
+//! seen in one order and every request out to the worker learns its outcome
+//! the moment the process exits.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use prost::Message;
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::fanout::{OpEvent, OpSink};
+use super::{Msg, SlotKey};
+use crate::config::{GroupConfig, StopMode, StopTimeoutAction};
+use crate::frame;
+use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
+
+/// The PATH a worker gets when its group sets none, as systemd gives services.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The descriptor number at which a protocol worker finds its channel.
+const WORKER_FD: i32 = 3;
+
+/// Commands to a running worker's task.
+pub enum ProcCmd {
+    SoftStop(OpSink),
+    HardStop(OpSink),
+}
+
+/// What the task tells the supervisor.
+#[derive(Debug)]
+pub enum ProcEvent {
+    Ready,
+    /// A soft stop ran past its timeout and the group says to leave the
+    /// worker running: it is back under normal supervision.
+    StopAbandoned,
+    Exited { description: String, clean: bool },
+}
+
+pub struct Spawned {
+    pub pid: u32,
+    pub started_at: SystemTime,
+    pub tx: mpsc::UnboundedSender<ProcCmd>,
+}
+
+/// Identity a worker runs as, resolved before fork so the child only makes
+/// system calls.
+struct Credentials {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+fn credentials(cfg: &GroupConfig) -> io::Result<Option<Credentials>> {
+    if cfg.user.is_none() && cfg.group.is_none() {
+        return Ok(None);
+    }
+    let not_found = |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no {what} named {name:?}"));
+    let user = match &cfg.user {
+        Some(name) => Some(nix::unistd::User::from_name(name)?.ok_or_else(|| not_found("user", name))?),
+        None => None,
+    };
+    let gid = match &cfg.group {
+        Some(name) => nix::unistd::Group::from_name(name)?.ok_or_else(|| not_found("group", name))?.gid,
+        None => user.as_ref().map(|u| u.gid).unwrap_or_else(nix::unistd::getegid),
+    };
+    let (uid, groups) = match &user {
+        Some(u) => {
+            let cname = std::ffi::CString::new(u.name.clone())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+            (u.uid, nix::unistd::getgrouplist(&cname, gid)?)
+        }
+        None => (nix::unistd::geteuid(), vec![gid]),
+    };
+    Ok(Some(Credentials { uid, gid, groups }))
+}
+
+/// Describes how a process ended, and whether that counts as clean the way
+/// systemd counts it (exit 0, or death by SIGHUP, SIGINT, SIGTERM, SIGPIPE).
+pub fn describe_exit(status: ExitStatus) -> (String, bool) {
+    if let Some(code) = status.code() {
+        return (format!("exited {code}"), code == 0);
+    }
+    match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+        Some(sig) => {
+            let clean = matches!(sig, Signal::SIGHUP | Signal::SIGINT | Signal::SIGTERM | Signal::SIGPIPE);
+            (format!("killed by {}", sig.as_str()), clean)
+        }
+        None => ("ended".into(), false),
+    }
+}
+
+/// Forks and execs one worker. Its task reports to `events` under `key` and
+/// `generation`, so events from a replaced process are recognised as stale.
+pub fn spawn(
+    cfg: &GroupConfig,
+    worker_id: &str,
+    key: SlotKey,
+    generation: u64,
+    events: mpsc::UnboundedSender<Msg>,
+) -> io::Result<Spawned> {
+    let mut cmd = tokio::process::Command::new(&cfg.command);
+    cmd.args(&cfg.args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(&cfg.environment)
+        .env("CORRAL_GROUP", &cfg.name)
+        .env("CORRAL_WORKER_ID", worker_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        // Its own process group: a Ctrl-C at corrald's terminal is corrald's
+        // to handle (as a soft shutdown), and a hard stop can kill the
+        // worker's children with it.
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &cfg.working_directory {
+        cmd.current_dir(dir);
+    }
+    let channel = match cfg.stop_mode {
+        StopMode::Protocol => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            cmd.env("CORRAL_WORKER_FD", WORKER_FD.to_string());
+            Some((ours, OwnedFd::from(theirs)))
+        }
+        StopMode::Signal => None,
+    };
+    let creds = credentials(cfg)?;
+    let child_fd = channel.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (dup2, fcntl, setgroups, setgid, setuid)
+    // on values prepared before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = child_fd {
+                if fd == WORKER_FD {
+                    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+                    let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
+                    flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
+                    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+                } else if libc_dup2(fd, WORKER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(c) = &creds {
+                nix::unistd::setgroups(&c.groups)?;
+                nix::unistd::setgid(c.gid)?;
+                nix::unistd::setuid(c.uid)?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    let started_at = SystemTime::now();
+    let stream = match channel {
+        Some((ours, theirs)) => {
+            drop(theirs);
+            ours.set_nonblocking(true)?;
+            Some(UnixStream::from_std(ours)?)
+        }
+        None => None,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = ProcessTask {
+        worker_id: worker_id.to_string(),
+        pid: Pid::from_raw(pid as i32),
+        stop_mode: cfg.stop_mode,
+        stop_signal: cfg.stop_signal,
+        stop_timeout: cfg.stop_timeout,
+        stop_timeout_action: cfg.stop_timeout_action,
+        key,
+        generation,
+        events,
+    };
+    tokio::spawn(task.run(child, stream, rx));
+    Ok(Spawned { pid, started_at, tx })
+}
+
+/// dup2 through nix's safe wrapper would take ownership semantics we do not
+/// want in the child; this is the plain call.
+fn libc_dup2(old: i32, new: i32) -> i32 {
+    // SAFETY: dup2 on plain descriptor numbers has no memory effects.
+    unsafe { nix::libc::dup2(old, new) }
+}
+
+struct ProcessTask {
+    worker_id: String,
+    pid: Pid,
+    stop_mode: StopMode,
+    stop_signal: Signal,
+    stop_timeout: Duration,
+    stop_timeout_action: StopTimeoutAction,
+    key: SlotKey,
+    generation: u64,
+    events: mpsc::UnboundedSender<Msg>,
+}
+
+/// The soft stop in progress, if any.
+#[derive(Default)]
+struct SoftStopState {
+    started: bool,
+    acked: bool,
+    answered_ok: bool,
+    deadline: Option<Instant>,
+    timed_out: bool,
+    ops: Vec<OpSink>,
+}
+
+impl ProcessTask {
+    fn report(&self, event: ProcEvent) {
+        let _ = self.events.send(Msg::Process { key: self.key.clone(), generation: self.generation, event });
+    }
+
+    fn signal_group(&self, sig: Signal) {
+        // The negative pid reaches the worker's whole process group; the
+        // worker itself is tried too in case it left the group.
+        let _ = kill(Pid::from_raw(-self.pid.as_raw()), sig);
+        let _ = kill(self.pid, sig);
+    }
+
+    async fn run(self, mut child: Child, stream: Option<UnixStream>, mut rx: mpsc::UnboundedReceiver<ProcCmd>) {
+        let (mut reader, mut writer) = match stream {
+            Some(s) => {
+                let (r, w) = s.into_split();
+                (
+                    Some(FramedRead::new(r, frame::codec(frame::MAX_WORKER_FRAME))),
+                    Some(FramedWrite::new(w, frame::codec(frame::MAX_WORKER_FRAME))),
+                )
+            }
+            None => (None, None),
+        };
+        let mut soft = SoftStopState::default();
+        let mut hard_ops: Vec<OpSink> = Vec::new();
+        let mut killed = false;
+        let mut next_request_id = 1u64;
+        let mut soft_request_id = 0u64;
+
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                frame = async { reader.as_mut().unwrap().next().await }, if reader.is_some() => {
+                    match frame {
+                        Some(Ok(bytes)) => match proto::WorkerResponse::decode(bytes) {
+                            Ok(resp) => self.on_worker_message(resp, soft_request_id, &mut soft),
+                            Err(e) => {
+                                tracing::warn!(worker = %self.worker_id, "undecodable message on the worker channel: {e}; closing it");
+                                reader = None;
+                            }
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(worker = %self.worker_id, "worker channel failed: {e}; closing it");
+                            reader = None;
+                        }
+                        None => reader = None,
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(ProcCmd::SoftStop(op)) => {
+                        if killed {
+                            // Already being killed: the outcome comes with the exit.
+                            soft.ops.push(op);
+                            continue;
+                        }
+                        if soft.acked {
+                            let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
+                        }
+                        soft.ops.push(op);
+                        if soft.started {
+                            continue;
+                        }
+                        soft.started = true;
+                        soft.deadline = Some(Instant::now() + self.stop_timeout);
+                        let sent = match (self.stop_mode, writer.as_mut()) {
+                            (StopMode::Protocol, Some(w)) => {
+                                soft_request_id = next_request_id;
+                                next_request_id += 1;
+                                let req = proto::WorkerRequest {
+                                    id: soft_request_id,
+                                    command: Some(worker_request::Command::SoftStop(proto::SoftStop {})),
+                                };
+                                w.send(frame::encode(&req)).await.is_ok()
+                            }
+                            _ => false,
+                        };
+                        if !sent {
+                            // Signal mode, or a protocol worker whose channel
+                            // is gone: the stop signal is all that is left,
+                            // and corrald acknowledges on the worker's behalf.
+                            let _ = kill(self.pid, self.stop_signal);
+                            soft.acked = true;
+                            for op in &soft.ops {
+                                let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
+                            }
+                        }
+                    }
+                    Some(ProcCmd::HardStop(op)) => {
+                        let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
+                        hard_ops.push(op);
+                        killed = true;
+                        self.signal_group(Signal::SIGKILL);
+                    }
+                    None => {}
+                },
+                _ = sleep_until_opt(soft.deadline), if soft.deadline.is_some() && !soft.timed_out => {
+                    soft.timed_out = true;
+                    match self.stop_timeout_action {
+                        StopTimeoutAction::Kill => {
+                            killed = true;
+                            self.signal_group(Signal::SIGKILL);
+                        }
+                        StopTimeoutAction::Fail => {
+                            let detail = format!(
+                                "did not finish within its stop timeout of {}; left running",
+                                humantime::format_duration(self.stop_timeout)
+                            );
+                            for op in soft.ops.drain(..) {
+                                let _ = op.send(OpEvent::Finished(self.worker_id.clone(), Err((FailureKind::TimedOut, detail.clone()))));
+                            }
+                            soft = SoftStopState::default();
+                            self.report(ProcEvent::StopAbandoned);
+                        }
+                    }
+                }
+            }
+        };
+
+        let (description, clean) = match status {
+            Ok(status) => describe_exit(status),
+            Err(e) => (format!("lost: {e}"), false),
+        };
+        let outcome = if soft.timed_out {
+            Err((
+                FailureKind::TimedOut,
+                format!(
+                    "did not finish within its stop timeout of {}; killed",
+                    humantime::format_duration(self.stop_timeout)
+                ),
+            ))
+        } else if !hard_ops.is_empty() {
+            Err((FailureKind::Interrupted, "interrupted by a hard stop".to_string()))
+        } else if soft.answered_ok || clean {
+            Ok(())
+        } else {
+            Err((FailureKind::Died, description.clone()))
+        };
+        for op in soft.ops {
+            let _ = op.send(OpEvent::Finished(self.worker_id.clone(), outcome.clone()));
+        }
+        for op in hard_ops {
+            let _ = op.send(OpEvent::Finished(self.worker_id.clone(), Ok(())));
+        }
+        self.report(ProcEvent::Exited { description, clean });
+    }
+
+    fn on_worker_message(&self, resp: proto::WorkerResponse, soft_request_id: u64, soft: &mut SoftStopState) {
+        if resp.id == 0 {
+            if resp.event() == WorkerEvent::Ready {
+                self.report(ProcEvent::Ready);
+            }
+            return;
+        }
+        if resp.id != soft_request_id || !soft.started {
+            return;
+        }
+        match resp.status() {
+            Status::Processing => {
+                if !soft.acked {
+                    soft.acked = true;
+                    for op in &soft.ops {
+                        let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
+                    }
+                }
+            }
+            Status::Ok => soft.answered_ok = true,
+            Status::Failure => {
+                let detail = format!("worker refused the soft stop: {}", resp.message);
+                for op in soft.ops.drain(..) {
+                    let _ = op.send(OpEvent::Finished(self.worker_id.clone(), Err((FailureKind::Failed, detail.clone()))));
+                }
+                *soft = SoftStopState::default();
+                self.report(ProcEvent::StopAbandoned);
+            }
+            Status::Unspecified => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
