@@ -1,1 +1,484 @@
-fn main() {}
+//! corralctl: the command-line client of corrald's command socket.
+//!
+//! Each invocation sends one request and waits for its final answer. The exit
+//! status tells scripts what happened without parsing output: 0 for a final
+//! OK, 1 for a final FAILURE, 2 for a usage error, 3 when no final answer
+//! came (corrald unreachable, connection lost, protocol error) or it could
+//! not be written out.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use corral::config;
+use corral::ctl::{self, Client};
+use corral::proto::{self, request, response, Response, Status};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_NO_ANSWER: u8 = 3;
+
+/// The environment variable naming the socket when --socket is not given.
+/// Read by hand because clap's `env` feature is not enabled.
+const SOCKET_ENV: &str = "CORRAL_SOCKET";
+
+#[derive(Parser)]
+#[command(
+    name = "corralctl",
+    version,
+    about = "Control corrald, the corral process supervisor"
+)]
+struct Cli {
+    // Listed after a subcommand's own options in its help.
+    #[arg(long, global = true, value_name = "PATH", help = socket_help(), display_order = 100)]
+    socket: Option<PathBuf>,
+    /// Print every response, PROCESSING ones included, as one JSON object per line
+    #[arg(long, global = true, display_order = 101)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show corrald and its groups
+    Status,
+    /// List workers
+    Workers {
+        /// Only the workers of this group
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Stop workers (they stay stopped until started)
+    Stop {
+        /// A group, a worker id like web-3, or "all" (the default)
+        target: Option<String>,
+        /// SIGKILL at once, overtaking any soft stop in progress
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Start stopped workers
+    Start {
+        /// A group, a worker id like web-3, or "all"
+        target: String,
+    },
+    /// Replace workers with fresh processes
+    Restart {
+        /// A group, a worker id like web-3, or "all"
+        target: String,
+        /// Replace a few at a time, each replacement ready before the next old worker stops
+        #[arg(long)]
+        rolling: bool,
+        /// With --rolling: how many workers may be down at once (default: the group's setting)
+        #[arg(long, value_name = "N", requires = "rolling")]
+        max_unavailable: Option<u32>,
+    },
+    /// Set the number of workers of a group
+    Scale { group: String, count: u32 },
+    /// Re-read corrald's configuration file
+    Reload,
+    /// Save corrald's state to a file (written by corrald)
+    SaveState { path: PathBuf },
+    /// Load corrald's state from a file (read by corrald)
+    LoadState { path: PathBuf },
+    /// Stop every worker softly, then stop corrald
+    Shutdown,
+}
+
+fn socket_help() -> String {
+    format!(
+        "Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}]",
+        config::default_socket_path().display()
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .or_else(|| {
+            std::env::var_os(SOCKET_ENV)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(config::default_socket_path);
+    let command = match to_request(cli.command) {
+        Ok(command) => command,
+        Err(msg) => return fail(EXIT_USAGE, &msg),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(EXIT_NO_ANSWER, &format!("cannot start the runtime: {err}")),
+    };
+    let mut out = Output::new(cli.json);
+    let result = runtime.block_on(async {
+        let mut client = Client::connect(&socket).await?;
+        client.call(command, |resp| out.progress(resp)).await
+    });
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            out.clear_progress();
+            return fail(EXIT_NO_ANSWER, &err.to_string());
+        }
+    };
+    out.finish(&response);
+    if let Some(err) = out.error {
+        return fail(EXIT_NO_ANSWER, &format!("cannot write output: {err}"));
+    }
+    match response.status() {
+        Status::Ok => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    // eprintln! would panic if stderr is gone; nothing is left to report to then.
+    let _ = writeln!(io::stderr(), "corralctl: {msg}");
+    ExitCode::from(code)
+}
+
+/// "all" names everything, as the empty target does on the wire.
+fn target(target: Option<String>) -> String {
+    target.filter(|t| t != "all").unwrap_or_default()
+}
+
+/// corrald resolves paths against its own working directory, which is not
+/// the user's, so relative paths are made absolute here.
+fn wire_path(path: &Path) -> Result<String, String> {
+    let absolute = std::path::absolute(path)
+        .map_err(|err| format!("cannot make {} absolute: {err}", path.display()))?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|p| format!("{} is not valid UTF-8", Path::new(&p).display()))
+}
+
+fn to_request(cmd: Cmd) -> Result<request::Command, String> {
+    Ok(match cmd {
+        Cmd::Status => request::Command::Status(proto::StatusRequest {}),
+        Cmd::Workers { group } => request::Command::ListWorkers(proto::ListWorkers {
+            group: group.unwrap_or_default(),
+        }),
+        Cmd::Stop { target: t, hard } => request::Command::Stop(proto::Stop {
+            target: target(t),
+            hard,
+        }),
+        Cmd::Start { target: t } => request::Command::Start(proto::Start {
+            target: target(Some(t)),
+        }),
+        Cmd::Restart {
+            target: t,
+            rolling,
+            max_unavailable,
+        } => request::Command::Restart(proto::Restart {
+            target: target(Some(t)),
+            rolling,
+            max_unavailable: max_unavailable.unwrap_or(0),
+        }),
+        Cmd::Scale { group, count } => request::Command::Scale(proto::Scale { group, count }),
+        Cmd::Reload => request::Command::ReloadConfig(proto::ReloadConfig {}),
+        Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState {
+            path: wire_path(&path)?,
+        }),
+        Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState {
+            path: wire_path(&path)?,
+        }),
+        Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
+    })
+}
+
+/// Everything corralctl prints on stdout.
+///
+/// Write errors are remembered rather than propagated: the request is already
+/// on its way, so corralctl keeps waiting for the final answer (leaving early
+/// would close the connection under a running request) and reports the write
+/// error afterwards. A closed pipe (`corralctl workers | head`) is the
+/// reader's choice and not reported at all.
+struct Output {
+    json: bool,
+    /// A live bar replaces the plain progress lines only on a terminal, where
+    /// it can redraw in place; logs and pipes get one line per response.
+    tty: bool,
+    bar: Option<ProgressBar>,
+    /// Set after the first failed write: later output would be garbled.
+    closed: bool,
+    error: Option<io::Error>,
+}
+
+impl Output {
+    fn new(json: bool) -> Output {
+        Output {
+            json,
+            tty: io::stdout().is_terminal(),
+            bar: None,
+            closed: false,
+            error: None,
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        if self.closed {
+            return;
+        }
+        let mut stdout = io::stdout().lock();
+        if let Err(err) = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            self.closed = true;
+            if err.kind() != io::ErrorKind::BrokenPipe {
+                self.error = Some(err);
+            }
+        }
+    }
+
+    fn progress(&mut self, resp: &Response) {
+        if self.json {
+            self.write_json(resp);
+            return;
+        }
+        let Some(response::Content::Progress(p)) = &resp.content else {
+            if !resp.message.is_empty() {
+                match &self.bar {
+                    Some(bar) => bar.set_message(resp.message.clone()),
+                    None => self.write(&format!("{}\n", resp.message)),
+                }
+            }
+            return;
+        };
+        let event = match (p.worker.is_empty(), p.event.is_empty()) {
+            (false, false) => format!("{}: {}", p.worker, p.event),
+            (false, true) => p.worker.clone(),
+            (true, _) => p.event.clone(),
+        };
+        if !self.tty {
+            let line = format!(
+                "{event} (acked {}/{}, finished {}/{}, failed {})\n",
+                p.acknowledged, p.total, p.finished, p.total, p.failed
+            );
+            self.write(&line);
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(new_bar);
+        bar.set_length(u64::from(p.total));
+        bar.set_position(u64::from(p.finished));
+        bar.set_message(format!(
+            "acked {}/{}, failed {} | {event}",
+            p.acknowledged, p.total, p.failed
+        ));
+    }
+
+    /// Takes the bar off the screen before an error line goes to stderr, so
+    /// the two do not share a terminal line.
+    fn clear_progress(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn finish(&mut self, resp: &Response) {
+        if self.json {
+            self.write_json(resp);
+            return;
+        }
+        // The bar stays visible above the outcome with the counts corrald
+        // last reported; `finish` would fill it even when workers failed.
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+        let mut text = String::new();
+        let is_table = match &resp.content {
+            Some(response::Content::SupervisorStatus(status)) => {
+                text.push_str(&status_text(status));
+                true
+            }
+            Some(response::Content::Workers(list)) => {
+                text.push_str(&workers_text(list));
+                true
+            }
+            _ => false,
+        };
+        let status = ctl::status_name(resp.status);
+        // A table is the answer; an "OK" line after it would only be noise.
+        if resp.status() != Status::Ok || !is_table || !resp.message.is_empty() {
+            if resp.message.is_empty() {
+                text.push_str(&format!("{status}\n"));
+            } else {
+                text.push_str(&format!("{status}: {}\n", resp.message));
+            }
+        }
+        if let Some(response::Content::Outcome(outcome)) = &resp.content {
+            for f in &outcome.failures {
+                let kind = ctl::failure_kind_name(f.kind);
+                if f.detail.is_empty() {
+                    text.push_str(&format!("  {}: {kind}\n", f.worker));
+                } else {
+                    text.push_str(&format!("  {}: {kind} ({})\n", f.worker, f.detail));
+                }
+            }
+        }
+        self.write(&text);
+    }
+
+    fn write_json(&mut self, resp: &Response) {
+        let line = format!("{}\n", ctl::response_to_json(resp));
+        self.write(&line);
+    }
+}
+
+fn new_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+    // The template is a constant known to parse; falling back keeps a bar
+    // rather than unwrapping.
+    let style = ProgressStyle::with_template(
+        "{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} finished  {wide_msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    // Ticks keep the spinner and elapsed time moving while workers drain
+    // quietly, so a long soft stop does not look like a hang.
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn status_text(s: &proto::SupervisorStatus) -> String {
+    let version = if s.version.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", s.version)
+    };
+    let mut text = format!(
+        "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\n\n",
+        s.pid,
+        age(Duration::from_millis(s.uptime_ms)),
+        s.socket_path,
+        s.config_path,
+        if s.scopes_active {
+            "active"
+        } else {
+            "inactive"
+        },
+    );
+    let rows = s
+        .groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                g.state.clone(),
+                g.desired.to_string(),
+                g.running.to_string(),
+                g.ready.to_string(),
+                g.stopped.to_string(),
+                g.failed.to_string(),
+                g.reason.clone(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "GROUP", "STATE", "DESIRED", "RUNNING", "READY", "STOPPED", "FAILED", "REASON",
+        ],
+        rows,
+    ));
+    text
+}
+
+fn workers_text(list: &proto::WorkerList) -> String {
+    let now = SystemTime::now();
+    let rows = list
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.group.clone(),
+                dash_if(w.pid == 0, || w.pid.to_string()),
+                w.state.clone(),
+                dash_if(w.started_at_ms == 0, || {
+                    let started = UNIX_EPOCH + Duration::from_millis(w.started_at_ms);
+                    // A start time in the future (clocks of corrald and
+                    // corralctl disagree) reads as just started.
+                    format!(
+                        "{} ago",
+                        age(now.duration_since(started).unwrap_or_default())
+                    )
+                }),
+                w.restarts.to_string(),
+                dash_if(w.last_exit.is_empty(), || w.last_exit.clone()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "GROUP",
+            "PID",
+            "STATE",
+            "STARTED",
+            "RESTARTS",
+            "LAST EXIT",
+        ],
+        rows,
+    )
+}
+
+fn dash_if(empty: bool, value: impl FnOnce() -> String) -> String {
+    if empty {
+        "-".to_owned()
+    } else {
+        value()
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded so
+/// lines carry no trailing blanks.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header = headers.iter().map(|h| h.to_string()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// A duration in its two largest units ("3d 4h", "5m 12s"): precise enough
+/// to tell a fresh restart from a long-lived worker, short enough for a column.
+fn age(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (days, hours, mins, secs) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}

@@ -1,1 +1,130 @@
-fn main() {}
+//! corrald: the supervisor daemon.
+
+use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use corral::command::{self, Listener};
+use corral::config::Config;
+use corral::proto;
+use corral::supervisor::{Reply, Supervisor};
+
+#[derive(Parser)]
+#[command(version, about = "The corral supervisor: runs worker groups and serves the command socket")]
+struct Args {
+    /// The TOML config to run.
+    #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
+    config: Option<PathBuf>,
+    /// Check a config file, print a summary and exit (0 when valid).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = args.check_config {
+        return match Config::load(&path) {
+            Ok(c) => {
+                let groups: Vec<String> = c.groups.values().map(|g| format!("{} x{}", g.name, g.count)).collect();
+                println!("{}: ok; socket {}; groups: {}", path.display(), c.socket.display(), groups.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("corrald: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging();
+    let path = args.config.expect("clap requires --config without --check-config");
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corrald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corrald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn run(config: Config) -> ExitCode {
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&config.state_directory)
+    {
+        eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
+        return ExitCode::FAILURE;
+    }
+    let listener = match Listener::bind(&config.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("corrald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let max_frame = config.max_frame_size;
+    let supervisor = Supervisor::new(config);
+    let handle = supervisor.handle();
+    tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(command::serve(listener, handle.clone(), max_frame, stop_rx));
+
+    let signals = handle.clone();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
+            tracing::error!("cannot install signal handlers; stop corrald with `corralctl shutdown`");
+            return;
+        };
+        // Responses to signal-initiated requests go nowhere but the log.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<proto::Response>();
+        let command = |c| proto::Request { id: 0, command: Some(c) };
+        loop {
+            tokio::select! {
+                _ = term.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
+                _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
+                _ = hup.recv() => signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, tx.clone())),
+                Some(r) = rx.recv() => {
+                    if r.status() != proto::Status::Processing {
+                        tracing::info!("{}", r.message);
+                    }
+                }
+            }
+        }
+    });
+
+    let clean = supervisor.run().await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tracing::info!("corrald exits");
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
