@@ -1,0 +1,223 @@
+//! Shared harness for the integration tests: runs a real corrald on a
+//! private socket and config in a temporary directory, and talks to it with
+//! the same client library corralctl uses.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral::ctl::Client;
+use corral::proto::{self, request::Command as Cmd, response::Content};
+
+pub const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
+pub const CORRALCTL: &str = env!("CARGO_BIN_EXE_corralctl");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_corral-demo-worker");
+
+/// How long any wait in a test may take before the test fails. Generous:
+/// these are bounds on broken behaviour, not timing claims.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Corrald {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Corrald {
+    /// Writes `groups` (TOML group tables, may use `{demo}` and `{log}`)
+    /// under a config with a private socket and state directory.
+    pub fn new(groups: &str) -> Corrald {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("corrald.sock");
+        let log = dir.path().join("work.log");
+        let config = dir.path().join("corral.toml");
+        let c = Corrald { dir, config, socket, log, child: None };
+        c.write_config(groups);
+        c
+    }
+
+    pub fn write_config(&self, groups: &str) {
+        let text = format!(
+            "socket = {:?}\nstate_directory = {:?}\n{}",
+            self.socket.display().to_string(),
+            self.dir.path().join("state").display().to_string(),
+            groups.replace("{demo}", DEMO).replace("{log}", &self.log.display().to_string())
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Starts corrald and returns once its socket answers a status request.
+    pub fn start(&mut self) {
+        let child = Command::new(CORRALD)
+            .arg("--config")
+            .arg(&self.config)
+            .env("CORRAL_LOG", "debug")
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("corrald.stderr")).unwrap()))
+            .spawn()
+            .expect("spawn corrald");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("corrald exited at start with {status}: {}", self.stderr());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "corrald did not open its socket: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("corrald.stderr")).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.expect("connect")
+    }
+
+    /// Sends one command and collects every response up to the final one.
+    pub async fn call(&self, cmd: Cmd) -> (Vec<proto::Response>, proto::Response) {
+        let mut client = self.client().await;
+        let mut progress = Vec::new();
+        let last = tokio::time::timeout(PATIENCE, client.call(cmd, |r| progress.push(r.clone())))
+            .await
+            .expect("no final answer in time")
+            .expect("call");
+        (progress, last)
+    }
+
+    pub async fn status(&self) -> proto::SupervisorStatus {
+        match self.call(Cmd::Status(proto::StatusRequest {})).await.1.content {
+            Some(Content::SupervisorStatus(s)) => s,
+            other => panic!("status returned {other:?}"),
+        }
+    }
+
+    pub async fn workers(&self) -> Vec<proto::WorkerInfo> {
+        match self.call(Cmd::ListWorkers(proto::ListWorkers { group: String::new() })).await.1.content {
+            Some(Content::Workers(w)) => w.workers,
+            other => panic!("list workers returned {other:?}"),
+        }
+    }
+
+    pub async fn pids(&self, group: &str) -> BTreeMap<String, u32> {
+        self.workers().await.into_iter().filter(|w| w.group == group && w.pid != 0).map(|w| (w.id, w.pid)).collect()
+    }
+
+    /// Polls status until `ready` workers of `group` are ready.
+    pub async fn wait_ready(&self, group: &str, ready: u32) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = self.status().await;
+            let g = s.groups.iter().find(|g| g.name == group).expect("group in status");
+            if g.ready >= ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{group}: only {} of {ready} ready: {g:?}", g.ready);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until `pred` holds of the worker list.
+    pub async fn wait_workers(&self, what: &str, pred: impl Fn(&[proto::WorkerInfo]) -> bool) -> Vec<proto::WorkerInfo> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let w = self.workers().await;
+            if pred(&w) {
+                return w;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {w:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for corrald to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("corrald did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn work_log(&self) -> WorkLog {
+        WorkLog::parse(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Corrald {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A test that failed half-way must not leave workers behind.
+            let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.log.display().to_string()).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The demo workers' shared log: which units started and finished.
+#[derive(Debug, Default)]
+pub struct WorkLog {
+    pub started: Vec<(String, u32, u64)>,
+    pub done: Vec<(String, u32, u64)>,
+    pub exits: Vec<(String, u32)>,
+}
+
+impl WorkLog {
+    fn parse(text: &str) -> WorkLog {
+        let mut log = WorkLog::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["start", w, pid, unit] => log.started.push((w.to_string(), pid.parse().unwrap(), unit.parse().unwrap())),
+                ["done", w, pid, unit] => log.done.push((w.to_string(), pid.parse().unwrap(), unit.parse().unwrap())),
+                ["exit", w, pid] => log.exits.push((w.to_string(), pid.parse().unwrap())),
+                _ => {}
+            }
+        }
+        log
+    }
+
+    /// Units that started and never completed, as (worker, pid, unit).
+    pub fn unfinished(&self) -> Vec<(String, u32, u64)> {
+        self.started.iter().filter(|s| !self.done.iter().any(|d| d.1 == s.1 && d.2 == s.2)).cloned().collect()
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A reaped pid is gone; a zombie would still answer kill(0), so check /proc state too.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn stop(target: &str, hard: bool) -> Cmd {
+    Cmd::Stop(proto::Stop { target: target.into(), hard })
+}
+
+pub fn final_failures(resp: &proto::Response) -> Vec<proto::WorkerFailure> {
+    match &resp.content {
+        Some(Content::Outcome(o)) => o.failures.clone(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
