@@ -1,0 +1,119 @@
+//! What a worker gets at spawn (a clean environment, its identity, the user
+//! it runs as) and the order groups start and stop in.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use corral::proto::{self, request::Command as Cmd, Status};
+
+fn shutdown() -> Cmd {
+    Cmd::Shutdown(proto::Shutdown {})
+}
+
+async fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with("END\n") {
+                return text;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never completed", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_a_clean_environment_with_their_identity() {
+    let mut c = Corrald::new("");
+    let out = c.dir.path().join("env.out");
+    c.write_config(&format!(
+        "[groups.envy]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"/usr/bin/env > {out}.tmp; echo END >> {out}.tmp; mv {out}.tmp {out}; exec sleep 600\"]\n\
+         environment = {{ GREETING = \"hello world\" }}\nstop_mode = \"signal\"\nready_after = \"10ms\"\n",
+        out = out.display()
+    ));
+    std::env::set_var("CORRAL_TEST_LEAK", "must not reach workers");
+    c.start();
+    let text = wait_for_file(&out).await;
+    let mut vars: Vec<&str> = text.lines().filter(|l| *l != "END").map(|l| l.split('=').next().unwrap()).collect();
+    vars.sort();
+    // The shell may add its own bookkeeping variables; nothing else may appear.
+    vars.retain(|v| !matches!(*v, "PWD" | "SHLVL" | "_" | "OLDPWD"));
+    assert_eq!(vars, ["CORRAL_GROUP", "CORRAL_WORKER_ID", "GREETING", "PATH"], "{text}");
+    assert!(text.contains("CORRAL_GROUP=envy\n"));
+    assert!(text.contains("CORRAL_WORKER_ID=envy-1\n"));
+    assert!(text.contains("GREETING=hello world\n"));
+    assert!(!text.contains("CORRAL_TEST_LEAK"));
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_runs_as_its_configured_user() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (CI runs as root) to switch users");
+    let mut c = Corrald::new("");
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = c.dir.path().join("id.out");
+    c.write_config(&format!(
+        "[groups.low]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"(id -u; id -g; id -G; echo END) > {out}.tmp; mv {out}.tmp {out}; exec sleep 600\"]\n\
+         user = \"nobody\"\ngroup = \"nogroup\"\nstop_mode = \"signal\"\nready_after = \"10ms\"\n",
+        out = out.display()
+    ));
+    c.start();
+    let text = wait_for_file(&out).await;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{text}");
+    assert_eq!(lines[1], nogroup.gid.to_string(), "{text}");
+    // Root's supplementary groups must not be kept.
+    assert!(!lines[2].split_whitespace().any(|g| g == "0"), "{text}");
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_start_after_their_dependencies_are_ready_and_stop_before_them() {
+    let groups = "\
+[groups.db]
+command = \"{demo}\"
+args = [\"--ready-delay-ms\", \"300\", \"--log\", \"{log}\"]
+count = 2
+stop_mode = \"protocol\"
+[groups.app]
+command = \"{demo}\"
+args = [\"--log\", \"{log}\"]
+count = 2
+stop_mode = \"protocol\"
+after = [\"db\"]
+";
+    let mut c = Corrald::new(groups);
+    c.start();
+    c.wait_ready("app", 2).await;
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.wait_exit(), Some(0));
+
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    let events: Vec<(&str, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            matches!(f[0], "ready" | "exit").then(|| (f[0], f[1]))
+        })
+        .collect();
+    let pos = |ev: &str, group: &str| -> Vec<usize> {
+        events.iter().enumerate().filter(|(_, (e, w))| *e == ev && w.starts_with(group)).map(|(i, _)| i).collect()
+    };
+    let (db_ready, app_ready) = (pos("ready", "db-"), pos("ready", "app-"));
+    let (db_exit, app_exit) = (pos("exit", "db-"), pos("exit", "app-"));
+    assert_eq!((db_ready.len(), app_ready.len(), db_exit.len(), app_exit.len()), (2, 2, 2, 2), "{log}");
+    assert!(db_ready.iter().max() < app_ready.iter().min(), "app became ready before db was: {log}");
+    assert!(app_exit.iter().max() < db_exit.iter().min(), "db stopped before app: {log}");
+}
