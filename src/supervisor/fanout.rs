@@ -31,6 +31,8 @@ pub struct Fanout {
     pending: BTreeSet<String>,
     acked: BTreeSet<String>,
     total: u32,
+    /// What a worker's success is called in progress lines ("stopped", "ready").
+    done: &'static str,
     finished: u32,
     succeeded: u32,
     failures: Vec<proto::WorkerFailure>,
@@ -39,7 +41,7 @@ pub struct Fanout {
 impl Fanout {
     /// `total` is how many worker outcomes the request will report, over
     /// all its phases.
-    pub fn new(reply: Reply, total: usize) -> Fanout {
+    pub fn new(reply: Reply, total: usize, done: &'static str) -> Fanout {
         let (sink, rx) = mpsc::unbounded_channel();
         Fanout {
             reply,
@@ -48,6 +50,7 @@ impl Fanout {
             pending: BTreeSet::new(),
             acked: BTreeSet::new(),
             total: total as u32,
+            done,
             finished: 0,
             succeeded: 0,
             failures: Vec::new(),
@@ -115,7 +118,7 @@ impl Fanout {
                 match result {
                     Ok(()) => {
                         self.succeeded += 1;
-                        (worker, "finished".to_string())
+                        (worker, self.done.to_string())
                     }
                     Err((kind, detail)) => {
                         let what = format!("{}: {detail}", kind_name(kind));

@@ -664,7 +664,7 @@ impl Supervisor {
 
     /// Begins the soft shutdown: no more starts or restarts, every worker
     /// drained in reverse start order, then the run loop ends.
-    pub fn shutdown(&mut self, reply: Reply) {
+    fn shutdown(&mut self, reply: Reply) {
         if self.shutting_down {
             reply.failure("a shutdown is already in progress".into(), None);
             return;

@@ -38,7 +38,7 @@ pub fn stop(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, hard: bool,
     let layers = if hard { vec![layers.into_iter().flatten().collect()] } else { layers };
     let total = layers.iter().map(Vec::len).sum();
     tokio::spawn(async move {
-        let mut fan = Fanout::new(reply, total);
+        let mut fan = Fanout::new(reply, total, if hard { "killed" } else { "stopped" });
         stop_layers(&handle, &mut fan, layers, hard, Instant::now() + timeout).await;
         let verb = if hard { "killed" } else { "stopped" };
         fan.finish(format!("{verb} {what} ({total} workers)"));
@@ -48,7 +48,7 @@ pub fn stop(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, hard: bool,
 pub fn start(handle: Handle, reply: Reply, keys: Vec<SlotKey>, ready_timeout: Duration) {
     tokio::spawn(async move {
         let total = keys.len();
-        let mut fan = Fanout::new(reply, total);
+        let mut fan = Fanout::new(reply, total, "ready");
         if total > 0 {
             let op = fan.expect(ids(&keys));
             handle.send(Msg::Start { keys, waiter: op });
@@ -71,7 +71,7 @@ pub fn restart(
 ) {
     tokio::spawn(async move {
         let total = keys.len();
-        let mut fan = Fanout::new(reply, total);
+        let mut fan = Fanout::new(reply, total, "replaced and ready");
         let mut chunks = keys.chunks(batch.max(1));
         for chunk in chunks.by_ref() {
             fan.expect(ids(chunk));
@@ -134,7 +134,7 @@ pub fn reload(
     ready_timeout: Duration,
 ) {
     tokio::spawn(async move {
-        let mut fan = Fanout::new(reply, to_stop.len() + to_start.len());
+        let mut fan = Fanout::new(reply, to_stop.len() + to_start.len(), "done");
         if !to_stop.is_empty() {
             stop_layers(&handle, &mut fan, vec![to_stop], false, Instant::now() + stop_timeout).await;
         }
@@ -156,7 +156,7 @@ pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout
     let all: Vec<SlotKey> = layers.iter().flatten().cloned().collect();
     let total = all.len();
     tokio::spawn(async move {
-        let mut fan = Fanout::new(reply, total);
+        let mut fan = Fanout::new(reply, total, "stopped");
         stop_layers(&handle, &mut fan, layers, false, Instant::now() + timeout).await;
         let clean = !fan.has_failures();
         if !clean {
