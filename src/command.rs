@@ -190,12 +190,12 @@ async fn connection(stream: UnixStream, session: u64, handle: Handle, max_frame:
                 }
             },
             Some(Err(e)) => {
-                // The codec's errors: a length over the maximum, or the
-                // stream ending inside a frame.
-                let what = if e.kind() == io::ErrorKind::UnexpectedEof {
-                    "truncated frame (the connection ended inside it)".to_string()
-                } else {
+                // The codec fails in two ways: a length over the maximum
+                // (InvalidData), or the stream ending inside a frame.
+                let what = if e.kind() == io::ErrorKind::InvalidData {
                     format!("bad frame: {e} (the maximum is {max_frame} bytes)")
+                } else {
+                    "truncated frame (the connection ended inside it)".to_string()
                 };
                 tracing::debug!(session, "{what}");
                 let _ = tx.send(failure(0, format!("{what}; closing the connection")));

@@ -872,7 +872,8 @@ impl Supervisor {
             for (index, slot) in &group.slots {
                 let key = SlotKey { group: name.clone(), index: *index };
                 let should_run = *index <= sg.scale && !stopped.contains(index);
-                if !should_run && !(slot.stop_requested && slot.proc.is_none()) {
+                let stopped_already = slot.stop_requested && slot.proc.is_none();
+                if !should_run && !stopped_already {
                     to_stop.push(key);
                 } else if should_run && slot.proc.is_none() && !group.waiting {
                     to_start.push(key);
