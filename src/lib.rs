@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod frame;
 pub mod supervisor;
+pub mod systemd;
 pub mod worker;
 
 /// Types generated from `proto/corral.proto`, the single source of the wire format.

@@ -1,0 +1,410 @@
+//! systemd over D-Bus: one long-lived connection to the service manager,
+//! transient scopes for workers, live resource limits, and the scopes'
+//! `RequestStop` signal.
+//!
+//! Traps this module exists to handle: `StartTransientUnit` returns when the
+//! job is queued, not done, so every placement waits for its `JobRemoved`
+//! (whose match is installed at connect time, before any call); the signal
+//! stream is drained by one task so a full queue can never stall the
+//! connection; a scope left from an earlier run (`UnitExists`) is resolved,
+//! not ignored; and a dropped connection is re-established on the next use.
+
+pub mod properties;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
+use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+
+pub use properties::Property;
+
+/// How long one D-Bus call, or one job, may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which bus to find the service manager on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    System,
+    User,
+}
+
+/// What the service manager asks of corrald.
+#[derive(Debug)]
+pub enum Event {
+    /// `systemctl stop` of one of our scopes: drain its workers.
+    RequestStop { unit: String },
+}
+
+/// The scope a worker is placed in.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub unit: String,
+    pub description: String,
+    pub slice: String,
+    /// Whether several workers share the unit (later ones are attached).
+    pub shared: bool,
+    pub properties: Vec<Property>,
+}
+
+/// Results of jobs, by job object path. A `JobRemoved` can arrive before the
+/// caller has read its job path from the method reply, so results nobody
+/// waits for yet are kept (bounded) until claimed.
+struct Jobs {
+    waiting: HashMap<String, oneshot::Sender<String>>,
+    unclaimed: lru::LruCache<String, String>,
+}
+
+struct Link {
+    conn: Connection,
+    manager: ManagerProxy<'static>,
+    jobs: Arc<Mutex<Jobs>>,
+}
+
+#[derive(Clone)]
+pub struct Systemd {
+    bus: Bus,
+    link: Arc<tokio::sync::RwLock<Option<Arc<Link>>>>,
+    /// Serialises placements into one shared unit, so the first creates it
+    /// and the rest attach.
+    unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    events: mpsc::UnboundedSender<Event>,
+    version: String,
+}
+
+fn call_err(unit: &str, what: &str, e: impl std::fmt::Display) -> String {
+    format!("{unit}: {what} failed: {e}")
+}
+
+/// The D-Bus error name of a method error, if it is one.
+fn error_name(e: &zbus::Error) -> Option<&str> {
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
+        _ => None,
+    }
+}
+
+async fn timed<T>(what: &str, fut: impl std::future::Future<Output = zbus::Result<T>>) -> Result<T, zbus::Error> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(zbus::Error::Failure(format!("{what}: no answer from systemd within {CALL_TIMEOUT:?}"))),
+    }
+}
+
+impl Systemd {
+    /// Connects and checks that a service manager answers on the bus.
+    pub async fn connect(bus: Bus) -> Result<(Systemd, mpsc::UnboundedReceiver<Event>), String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Self::open(bus, tx.clone()).await?;
+        let version = link.manager.version().await.unwrap_or_default();
+        let sd = Systemd {
+            bus,
+            link: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(link)))),
+            unit_locks: Arc::default(),
+            events: tx,
+            version,
+        };
+        Ok((sd, rx))
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    async fn open(bus: Bus, events: mpsc::UnboundedSender<Event>) -> Result<Link, String> {
+        let conn = match bus {
+            Bus::System => Connection::system().await,
+            Bus::User => Connection::session().await,
+        }
+        .map_err(|e| format!("cannot connect to the {} bus: {e}", bus_name(bus)))?;
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| format!("cannot reach systemd on the {} bus: {e}", bus_name(bus)))?;
+        // Installing the JobRemoved match before any call is what makes it
+        // safe to wait for a job whose path the call has not returned yet.
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| format!("cannot subscribe to systemd's JobRemoved: {e}"))?;
+        // Proves a service manager is there, not just a bus.
+        timed("Version", manager.version())
+            .await
+            .map_err(|e| format!("no systemd service manager on the {} bus: {e}", bus_name(bus)))?;
+
+        let jobs = Arc::new(Mutex::new(Jobs {
+            waiting: HashMap::new(),
+            unclaimed: lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero")),
+        }));
+        let sink = jobs.clone();
+        tokio::spawn(async move {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                let path = args.job.to_string();
+                let result = args.result.to_string();
+                let mut jobs = sink.lock().expect("jobs lock");
+                match jobs.waiting.remove(&path) {
+                    Some(waiter) => {
+                        let _ = waiter.send(result);
+                    }
+                    None => {
+                        jobs.unclaimed.put(path, result);
+                    }
+                }
+            }
+            // The stream ends when the connection does: fail every waiter
+            // now rather than at its timeout.
+            sink.lock().expect("jobs lock").waiting.clear();
+        });
+
+        let rule = MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.systemd1.Scope")
+            .member("RequestStop")
+            .build()
+            .map_err(|e| format!("cannot build the RequestStop match: {e}"))?;
+        let mut stops = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
+            .await
+            .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stops.next().await {
+                if let Some(path) = msg.header().path() {
+                    if let Some(unit) = unit_from_path(path.as_str()) {
+                        let _ = events.send(Event::RequestStop { unit });
+                    }
+                }
+            }
+        });
+        Ok(Link { conn, manager, jobs })
+    }
+
+    /// The live link, reconnecting when the last one dropped (systemd
+    /// re-executed, the bus restarted).
+    async fn link(&self) -> Result<Arc<Link>, String> {
+        if let Some(link) = self.link.read().await.as_ref() {
+            if !link.conn.is_closed() {
+                return Ok(link.clone());
+            }
+        }
+        let mut slot = self.link.write().await;
+        if let Some(link) = slot.as_ref() {
+            if !link.conn.is_closed() {
+                return Ok(link.clone());
+            }
+            tracing::warn!("the D-Bus connection to systemd dropped; reconnecting");
+        }
+        let link = Arc::new(Self::open(self.bus, self.events.clone()).await?);
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Our name on the bus: the scopes' `Controller`, to which systemd sends
+    /// `RequestStop`.
+    fn controller(link: &Link) -> String {
+        link.conn.unique_name().map(|n| n.to_string()).unwrap_or_default()
+    }
+
+    /// Puts `pid` into its scope and confirms it is there. Returns a note
+    /// when an existing scope was joined rather than created.
+    pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, String> {
+        let lock = if placement.shared {
+            let mut locks = self.unit_locks.lock().expect("unit locks");
+            Some(locks.entry(placement.unit.clone()).or_default().clone())
+        } else {
+            None
+        };
+        let _guard = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let link = self.link().await?;
+        let unit = &placement.unit;
+        let mut note = None;
+        if placement.shared && self.is_active(&link, unit).await {
+            self.attach(&link, unit, pid).await?;
+        } else {
+            match self.start_scope(&link, pid, placement).await {
+                Ok(()) => {}
+                Err(e) if error_name(&e) == Some("org.freedesktop.systemd1.UnitExists") => {
+                    // Left from an earlier run. A live one is joined (its
+                    // limits still apply); a dead one is reset and created anew.
+                    if self.is_active(&link, unit).await {
+                        self.attach(&link, unit, pid).await?;
+                        note = Some(format!("{unit} existed from an earlier run and was joined"));
+                    } else {
+                        let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
+                        self.start_scope(&link, pid, placement).await.map_err(|e| call_err(unit, "StartTransientUnit (after reset-failed)", e))?;
+                        note = Some(format!("{unit} was left failed by an earlier run; reset and created anew"));
+                    }
+                }
+                Err(e) => return Err(call_err(unit, "StartTransientUnit", e)),
+            }
+        }
+        confirm_in_unit(pid, unit)?;
+        Ok(note)
+    }
+
+    async fn start_scope(&self, link: &Link, pid: u32, p: &Placement) -> Result<(), zbus::Error> {
+        let mut props: Vec<(String, OwnedVariant)> = vec![
+            ("Description".into(), OwnedVariant::from(zbus::Str::from(p.description.clone()))),
+            ("Slice".into(), OwnedVariant::from(zbus::Str::from(p.slice.clone()))),
+            ("CollectMode".into(), OwnedVariant::from(zbus::Str::from("inactive-or-failed"))),
+            ("Controller".into(), OwnedVariant::from(zbus::Str::from(Self::controller(link)))),
+            ("PIDs".into(), OwnedVariant::try_from(Variant::from(vec![pid]))?),
+        ];
+        props.extend(p.properties.iter().map(|prop| (prop.dbus_name.to_string(), prop.to_variant())));
+        let job = timed(
+            "StartTransientUnit",
+            link.manager.start_transient_unit(p.unit.clone(), "fail".into(), props, Vec::new()),
+        )
+        .await?;
+        let result = self.job_result(link, job.to_string()).await?;
+        if result != "done" {
+            return Err(zbus::Error::Failure(format!("the start job of {} finished with result {result:?}", p.unit)));
+        }
+        Ok(())
+    }
+
+    async fn job_result(&self, link: &Link, path: String) -> Result<String, zbus::Error> {
+        let rx = {
+            let mut jobs = link.jobs.lock().expect("jobs lock");
+            if let Some(result) = jobs.unclaimed.pop(&path) {
+                return Ok(result);
+            }
+            let (tx, rx) = oneshot::channel();
+            jobs.waiting.insert(path.clone(), tx);
+            rx
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(zbus::Error::Failure(format!("the connection to systemd dropped while job {path} ran"))),
+            Err(_) => {
+                link.jobs.lock().expect("jobs lock").waiting.remove(&path);
+                Err(zbus::Error::Failure(format!("job {path} did not finish within {CALL_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    async fn attach(&self, link: &Link, unit: &str, pid: u32) -> Result<(), String> {
+        timed(
+            "AttachProcessesToUnit",
+            link.manager.attach_processes_to_unit(unit.to_string(), String::new(), vec![pid]),
+        )
+        .await
+        .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
+    }
+
+    async fn is_active(&self, link: &Link, unit: &str) -> bool {
+        let Ok(Ok(path)) = tokio::time::timeout(CALL_TIMEOUT, link.manager.get_unit(unit.to_string())).await else {
+            return false;
+        };
+        let Ok(proxy) = UnitProxy::builder(&link.conn).path(path).cache_properties(CacheProperties::No).build().await
+        else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(CALL_TIMEOUT, proxy.active_state()).await,
+            Ok(Ok(state)) if state == "active" || state == "activating"
+        )
+    }
+
+    /// Applies properties to a live unit (runtime only, as `systemctl
+    /// set-property --runtime`) and returns what systemd now shows for each.
+    pub async fn set_properties(&self, unit: &str, props: &[Property]) -> Result<Vec<(String, String)>, String> {
+        let link = self.link().await?;
+        let wire: Vec<(String, OwnedVariant)> =
+            props.iter().map(|p| (p.dbus_name.to_string(), p.to_variant())).collect();
+        timed("SetUnitProperties", link.manager.set_unit_properties(unit.to_string(), true, wire))
+            .await
+            .map_err(|e| call_err(unit, "SetUnitProperties", e))?;
+        let path = timed("GetUnit", link.manager.get_unit(unit.to_string()))
+            .await
+            .map_err(|e| call_err(unit, "GetUnit", e))?;
+        let proxy = zbus::Proxy::new(&link.conn, "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Scope")
+            .await
+            .map_err(|e| call_err(unit, "reading properties", e))?;
+        let mut shown = Vec::new();
+        for p in props {
+            let value: OwnedVariant = timed("Get", proxy.get_property(p.dbus_name))
+                .await
+                .map_err(|e| call_err(unit, &format!("reading {}", p.dbus_name), e))?;
+            shown.push((p.dbus_name.to_string(), properties::render(&value)));
+        }
+        Ok(shown)
+    }
+}
+
+fn bus_name(bus: Bus) -> &'static str {
+    match bus {
+        Bus::System => "system",
+        Bus::User => "user",
+    }
+}
+
+/// After systemd says `done`, the kernel is the judge: the pid's cgroup must
+/// end in the unit.
+fn confirm_in_unit(pid: u32, unit: &str) -> Result<(), String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("{unit}: cannot read /proc/{pid}/cgroup to confirm the placement: {e}"))?;
+    let suffix = format!("/{unit}");
+    if cgroups.lines().any(|l| l.ends_with(&suffix)) {
+        Ok(())
+    } else {
+        Err(format!("{unit}: systemd reported the scope started, but pid {pid} is not in it: {}", cgroups.trim()))
+    }
+}
+
+/// `/org/freedesktop/systemd1/unit/corral_2dweb_2escope` -> `corral-web.scope`.
+fn unit_from_path(path: &str) -> Option<String> {
+    let escaped = path.strip_prefix("/org/freedesktop/systemd1/unit/")?;
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The scope name of a group (`corral-web.scope`) or of one worker
+/// (`corral-web-3.scope`).
+pub fn scope_name(group: &str, index: Option<u32>) -> String {
+    match index {
+        Some(i) => format!("corral-{group}-{i}.scope"),
+        None => format!("corral-{group}.scope"),
+    }
+}
+
+/// The command target a scope stands for: `corral-web.scope` -> `web`,
+/// `corral-web-3.scope` -> `web-3`.
+pub fn target_of_scope(unit: &str) -> Option<String> {
+    unit.strip_prefix("corral-")?.strip_suffix(".scope").map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_paths_unescape() {
+        assert_eq!(
+            unit_from_path("/org/freedesktop/systemd1/unit/corral_2dweb_2d3_2escope").as_deref(),
+            Some("corral-web-3.scope")
+        );
+        assert_eq!(target_of_scope("corral-web-3.scope").as_deref(), Some("web-3"));
+        assert_eq!(target_of_scope("other.scope"), None);
+    }
+}
