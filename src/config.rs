@@ -63,7 +63,40 @@ pub struct Config {
     pub socket: PathBuf,
     pub state_directory: PathBuf,
     pub max_frame_size: usize,
+    pub scopes: Scopes,
+    pub bus: BusChoice,
+    pub slice: String,
     pub groups: BTreeMap<String, GroupConfig>,
+}
+
+/// Whether workers are placed in systemd scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scopes {
+    /// When a service manager answers; otherwise run without, warning once.
+    Auto,
+    /// Refuse to start without a service manager.
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusChoice {
+    /// The system bus for root, the user's bus otherwise.
+    Auto,
+    System,
+    User,
+}
+
+/// How a group's workers map to scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScopeMode {
+    /// One scope, `corral-<group>.scope`, for all the group's workers.
+    Group,
+    /// One scope per worker, `corral-<group>-<n>.scope`.
+    Worker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -115,6 +148,9 @@ pub struct GroupConfig {
     pub max_unavailable: u32,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub scope: ScopeMode,
+    /// Resource properties for the group's scopes, in config order of keys.
+    pub resources: Vec<crate::systemd::Property>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +159,11 @@ struct RawConfig {
     socket: Option<PathBuf>,
     state_directory: Option<PathBuf>,
     max_frame_size: Option<usize>,
+    #[serde(default = "default_scopes")]
+    scopes: Scopes,
+    #[serde(default = "default_bus")]
+    bus: BusChoice,
+    slice: Option<String>,
     #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
 }
@@ -166,6 +207,28 @@ struct RawGroup {
     max_unavailable: u32,
     user: Option<String>,
     group: Option<String>,
+    #[serde(default = "default_scope_mode")]
+    scope: ScopeMode,
+    #[serde(default)]
+    resources: BTreeMap<String, Scalar>,
+}
+
+/// A resource value, written as a string ("512M") or a bare number (100).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Number(u64),
+    Text(String),
+}
+
+fn default_scopes() -> Scopes {
+    Scopes::Auto
+}
+fn default_bus() -> BusChoice {
+    BusChoice::Auto
+}
+fn default_scope_mode() -> ScopeMode {
+    ScopeMode::Group
 }
 
 fn one() -> u32 {
@@ -290,6 +353,16 @@ impl Config {
                     return Err(err(format!("key `{}`: invalid variable name {var:?}", key("environment"))));
                 }
             }
+            let mut resources = Vec::new();
+            for (k, v) in &g.resources {
+                let text = match v {
+                    Scalar::Number(n) => n.to_string(),
+                    Scalar::Text(t) => t.clone(),
+                };
+                let prop = crate::systemd::properties::parse(k, &text)
+                    .map_err(|m| err(format!("key `{}`: {m}", key(&format!("resources.{k}")))))?;
+                resources.push(prop);
+            }
             // A command with a slash is a path (relative ones are taken from
             // the config file's directory); a bare name is looked up in PATH.
             let command = if g.command.contains('/') {
@@ -321,6 +394,8 @@ impl Config {
                     max_unavailable: g.max_unavailable,
                     user: g.user,
                     group: g.group,
+                    scope: g.scope,
+                    resources,
                 },
             );
         }
@@ -339,8 +414,18 @@ impl Config {
         if !(64..=64 * 1024 * 1024).contains(&max_frame_size) {
             return Err(err("key `max_frame_size`: must be between 64 and 67108864 bytes".into()));
         }
+        let slice = raw.slice.unwrap_or_else(|| "corral.slice".into());
+        let slice_ok = slice.len() > 6
+            && slice.ends_with(".slice")
+            && slice.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '\\'));
+        if !slice_ok {
+            return Err(err(format!("key `slice`: {slice:?} is not a slice unit name (e.g. \"corral.slice\")")));
+        }
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            scopes: raw.scopes,
+            bus: raw.bus,
+            slice,
             socket: raw.socket.map(absolute).unwrap_or_else(default_socket_path),
             state_directory: raw.state_directory.map(absolute).unwrap_or_else(default_state_directory),
             max_frame_size,
@@ -418,6 +503,20 @@ mod tests {
         let e = parse("[groups.a]\ncommand = \"x\"\nafter = [\"b\"]\n[groups.b]\ncommand = \"x\"\nafter = [\"a\"]\n")
             .unwrap_err();
         assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn resources_are_checked_and_converted() {
+        let c = parse("[groups.web]\ncommand = \"x\"\nscope = \"worker\"\n[groups.web.resources]\nMemoryMax = \"64M\"\nCPUWeight = 50\n").unwrap();
+        let web = &c.groups["web"];
+        assert_eq!(web.scope, ScopeMode::Worker);
+        let names: Vec<&str> = web.resources.iter().map(|p| p.dbus_name).collect();
+        assert_eq!(names, ["CPUWeight", "MemoryMax"]);
+        let e = parse("[groups.web]\ncommand = \"x\"\n[groups.web.resources]\nMemoryMax = \"lots\"\n").unwrap_err();
+        assert!(e.to_string().contains("key `groups.web.resources.MemoryMax`"), "{e}");
+        let e = parse("slice = \"corral\"\n").unwrap_err();
+        assert!(e.to_string().contains("key `slice`"), "{e}");
+        assert_eq!(parse("").unwrap().slice, "corral.slice");
     }
 
     #[test]

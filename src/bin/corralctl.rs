@@ -79,6 +79,14 @@ enum Cmd {
     },
     /// Set the number of workers of a group
     Scale { group: String, count: u32 },
+    /// Change resource limits of live scopes (as systemctl set-property --runtime)
+    Limit {
+        /// A group, or a worker id like web-3
+        target: String,
+        /// Properties such as MemoryMax=64M CPUQuota=50% TasksMax=32
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+    },
     /// Re-read corrald's configuration file
     Reload,
     /// Save corrald's state to a file (written by corrald)
@@ -184,6 +192,7 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
             max_unavailable: max_unavailable.unwrap_or(0),
         }),
         Cmd::Scale { group, count } => request::Command::Scale(proto::Scale { group, count }),
+        Cmd::Limit { target, properties } => request::Command::Limit(proto::Limit { target, properties }),
         Cmd::Reload => request::Command::ReloadConfig(proto::ReloadConfig {}),
         Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState {
             path: wire_path(&path)?,

@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use corral::command::{self, Listener};
 use corral::config::Config;
 use corral::proto;
-use corral::supervisor::{Reply, Supervisor};
+use corral::config::{BusChoice, Scopes};
+use corral::supervisor::{run_gate, Reply, Supervisor, GATE_ARG};
+use corral::systemd::{self, Bus, Systemd};
 
 #[derive(Parser)]
 #[command(version, about = "The corral supervisor: runs worker groups and serves the command socket")]
@@ -25,6 +27,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A worker on its way to exec waits here, in corrald's own code, until
+    // its scope is confirmed (see supervisor::process::Gate).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == GATE_ARG) {
+        run_gate(&argv[2..]);
+    }
     let args = Args::parse();
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
@@ -58,6 +66,42 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// Connects to the service manager as the config asks. Without one, corrald
+/// runs without scopes and says so once, unless scopes are required.
+async fn connect_systemd(
+    config: &Config,
+) -> Result<Option<(Systemd, tokio::sync::mpsc::UnboundedReceiver<systemd::Event>)>, String> {
+    if config.scopes == Scopes::Off {
+        tracing::info!("scopes = \"off\": workers run without systemd scopes");
+        return Ok(None);
+    }
+    let bus = match config.bus {
+        BusChoice::System => Bus::System,
+        BusChoice::User => Bus::User,
+        BusChoice::Auto if nix::unistd::geteuid().is_root() => Bus::System,
+        BusChoice::Auto => Bus::User,
+    };
+    let connected = tokio::time::timeout(std::time::Duration::from_secs(15), Systemd::connect(bus))
+        .await
+        .unwrap_or_else(|_| Err("no answer from the D-Bus daemon within 15s".into()));
+    match connected {
+        Ok((sd, events)) => {
+            tracing::info!(slice = %config.slice, "placing workers in transient systemd scopes (systemd {})", sd.version());
+            Ok(Some((sd, events)))
+        }
+        Err(e) if config.scopes == Scopes::Required => {
+            Err(format!("scopes = \"required\" in {}, but {e}", config.path.display()))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no systemd service manager ({e}): running WITHOUT scopes; workers will not appear as systemd units \
+                 and get no resource limits (set scopes = \"required\" to refuse to start instead)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
@@ -86,7 +130,15 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let max_frame = config.max_frame_size;
-    let supervisor = Supervisor::new(config);
+    let (systemd, mut systemd_events) = match connect_systemd(&config).await {
+        Ok(Some((sd, events))) => (Some(sd), Some(events)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("corrald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let supervisor = Supervisor::new(config, systemd);
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
 
@@ -109,6 +161,17 @@ async fn run(config: Config) -> ExitCode {
                 _ = term.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
                 _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
                 _ = hup.recv() => signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, tx.clone())),
+                Some(event) = async { systemd_events.as_mut()?.recv().await }, if systemd_events.is_some() => {
+                    let systemd::Event::RequestStop { unit } = event;
+                    match systemd::target_of_scope(&unit) {
+                        Some(target) => {
+                            tracing::info!(%unit, "systemd asks to stop the scope: draining its workers");
+                            let stop = proto::request::Command::Stop(proto::Stop { target, hard: false });
+                            signals.request(command(stop), Reply::new(0, tx.clone()));
+                        }
+                        None => tracing::warn!(%unit, "RequestStop for a unit that is not corral's"),
+                    }
+                }
                 Some(r) = rx.recv() => {
                     if r.status() != proto::Status::Processing {
                         tracing::info!("{}", r.message);

@@ -21,12 +21,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{Config, GroupConfig, RestartPolicy, StopMode};
+use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode, StopMode};
+use crate::systemd::{self, Placement, Systemd};
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
 use fanout::{OpEvent, OpSink};
 use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
+pub use process::{run_gate, GATE_ARG};
 
 /// Where the responses to one connection's requests go.
 pub type Replies = mpsc::UnboundedSender<proto::Response>;
@@ -87,6 +89,8 @@ pub enum Msg {
     /// Start these slots (creating missing ones); each reports to `waiter`
     /// as finished when ready, or why it is not.
     Start { keys: Vec<SlotKey>, waiter: OpSink },
+    /// systemd would not take a worker into its scope; it was never exec'd.
+    PlacementFailed { key: SlotKey, generation: u64, error: String },
     /// A group has been drained for removal by a reload.
     ForgetGroup(String),
     /// The final step of a shutdown: leave the run loop.
@@ -139,6 +143,8 @@ impl SlotState {
 
 struct Proc {
     generation: u64,
+    /// Why the process was never allowed to run its command, if so.
+    placement_error: Option<String>,
     pid: u32,
     started_at: SystemTime,
     started: Instant,
@@ -183,10 +189,14 @@ struct Group {
     removing: bool,
     /// Restarts within the start-limit interval.
     recent_restarts: VecDeque<Instant>,
+    /// Properties changed at runtime with `limit`; later scopes get them too.
+    limits: Vec<crate::systemd::Property>,
 }
 
 pub struct Supervisor {
     config: Config,
+    /// The service manager, when workers are placed in scopes.
+    systemd: Option<Systemd>,
     groups: BTreeMap<String, Group>,
     rx: mpsc::UnboundedReceiver<Msg>,
     handle: Handle,
@@ -196,11 +206,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: Config) -> Supervisor {
+    pub fn new(config: Config, systemd: Option<Systemd>) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let groups = BTreeMap::new();
         let mut sup = Supervisor {
             config: config.clone(),
+            systemd,
             groups,
             rx,
             handle: Handle { tx },
@@ -236,6 +247,14 @@ impl Supervisor {
                 }
                 Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
                 Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
+                Msg::PlacementFailed { key, generation, error } => {
+                    tracing::error!(worker = %key.id(), "not started: {error}");
+                    if let Some(proc) = self.slot_mut(&key).and_then(|s| s.proc.as_mut()) {
+                        if proc.generation == generation {
+                            proc.placement_error = Some(error);
+                        }
+                    }
+                }
                 Msg::ForgetGroup(name) => {
                     if self.groups.get(&name).is_some_and(|g| g.removing) {
                         self.groups.remove(&name);
@@ -260,6 +279,7 @@ impl Supervisor {
                 failed: None,
                 removing: false,
                 recent_restarts: VecDeque::new(),
+                limits: Vec::new(),
             },
         );
     }
@@ -319,11 +339,43 @@ impl Supervisor {
         let config = group.config.clone();
         let Some(slot) = group.slots.get_mut(&key.index) else { return };
         slot.stop_requested = false;
-        match process::spawn(&config, &key.id(), key.clone(), generation, events) {
+        let gated = self.systemd.is_some();
+        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated) {
             Ok(spawned) => {
                 tracing::debug!(worker = %key.id(), pid = spawned.pid, "spawned");
+                if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
+                    let placement = Placement {
+                        unit: match config.scope {
+                            ScopeMode::Group => systemd::scope_name(&key.group, None),
+                            ScopeMode::Worker => systemd::scope_name(&key.group, Some(key.index)),
+                        },
+                        description: match config.scope {
+                            ScopeMode::Group => format!("corral worker group {}", key.group),
+                            ScopeMode::Worker => format!("corral worker {}", key.id()),
+                        },
+                        slice: self.config.slice.clone(),
+                        shared: config.scope == ScopeMode::Group,
+                        properties: merged(&config.resources, &group.limits),
+                    };
+                    let (sd, tx, key, pid) = (sd.clone(), self.handle.tx.clone(), key.clone(), spawned.pid);
+                    tokio::spawn(async move {
+                        match sd.place(pid, &placement).await {
+                            Ok(note) => {
+                                if let Some(note) = note {
+                                    tracing::info!(worker = %key.id(), "{note}");
+                                }
+                                gate.open();
+                            }
+                            Err(error) => {
+                                drop(gate);
+                                let _ = tx.send(Msg::PlacementFailed { key, generation, error });
+                            }
+                        }
+                    });
+                }
                 slot.proc = Some(Proc {
                     generation,
+                    placement_error: None,
                     pid: spawned.pid,
                     started_at: spawned.started_at,
                     started: Instant::now(),
@@ -377,6 +429,10 @@ impl Supervisor {
                 let proc = slot.proc.take().expect("generation matched");
                 let ran_for = proc.started.elapsed();
                 tracing::info!(worker = %key.id(), pid = proc.pid, "{description}");
+                let description = match proc.placement_error {
+                    Some(error) => format!("never ran: {error}"),
+                    None => description,
+                };
                 slot.last_exit = description.clone();
                 for w in slot.ready_waiters.drain(..) {
                     let detail = format!("{description} before it was ready");
@@ -652,7 +708,69 @@ impl Supervisor {
                 Err(e) => reply.failure(e, None),
             },
             Command::Shutdown(_) => self.shutdown(reply),
+            Command::Limit(req) => self.limit(&req.target, &req.properties, reply),
         }
+    }
+
+    /// Changes resource properties of live scopes at runtime and reports
+    /// what systemd shows afterwards. Later scopes of the group get them too.
+    fn limit(&mut self, target: &str, assignments: &[String], reply: Reply) {
+        let Some(sd) = self.systemd.clone() else {
+            reply.failure("scopes are not active (no systemd service manager): there is nothing to limit".into(), None);
+            return;
+        };
+        let mut props = Vec::new();
+        for a in assignments {
+            let parsed = a
+                .split_once('=')
+                .ok_or_else(|| format!("{a:?} is not KEY=VALUE"))
+                .and_then(|(k, v)| systemd::properties::parse(k.trim(), v));
+            match parsed {
+                Ok(p) => props.push(p),
+                Err(e) => return reply.failure(e, None),
+            }
+        }
+        if props.is_empty() {
+            return reply.failure("name at least one KEY=VALUE".into(), None);
+        }
+        let keys = match self.resolve(target) {
+            Ok(keys) if !target.is_empty() => keys,
+            Ok(_) => return reply.failure("name a group or a worker to limit".into(), None),
+            Err(e) => return reply.failure(e, None),
+        };
+        let mut units: Vec<String> = Vec::new();
+        for key in &keys {
+            let Some(group) = self.groups.get_mut(&key.group) else { continue };
+            for p in &props {
+                group.limits.retain(|l| l.dbus_name != p.dbus_name);
+                group.limits.push(p.clone());
+            }
+            let unit = match group.config.scope {
+                ScopeMode::Group => systemd::scope_name(&key.group, None),
+                ScopeMode::Worker => systemd::scope_name(&key.group, Some(key.index)),
+            };
+            let running = group.slots.get(&key.index).is_some_and(|s| s.proc.is_some());
+            if running && !units.contains(&unit) {
+                units.push(unit);
+            }
+        }
+        tokio::spawn(async move {
+            let mut lines = Vec::new();
+            for unit in &units {
+                match sd.set_properties(unit, &props).await {
+                    Ok(shown) => {
+                        let values: Vec<String> = shown.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        lines.push(format!("{unit}: {}", values.join(" ")));
+                    }
+                    Err(e) => return reply.failure(e, None),
+                }
+            }
+            if lines.is_empty() {
+                reply.ok("no live scope to change; the limits apply to scopes created from now on".into(), None);
+            } else {
+                reply.ok(lines.join("\n"), None);
+            }
+        });
     }
 
     fn slot_is_down(&self, key: &SlotKey) -> bool {
@@ -940,7 +1058,7 @@ impl Supervisor {
             socket_path: self.config.socket.display().to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             groups,
-            scopes_active: false,
+            scopes_active: self.systemd.is_some(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -972,6 +1090,14 @@ impl Supervisor {
             .collect();
         Ok(proto::WorkerList { workers })
     }
+}
+
+/// The group's configured properties with its runtime changes over them.
+fn merged(configured: &[systemd::Property], runtime: &[systemd::Property]) -> Vec<systemd::Property> {
+    let mut out: Vec<systemd::Property> =
+        configured.iter().filter(|c| !runtime.iter().any(|r| r.dbus_name == c.dbus_name)).cloned().collect();
+    out.extend(runtime.iter().cloned());
+    out
 }
 
 fn describe_target(target: &str) -> String {

@@ -54,6 +54,58 @@ pub struct Spawned {
     pub pid: u32,
     pub started_at: SystemTime,
     pub tx: mpsc::UnboundedSender<ProcCmd>,
+    /// Present when the process waits in the gate for its placement.
+    pub gate: Option<Gate>,
+}
+
+/// The first argument that makes corrald act as the exec gate.
+pub const GATE_ARG: &str = "--corral-exec-gate";
+
+/// The parent's end of a worker's gate. The worker has been forked and sits
+/// in corrald's own gate code, not yet running its command: [`Gate::open`]
+/// lets it exec; dropping the gate makes it exit without ever doing so.
+pub struct Gate(OwnedFd);
+
+impl Gate {
+    pub fn open(self) {
+        // A failed write means the gate process is gone: its exit is
+        // reported through the normal path.
+        let _ = nix::unistd::write(&self.0, b"g");
+    }
+}
+
+/// The exec gate: the child half of [`Gate`], run by corrald's binary when
+/// started with [`GATE_ARG`]. It blocks until corrald has confirmed the
+/// worker's placement in its scope, so no worker code ever runs outside it.
+/// Arguments: the descriptor to wait on, then the command and its arguments.
+pub fn run_gate(args: &[std::ffi::OsString]) -> ! {
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |msg: String| -> ! {
+        eprintln!("corral gate: {msg}");
+        std::process::exit(126)
+    };
+    let (Some(fd), Some(command)) = (args.first(), args.get(1)) else {
+        fail("usage: --corral-exec-gate FD COMMAND [ARGS...]".into())
+    };
+    let fd: i32 = fd.to_str().and_then(|f| f.parse().ok()).unwrap_or_else(|| fail(format!("bad descriptor {fd:?}")));
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match nix::unistd::read(fd, &mut byte) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let _ = nix::unistd::close(fd);
+    if got != Ok(1) {
+        // corrald could not place us (or went away): never run the command.
+        std::process::exit(1);
+    }
+    let cstrings: Result<Vec<std::ffi::CString>, _> =
+        args[1..].iter().map(|a| std::ffi::CString::new(a.as_bytes())).collect();
+    let argv = cstrings.unwrap_or_else(|_| fail("an argument contains a NUL byte".into()));
+    let err = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+    eprintln!("corral: cannot execute {}: {err}", command.to_string_lossy());
+    std::process::exit(127)
 }
 
 /// Identity a worker runs as, resolved before fork so the child only makes
@@ -105,14 +157,30 @@ pub fn describe_exit(status: ExitStatus) -> (String, bool) {
 
 /// Forks and execs one worker. Its task reports to `events` under `key` and
 /// `generation`, so events from a replaced process are recognised as stale.
+/// With `gated`, the process starts in the exec gate and runs its command
+/// only when the returned [`Gate`] is opened.
 pub fn spawn(
     cfg: &GroupConfig,
     worker_id: &str,
     key: SlotKey,
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
+    gated: bool,
 ) -> io::Result<Spawned> {
-    let mut cmd = tokio::process::Command::new(&cfg.command);
+    let (mut cmd, gate) = if gated {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Far from the low numbers the worker channel is moved to.
+        let high = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: fcntl just returned this new descriptor, owned by nobody else.
+        let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+        drop(read);
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(GATE_ARG).arg(high.as_raw_fd().to_string()).arg(&cfg.command);
+        (cmd, Some((high, write)))
+    } else {
+        (tokio::process::Command::new(&cfg.command), None)
+    };
+    let gate_fd = gate.as_ref().map(|(read, _)| read.as_raw_fd());
     cmd.args(&cfg.args)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
@@ -141,16 +209,16 @@ pub fn spawn(
     let creds = credentials(cfg)?;
     let child_fd = channel.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe system calls (dup2, fcntl, setgroups, setgid, setuid)
+    // async-signal-safe system calls (fcntl, dup2, setgroups, setgid, setuid)
     // on values prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = gate_fd {
+                clear_cloexec(fd)?;
+            }
             if let Some(fd) = child_fd {
                 if fd == WORKER_FD {
-                    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-                    let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
-                    flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
-                    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+                    clear_cloexec(fd)?;
                 } else if libc_dup2(fd, WORKER_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -164,6 +232,10 @@ pub fn spawn(
         });
     }
     let child = cmd.spawn()?;
+    let gate = gate.map(|(read, write)| {
+        drop(read);
+        Gate(write)
+    });
     let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
     let started_at = SystemTime::now();
     let stream = match channel {
@@ -187,7 +259,15 @@ pub fn spawn(
         events,
     };
     tokio::spawn(task.run(child, stream, rx));
-    Ok(Spawned { pid, started_at, tx })
+    Ok(Spawned { pid, started_at, tx, gate })
+}
+
+fn clear_cloexec(fd: i32) -> io::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+    Ok(())
 }
 
 /// dup2 through nix's safe wrapper would take ownership semantics we do not
