@@ -913,9 +913,12 @@ impl Supervisor {
                 Some(group) => {
                     let mut same_but_count = cfg.clone();
                     same_but_count.count = group.config.count;
-                    if *group.config == *cfg {
+                    // A group still draining from an earlier reload's
+                    // removal is back: it is replaced, like a changed one.
+                    let returning = std::mem::take(&mut group.removing);
+                    if *group.config == *cfg && !returning {
                         summary.unchanged.push(name.clone());
-                    } else if *group.config == same_but_count {
+                    } else if *group.config == same_but_count && !returning {
                         summary.scaled.push(name.clone());
                         let old = group.desired;
                         group.config = Arc::new(cfg.clone());
