@@ -117,3 +117,35 @@ after = [\"db\"]
     assert!(db_ready.iter().max() < app_ready.iter().min(), "app became ready before db was: {log}");
     assert!(app_exit.iter().max() < db_exit.iter().min(), "db stopped before app: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
+    let group = "[groups.w]\ncommand = \"{demo}\"\ncount = 2\nstop_mode = \"protocol\"\n";
+    // A bus address where no bus is: the same as a host without systemd.
+    let no_bus = ("DBUS_SYSTEM_BUS_ADDRESS".to_string(), "unix:path=/nonexistent/corral-test-bus".to_string());
+    let mut c = Corrald::new(&format!("bus = \"system\"\n{group}"));
+    c.env.push(no_bus.clone());
+    c.start();
+    c.wait_ready("w", 2).await;
+    assert!(!c.status().await.scopes_active);
+    let out = std::process::Command::new(CORRALCTL).args(["--socket", &path_str(&c.socket), "status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scopes: inactive"));
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.wait_exit(), Some(0));
+    assert_eq!(c.stderr().matches("running WITHOUT scopes").count(), 1, "{}", c.stderr());
+
+    let mut c = Corrald::new(&format!("bus = \"system\"\nscopes = \"required\"\n{group}"));
+    let out = std::process::Command::new(CORRALD)
+        .arg("--config")
+        .arg(&c.config)
+        .env(&no_bus.0, &no_bus.1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("scopes = \"required\""), "{stderr}");
+    assert!(stderr.contains(&path_str(&c.config)), "{stderr}");
+    assert!(!c.socket.exists(), "a refused start must not leave a socket");
+    c.child = None;
+}

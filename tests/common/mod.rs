@@ -25,6 +25,8 @@ pub struct Corrald {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment for corrald.
+    pub env: Vec<(String, String)>,
 }
 
 impl Corrald {
@@ -35,7 +37,7 @@ impl Corrald {
         let socket = dir.path().join("corrald.sock");
         let log = dir.path().join("work.log");
         let config = dir.path().join("corral.toml");
-        let c = Corrald { dir, config, socket, log, child: None };
+        let c = Corrald { dir, config, socket, log, child: None, env: Vec::new() };
         c.write_config(groups);
         c
     }
@@ -56,6 +58,7 @@ impl Corrald {
             .arg("--config")
             .arg(&self.config)
             .env("CORRAL_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("corrald.stderr")).unwrap()))
             .spawn()

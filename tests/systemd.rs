@@ -1,0 +1,252 @@
+//! The real-systemd suite: what corral claims about scopes, slices and
+//! resource properties, proven against a real service manager.
+//!
+//! These tests run inside a container booted with systemd, as a transient
+//! service there (`tests/systemd/run-suite` does that); they are ignored by
+//! a plain `cargo test`, which has no service manager to ask. They assert
+//! what `systemctl` prints, as an operator would read it.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use corral::proto::{self, request::Command as Cmd, Status};
+
+const NEEDS_SYSTEMD: &str = "needs a real systemd: tests/systemd/run-suite runs it inside a container";
+
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `systemctl show -p PROP --value UNIT`
+fn show(unit: &str, prop: &str) -> String {
+    let (_, text) = run("systemctl", &["show", "-p", prop, "--value", unit]);
+    text.trim().to_string()
+}
+
+/// The pids `systemctl status` lists in the unit's cgroup tree.
+fn status_pids(unit: &str) -> Vec<u32> {
+    let (_, text) = run("systemctl", &["status", "--no-pager", "-l", unit]);
+    let mut pids: Vec<u32> = text
+        .lines()
+        .filter_map(|l| {
+            let tree = l.trim_start().trim_start_matches(['├', '└', '─', '│', ' ']);
+            (tree.len() < l.trim_start().len()).then(|| tree.split_whitespace().next()?.parse().ok()).flatten()
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn shutdown() -> Cmd {
+    Cmd::Shutdown(proto::Shutdown {})
+}
+
+fn demo_group(name: &str, count: u32, extra: &str) -> String {
+    format!(
+        "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"200\", \"--log\", \"{{log}}\"]\ncount = {count}\nstop_mode = \"protocol\"\n{extra}\n"
+    )
+}
+
+async fn sorted_pids(c: &Corrald, group: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = c.pids(group).await.into_values().collect();
+    pids.sort();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
+    let groups = [
+        demo_group(
+            "web",
+            3,
+            "scope = \"group\"\n[groups.web.resources]\nMemoryMax = \"256M\"\nTasksMax = 64\nCPUWeight = 50\n",
+        ),
+        demo_group("solo", 2, "scope = \"worker\"\n"),
+    ]
+    .concat();
+    let mut c = Corrald::new(&groups);
+    c.start();
+    c.wait_ready("web", 3).await;
+    c.wait_ready("solo", 2).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+
+    let web = sorted_pids(&c, "web").await;
+    assert_eq!(status_pids("corral-web.scope"), web, "the scope holds exactly the group's workers");
+    assert_eq!(show("corral-web.scope", "Slice"), "corral.slice");
+    assert_eq!(show("corral-web.scope", "ControlGroup"), "/corral.slice/corral-web.scope");
+    assert_eq!(show("corral-web.scope", "MemoryMax"), "268435456");
+    assert_eq!(show("corral-web.scope", "TasksMax"), "64");
+    assert_eq!(show("corral-web.scope", "CPUWeight"), "50");
+    assert_eq!(show("corral-web.scope", "ActiveState"), "active");
+
+    let solo = c.pids("solo").await;
+    for (id, pid) in &solo {
+        let unit = format!("corral-{id}.scope");
+        assert_eq!(status_pids(&unit), vec![*pid], "{unit} holds its one worker");
+        assert_eq!(show(&unit, "Slice"), "corral.slice");
+    }
+    let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-*"]);
+    assert_eq!(units.lines().count(), 3, "one group scope and two worker scopes: {units}");
+
+    // A shutdown drains the workers and the emptied scopes go away.
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.wait_exit(), Some(0));
+    let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-*"]);
+    assert_eq!(units.trim(), "", "scopes left behind after the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn limit_changes_a_live_scope() {
+    let mut c = Corrald::new(&demo_group("web", 2, ""));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let out = Command::new(CORRALCTL)
+        .args(["--socket", &path_str(&c.socket), "limit", "web", "MemoryMax=64M", "CPUQuota=50%"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("corral-web.scope: MemoryMax=67108864 CPUQuotaPerSecUSec=500000"), "{text}");
+    assert_eq!(show("corral-web.scope", "MemoryMax"), "67108864");
+    assert_eq!(show("corral-web.scope", "CPUQuotaPerSecUSec"), "500ms");
+
+    let out = Command::new(CORRALCTL)
+        .args(["--socket", &path_str(&c.socket), "limit", "web", "MemoryMax=lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid size"));
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn an_operator_drop_in_applies_to_the_scope() {
+    let dir = std::path::Path::new("/etc/systemd/system/corral-dropped.scope.d");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("50-operator.conf"), "[Scope]\nTasksMax=77\n").unwrap();
+    assert!(run("systemctl", &["daemon-reload"]).0);
+
+    let mut c = Corrald::new(&demo_group("dropped", 1, ""));
+    c.start();
+    c.wait_ready("dropped", 1).await;
+    assert_eq!(show("corral-dropped.scope", "TasksMax"), "77");
+    assert!(show("corral-dropped.scope", "DropInPaths").contains("50-operator.conf"));
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn systemctl_stop_of_a_scope_drains_its_group_only() {
+    let groups = [demo_group("web", 3, ""), demo_group("other", 2, "")].concat();
+    let mut c = Corrald::new(&groups);
+    c.start();
+    c.wait_ready("web", 3).await;
+    c.wait_ready("other", 2).await;
+    c.wait_workers("work in flight", |_| c.work_log().started.len() >= 10).await;
+    let web = sorted_pids(&c, "web").await;
+    let other = sorted_pids(&c, "other").await;
+
+    // systemctl stop returns once the scope is empty.
+    let (ok, text) = run("systemctl", &["stop", "corral-web.scope"]);
+    assert!(ok, "{text}");
+    assert!(web.iter().all(|p| !pid_alive(*p)), "web workers outlived the stop");
+    let log = c.work_log();
+    let web_unfinished: Vec<_> = log.unfinished().into_iter().filter(|u| u.0.starts_with("web-")).collect();
+    assert_eq!(web_unfinished, vec![], "the stop was a drain, not a kill");
+    assert_eq!(log.exits.iter().filter(|e| e.0.starts_with("web-")).count(), 3);
+    // The stop was corrald's soft stop: the workers stay stopped, not restarted.
+    let status = c.status().await;
+    let g = |name: &str| status.groups.iter().find(|g| g.name == name).unwrap().clone();
+    assert_eq!((g("web").running, g("web").stopped), (0, 3), "{status:?}");
+    assert_eq!(g("other").ready, 2);
+    assert_eq!(sorted_pids(&c, "other").await, other);
+    assert_eq!(status_pids("corral-other.scope"), other);
+    assert!(c.stderr().contains("systemd asks to stop the scope"), "{}", c.stderr());
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_them() {
+    let groups = [demo_group("web", 2, "scope = \"group\"\n"), demo_group("per", 1, "scope = \"worker\"\n")].concat();
+    let mut c = Corrald::new(&groups);
+    c.start();
+    c.wait_ready("web", 2).await;
+    c.wait_ready("per", 1).await;
+    let web = sorted_pids(&c, "web").await;
+    let per = sorted_pids(&c, "per").await;
+
+    let mut first = c.child.take().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(show("corral-web.scope", "ActiveState"), "active");
+    assert_eq!(status_pids("corral-web.scope"), web, "the scope kept the workers of a dead corrald");
+    assert_eq!(status_pids("corral-per-1.scope"), per);
+    assert!(web.iter().chain(&per).all(|p| pid_alive(*p)));
+
+    // A second corrald meets scopes of the same names. Live ones are joined:
+    // its new workers go into them beside the old ones.
+    c.start();
+    c.wait_ready("web", 2).await;
+    c.wait_ready("per", 1).await;
+    let web2 = sorted_pids(&c, "web").await;
+    let per2 = sorted_pids(&c, "per").await;
+    let mut both: Vec<u32> = web.iter().chain(&web2).copied().collect();
+    both.sort();
+    assert_eq!(status_pids("corral-web.scope"), both);
+    let mut both: Vec<u32> = per.iter().chain(&per2).copied().collect();
+    both.sort();
+    assert_eq!(status_pids("corral-per-1.scope"), both);
+    assert!(c.stderr().contains("existed from an earlier run and was joined"), "{}", c.stderr());
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+    // The first corrald's orphans are the operator's to stop, as any unit.
+    assert!(run("systemctl", &["stop", "corral-web.scope", "corral-per-1.scope"]).0);
+    assert!(web.iter().chain(&per).all(|p| !pid_alive(*p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_rejected_placement_never_runs_the_worker() {
+    // TasksMax=0 passes corral's parser but systemd refuses it.
+    let mut c = Corrald::new(&demo_group(
+        "bad",
+        1,
+        "restart = \"never\"\n[groups.bad.resources]\nTasksMax = 0\n",
+    ));
+    c.start();
+    let w = c
+        .wait_workers("the placement to fail", |w| w.iter().any(|w| w.state == "failed" || w.state == "stopped"))
+        .await;
+    let last_exit = &w[0].last_exit;
+    assert!(last_exit.starts_with("never ran:"), "{last_exit}");
+    assert!(last_exit.contains("corral-bad.scope"), "names the unit: {last_exit}");
+    assert!(last_exit.contains("TasksMax"), "names the property: {last_exit}");
+    assert!(c.work_log().started.is_empty() && !c.log.exists(), "the worker's command ran");
+    let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-bad*"]);
+    assert_eq!(units.trim(), "");
+
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+}
