@@ -181,7 +181,7 @@ async fn connection(stream: UnixStream, session: u64, handle: Handle, max_frame:
                     let _ = tx.send(failure(request.id, "unknown or missing command".into()));
                 }
                 Ok(request) => {
-                    tracing::debug!(session, id = request.id, "request");
+                    tracing::trace!(session, id = request.id, "request");
                     handle.request(request.clone(), Reply::new(request.id, tx.clone()));
                 }
                 Err(e) => {

@@ -257,6 +257,9 @@ impl Systemd {
             ("CollectMode".into(), OwnedVariant::from(zbus::Str::from("inactive-or-failed"))),
             ("Controller".into(), OwnedVariant::from(zbus::Str::from(Self::controller(link)))),
             ("PIDs".into(), OwnedVariant::try_from(Variant::from(vec![pid]))?),
+            // systemd moves processes into a live scope (a group's later
+            // workers, a scope joined after a restart) only if it is delegated.
+            ("Delegate".into(), OwnedVariant::from(true)),
         ];
         props.extend(p.properties.iter().map(|prop| (prop.dbus_name.to_string(), prop.to_variant())));
         let job = timed(

@@ -81,6 +81,13 @@ impl Corrald {
         std::fs::read_to_string(self.dir.path().join("corrald.stderr")).unwrap_or_default()
     }
 
+    /// The end of corrald's log, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let text = self.stderr();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket).await.expect("connect")
     }
@@ -123,7 +130,12 @@ impl Corrald {
             if g.ready >= ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "{group}: only {} of {ready} ready: {g:?}", g.ready);
+            assert!(
+                Instant::now() < deadline,
+                "{group}: only {} of {ready} ready: {g:?}\ncorrald's log ends:\n{}",
+                g.ready,
+                self.stderr_tail()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,7 +148,11 @@ impl Corrald {
             if pred(&w) {
                 return w;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {w:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {w:?}\ncorrald's log ends:\n{}",
+                self.stderr_tail()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
