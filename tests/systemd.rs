@@ -64,7 +64,8 @@ async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
         demo_group(
             "web",
             3,
-            "scope = \"group\"\n[groups.web.resources]\nMemoryMax = \"256M\"\nTasksMax = 64\nCPUWeight = 50\n",
+            "scope = \"group\"\n[groups.web.resources]\nMemoryMax = \"256M\"\nTasksMax = 64\nCPUWeight = 50\n\
+             MemoryHigh = \"200M\"\nCPUQuota = \"150%\"\nIOWeight = 300\nAllowedCPUs = \"0\"\n",
         ),
         demo_group("solo", 2, "scope = \"worker\"\n"),
     ]
@@ -82,6 +83,11 @@ async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
     assert_eq!(show("corral-web.scope", "MemoryMax"), "268435456");
     assert_eq!(show("corral-web.scope", "TasksMax"), "64");
     assert_eq!(show("corral-web.scope", "CPUWeight"), "50");
+    assert_eq!(show("corral-web.scope", "MemoryHigh"), "209715200");
+    assert_eq!(show("corral-web.scope", "CPUQuotaPerSecUSec"), "1.500000s");
+    assert_eq!(show("corral-web.scope", "IOWeight"), "300");
+    assert_eq!(show("corral-web.scope", "AllowedCPUs"), "0");
+    assert_eq!(show("corral-web.scope", "Delegate"), "yes");
     assert_eq!(show("corral-web.scope", "ActiveState"), "active");
 
     let solo = c.pids("solo").await;
@@ -246,6 +252,23 @@ async fn a_rejected_placement_never_runs_the_worker() {
     let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-bad*"]);
     assert_eq!(units.trim(), "");
 
+    let (_, last) = c.call(shutdown()).await;
+    assert_eq!(last.status(), Status::Ok);
+    assert_eq!(c.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn placement_goes_on_after_systemd_re_executes() {
+    let mut c = Corrald::new(&demo_group("web", 1, "scope = \"worker\"\n"));
+    c.start();
+    c.wait_ready("web", 1).await;
+    assert!(run("systemctl", &["daemon-reexec"]).0);
+    let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 3 })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}\n{}", c.stderr_tail());
+    for (id, pid) in c.pids("web").await {
+        assert_eq!(status_pids(&format!("corral-{id}.scope")), vec![pid]);
+    }
     let (_, last) = c.call(shutdown()).await;
     assert_eq!(last.status(), Status::Ok);
     assert_eq!(c.wait_exit(), Some(0));

@@ -243,6 +243,12 @@ impl Systemd {
                         note = Some(format!("{unit} was left failed by an earlier run; reset and created anew"));
                     }
                 }
+                // The call or its job was lost (systemd re-executed, the
+                // bus restarted, a timeout): the kernel says whether the
+                // scope took the process after all.
+                Err(e) if confirm_in_unit(pid, unit).is_ok() => {
+                    note = Some(format!("{unit}: placement confirmed from /proc after the D-Bus exchange failed: {e}"));
+                }
                 Err(e) => return Err(call_err(unit, "StartTransientUnit", e)),
             }
         }
