@@ -149,7 +149,13 @@ pub async fn serve(listener: Listener, handle: Handle, max_frame: usize, mut sto
     }
 }
 
-async fn connection(stream: UnixStream, session: u64, handle: Handle, max_frame: usize, mut stop: watch::Receiver<bool>) {
+async fn connection(
+    stream: UnixStream,
+    session: u64,
+    handle: Handle,
+    max_frame: usize,
+    mut stop: watch::Receiver<bool>,
+) {
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, frame::codec(max_frame));
     let mut writer = FramedWrite::new(write, frame::codec(max_frame));
@@ -163,12 +169,8 @@ async fn connection(stream: UnixStream, session: u64, handle: Handle, max_frame:
         }
     });
 
-    let failure = |id: u64, message: String| proto::Response {
-        id,
-        status: Status::Failure as i32,
-        message,
-        content: None,
-    };
+    let failure =
+        |id: u64, message: String| proto::Response { id, status: Status::Failure as i32, message, content: None };
     loop {
         let frame = tokio::select! {
             frame = reader.next() => frame,

@@ -86,13 +86,8 @@ impl CtlError {
     fn receive(err: io::Error) -> CtlError {
         // The codec reports an oversized frame as an I/O error; it is a
         // protocol violation, and saying so is more useful than "invalid data".
-        if err
-            .get_ref()
-            .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
-        {
-            return CtlError::Protocol(format!(
-                "response frame larger than {MAX_RESPONSE_FRAME} bytes"
-            ));
+        if err.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) {
+            return CtlError::Protocol(format!("response frame larger than {MAX_RESPONSE_FRAME} bytes"));
         }
         CtlError::Receive(err)
     }
@@ -115,13 +110,8 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub async fn connect(path: &Path) -> Result<Client, CtlError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|err| CtlError::connect(path, err))?;
-        Ok(Client {
-            framed: Framed::new(stream, frame::codec(MAX_RESPONSE_FRAME)),
-            next_id: 1,
-        })
+        let stream = UnixStream::connect(path).await.map_err(|err| CtlError::connect(path, err))?;
+        Ok(Client { framed: Framed::new(stream, frame::codec(MAX_RESPONSE_FRAME)), next_id: 1 })
     }
 
     /// Sends `command` under a fresh id and returns that id, without waiting
@@ -129,14 +119,8 @@ impl Client {
     pub async fn send(&mut self, command: request::Command) -> Result<u64, CtlError> {
         let id = self.next_id;
         self.next_id += 1;
-        let request = Request {
-            id,
-            command: Some(command),
-        };
-        self.framed
-            .send(frame::encode(&request))
-            .await
-            .map_err(CtlError::Send)?;
+        let request = Request { id, command: Some(command) };
+        self.framed.send(frame::encode(&request)).await.map_err(CtlError::Send)?;
         Ok(id)
     }
 
@@ -150,8 +134,8 @@ impl Client {
             return Ok(None);
         };
         let frame = frame.map_err(CtlError::receive)?;
-        let response = Response::decode(frame)
-            .map_err(|err| CtlError::Protocol(format!("undecodable response: {err}")))?;
+        let response =
+            Response::decode(frame).map_err(|err| CtlError::Protocol(format!("undecodable response: {err}")))?;
         if response.id == 0 && response.status() == Status::Failure {
             return Err(CtlError::Refused(response.message));
         }

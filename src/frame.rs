@@ -14,11 +14,7 @@ pub const MAX_WORKER_FRAME: usize = 64 * 1024;
 
 /// A codec for frames of at most `max_len` bytes.
 pub fn codec(max_len: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(max_len)
-        .new_codec()
+    LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(max_len).new_codec()
 }
 
 /// Encodes a message into a frame body (the codec adds the length).

@@ -36,9 +36,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::sys::socket::{
-    getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
-};
+use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
 use nix::sys::stat::{fstat, SFlag};
 use prost::Message;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -110,8 +108,7 @@ impl WorkerChannel {
             .filter(|fd| *fd >= 3)
             .ok_or(WorkerChannelError::BadNumber(value))?;
         check_unix_stream(fd)?;
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-            .map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
         // SAFETY: the descriptor is open and a socket (checked above), and the
         // environment variable that named it is gone, so nothing else in this
         // process will take ownership of it.
@@ -132,12 +129,8 @@ impl WorkerChannel {
         let (read, write) = self.stream.into_split();
         let codec = frame::codec(frame::MAX_WORKER_FRAME);
         (
-            WorkerRequests {
-                frames: FramedRead::new(read, codec.clone()),
-            },
-            WorkerResponder {
-                frames: Arc::new(Mutex::new(FramedWrite::new(write, codec))),
-            },
+            WorkerRequests { frames: FramedRead::new(read, codec.clone()) },
+            WorkerResponder { frames: Arc::new(Mutex::new(FramedWrite::new(write, codec))) },
         )
     }
 }
@@ -149,13 +142,11 @@ fn check_unix_stream(fd: RawFd) -> Result<(), WorkerChannelError> {
     if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
         return Err(WorkerChannelError::NotUnixStream { fd });
     }
-    let addr = getsockname::<SockaddrStorage>(fd)
-        .map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
+    let addr = getsockname::<SockaddrStorage>(fd).map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
     // SAFETY: fstat just showed the descriptor is open, and it is only
     // borrowed for the getsockopt call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let kind = getsockopt(&borrowed, sockopt::SockType)
-        .map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
+    let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|errno| WorkerChannelError::Sys { fd, errno })?;
     if addr.family() != Some(AddressFamily::Unix) || kind != SockType::Stream {
         return Err(WorkerChannelError::NotUnixStream { fd });
     }
@@ -195,39 +186,19 @@ impl WorkerResponder {
     /// Tells corrald the worker can serve; until then corrald counts it as
     /// starting, and rolling restarts wait for it.
     pub async fn ready(&self) -> Result<(), WorkerChannelError> {
-        self.send(&WorkerResponse {
-            id: 0,
-            event: WorkerEvent::Ready.into(),
-            ..Default::default()
-        })
-        .await
+        self.send(&WorkerResponse { id: 0, event: WorkerEvent::Ready.into(), ..Default::default() }).await
     }
 
     /// Answers request `id`. Send `Processing` at once to acknowledge a
     /// request that takes time, then exactly one `Ok` or `Failure`.
-    pub async fn reply(
-        &self,
-        id: u64,
-        status: Status,
-        message: impl Into<String>,
-    ) -> Result<(), WorkerChannelError> {
-        self.send(&WorkerResponse {
-            id,
-            status: status.into(),
-            message: message.into(),
-            ..Default::default()
-        })
-        .await
+    pub async fn reply(&self, id: u64, status: Status, message: impl Into<String>) -> Result<(), WorkerChannelError> {
+        self.send(&WorkerResponse { id, status: status.into(), message: message.into(), ..Default::default() }).await
     }
 
     /// Sends any response, flushing it before returning so a worker that
     /// exits right after still gets its answer out.
     pub async fn send(&self, response: &WorkerResponse) -> Result<(), WorkerChannelError> {
-        self.frames
-            .lock()
-            .await
-            .send(frame::encode(response))
-            .await?;
+        self.frames.lock().await.send(frame::encode(response)).await?;
         Ok(())
     }
 }

@@ -27,7 +27,12 @@ async fn shutdown(c: &mut Corrald) {
 }
 
 /// Polls status until `pred` holds of the named group.
-async fn wait_group(c: &Corrald, name: &str, what: &str, pred: impl Fn(&proto::GroupStatus) -> bool) -> proto::GroupStatus {
+async fn wait_group(
+    c: &Corrald,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&proto::GroupStatus) -> bool,
+) -> proto::GroupStatus {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let s = c.status().await;
@@ -308,8 +313,7 @@ async fn save_state_restart_load_state_restores_scale_and_stopped_workers() {
     assert!(last.message.contains(&path_str(&garbage)), "{}", last.message);
     let s = c.status().await;
     assert_eq!(group(&s, "web").unwrap().desired, 3, "{s:?}");
-    let after: Vec<(String, u32, String)> =
-        c.workers().await.into_iter().map(|w| (w.id, w.pid, w.state)).collect();
+    let after: Vec<(String, u32, String)> = c.workers().await.into_iter().map(|w| (w.id, w.pid, w.state)).collect();
     let before: Vec<(String, u32, String)> = w.into_iter().map(|w| (w.id, w.pid, w.state)).collect();
     assert_eq!(after, before);
 

@@ -74,11 +74,16 @@ async fn read_frame_raw(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
 
 /// Reads one frame within the test's patience.
 async fn read_frame(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
-    tokio::time::timeout(PATIENCE, read_frame_raw(s)).await.expect("corrald sent nothing and did not close the connection in time")
+    tokio::time::timeout(PATIENCE, read_frame_raw(s))
+        .await
+        .expect("corrald sent nothing and did not close the connection in time")
 }
 
 async fn read_response(s: &mut UnixStream, what: &str) -> proto::Response {
-    let body = read_frame(s).await.unwrap_or_else(|e| panic!("{what}: reading a response failed: {e}")).unwrap_or_else(|| panic!("{what}: EOF instead of a response"));
+    let body = read_frame(s)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading a response failed: {e}"))
+        .unwrap_or_else(|| panic!("{what}: EOF instead of a response"));
     proto::Response::decode(body.as_slice()).unwrap_or_else(|e| panic!("{what}: undecodable response: {e}"))
 }
 
@@ -86,7 +91,9 @@ async fn read_response(s: &mut UnixStream, what: &str) -> proto::Response {
 async fn expect_eof(s: &mut UnixStream, what: &str) {
     match read_frame(s).await {
         Ok(None) => {}
-        Ok(Some(body)) => panic!("{what}: expected EOF, got another frame: {:?}", proto::Response::decode(body.as_slice())),
+        Ok(Some(body)) => {
+            panic!("{what}: expected EOF, got another frame: {:?}", proto::Response::decode(body.as_slice()))
+        }
         Err(e) => panic!("{what}: expected a clean EOF, got {e}"),
     }
 }
@@ -118,8 +125,16 @@ async fn oversized_prefix(socket: &Path) {
     assert_eq!(r.status(), Status::Failure, "{r:?}");
     assert_eq!(r.id, 0, "{r:?}");
     let m = r.message.to_lowercase();
-    assert!(m.contains("frame") && m.contains("maximum"), "message should name the frame and the maximum: {:?}", r.message);
-    assert!(r.message.contains(&corral::frame::MAX_COMMAND_FRAME.to_string()), "message should give the maximum: {:?}", r.message);
+    assert!(
+        m.contains("frame") && m.contains("maximum"),
+        "message should name the frame and the maximum: {:?}",
+        r.message
+    );
+    assert!(
+        r.message.contains(&corral::frame::MAX_COMMAND_FRAME.to_string()),
+        "message should give the maximum: {:?}",
+        r.message
+    );
     expect_eof(&mut s, "oversized prefix").await;
 }
 
@@ -176,7 +191,9 @@ async fn unknown_command(socket: &Path) {
     assert!(r.message.contains("unknown or missing command"), "{:?}", r.message);
 
     let status = proto::Request { id: 43, command: Some(Cmd::Status(proto::StatusRequest {})) };
-    s.write_all(&framed(&status.encode_to_vec())).await.expect("the connection must stay open after an unknown command");
+    s.write_all(&framed(&status.encode_to_vec()))
+        .await
+        .expect("the connection must stay open after an unknown command");
     let r = read_response(&mut s, "status after unknown command").await;
     assert_eq!(r.id, 43, "{r:?}");
     assert_eq!(r.status(), Status::Ok, "{r:?}");
@@ -237,7 +254,8 @@ async fn malformed_input_never_disturbs_other_clients() {
     let after_abuse = successes.load(Ordering::SeqCst);
     wait_count(&successes, after_abuse + 5, "good client after the abuse").await;
     stop_flag.store(true, Ordering::SeqCst);
-    let result = tokio::time::timeout(PATIENCE, good).await.expect("good client did not stop").expect("good client panicked");
+    let result =
+        tokio::time::timeout(PATIENCE, good).await.expect("good client did not stop").expect("good client panicked");
     assert_eq!(result, Ok(()), "the good client saw an error");
     let total = successes.load(Ordering::SeqCst);
     assert!(total >= 10, "the good client got only {total} answers");
@@ -401,7 +419,11 @@ fn run_bounded(cmd: &mut Command) -> Output {
 
 fn corralctl(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = run_bounded(Command::new(CORRALCTL).arg("--socket").arg(socket).args(args).env_remove("CORRAL_SOCKET"));
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -459,7 +481,10 @@ fn corralctl_cli_contract() {
     let mut ids: Vec<&str> = workers.iter().map(|w| w["id"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, ["web-1", "web-2"]);
-    assert!(workers.iter().all(|w| w["group"] == "web" && w["pid"].as_u64().unwrap_or(0) > 0 && w["state"] == "ready"), "{out}");
+    assert!(
+        workers.iter().all(|w| w["group"] == "web" && w["pid"].as_u64().unwrap_or(0) > 0 && w["state"] == "ready"),
+        "{out}"
+    );
 
     // A usage error: exit 2, and no workers were touched.
     let (code, out, err) = corralctl(&c.socket, &["scale", "web", "notanumber"]);

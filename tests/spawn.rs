@@ -128,7 +128,8 @@ async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
     c.start();
     c.wait_ready("w", 2).await;
     assert!(!c.status().await.scopes_active);
-    let out = std::process::Command::new(CORRALCTL).args(["--socket", &path_str(&c.socket), "status"]).output().unwrap();
+    let out =
+        std::process::Command::new(CORRALCTL).args(["--socket", &path_str(&c.socket), "status"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("scopes: inactive"));
     let (_, last) = c.call(shutdown()).await;
     assert_eq!(last.status(), Status::Ok, "{last:?}");
@@ -136,12 +137,8 @@ async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
     assert_eq!(c.stderr().matches("running WITHOUT scopes").count(), 1, "{}", c.stderr());
 
     let mut c = Corrald::new(&format!("bus = \"system\"\nscopes = \"required\"\n{group}"));
-    let out = std::process::Command::new(CORRALD)
-        .arg("--config")
-        .arg(&c.config)
-        .env(&no_bus.0, &no_bus.1)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(CORRALD).arg("--config").arg(&c.config).env(&no_bus.0, &no_bus.1).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("scopes = \"required\""), "{stderr}");

@@ -162,8 +162,7 @@ async fn a_worker_killed_during_a_soft_stop_is_reported_as_died() {
             acks += 1;
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids["w-2"] as i32), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids["w-2"] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 
     let last = loop {
         let r = client.recv().await.unwrap().expect("response");

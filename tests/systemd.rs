@@ -235,11 +235,7 @@ async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_the
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn a_rejected_placement_never_runs_the_worker() {
     // TasksMax=0 passes corral's parser but systemd refuses it.
-    let mut c = Corrald::new(&demo_group(
-        "bad",
-        1,
-        "restart = \"never\"\n[groups.bad.resources]\nTasksMax = 0\n",
-    ));
+    let mut c = Corrald::new(&demo_group("bad", 1, "restart = \"never\"\n[groups.bad.resources]\nTasksMax = 0\n"));
     c.start();
     let w = c
         .wait_workers("the placement to fail", |w| w.iter().any(|w| w.state == "failed" || w.state == "stopped"))

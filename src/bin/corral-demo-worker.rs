@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use corral::proto::{worker_request::Command, Status, WorkerRequest};
-use corral::worker::{
-    WorkerChannel, WorkerChannelError, WorkerRequests, WorkerResponder, ENV_WORKER_ID,
-};
+use corral::worker::{WorkerChannel, WorkerChannelError, WorkerRequests, WorkerResponder, ENV_WORKER_ID};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -63,11 +61,7 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             let text = e.to_string();
-            let first_paragraph: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty())
-                .collect();
+            let first_paragraph: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
             return fail(&first_paragraph.join(" "));
         }
     };
@@ -97,16 +91,11 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     // CORRAL_WORKER_FD from the environment, which races with any concurrent
     // reader of the environment.
     let channel = WorkerChannel::from_env().map_err(|e| e.to_string())?;
-    let log_path = args.log.clone().or_else(|| {
-        std::env::var_os("CORRAL_DEMO_LOG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
+    let log_path =
+        args.log.clone().or_else(|| std::env::var_os("CORRAL_DEMO_LOG").filter(|v| !v.is_empty()).map(PathBuf::from));
     let log = Log::open(log_path)?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let (mut requests, mut corrald) = match channel {
         Some(channel) => {
             let (requests, responder) = channel.split();
@@ -118,9 +107,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     burst(args.burst_lines)?;
 
     let started = Instant::now();
-    let crash_at = args
-        .exit_after_ms
-        .map(|ms| started + Duration::from_millis(ms));
+    let crash_at = args.exit_after_ms.map(|ms| started + Duration::from_millis(ms));
     let mut ready_at = Some(started + Duration::from_millis(args.ready_delay_ms));
     let unit_time = Duration::from_millis(args.unit_ms);
     let mut in_flight: JoinSet<u64> = JoinSet::new();
@@ -139,9 +126,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 return Ok(ExitCode::SUCCESS);
             }
         } else if ready_at.is_none() {
-            while in_flight.len() < args.concurrency as usize
-                && (args.units == 0 || units_started < args.units)
-            {
+            while in_flight.len() < args.concurrency as usize && (args.units == 0 || units_started < args.units) {
                 units_started += 1;
                 let unit = units_started;
                 log.event("start", Some(unit))?;
@@ -201,11 +186,7 @@ async fn handle_request(
         }
         // A newer corrald may send commands this worker predates; refusing
         // them keeps corrald from waiting for an answer that never comes.
-        None => {
-            corrald
-                .reply(id, Status::Failure, "unsupported request")
-                .await
-        }
+        None => corrald.reply(id, Status::Failure, "unsupported request").await,
     }
 }
 
@@ -245,9 +226,7 @@ impl Corrald {
     }
 }
 
-async fn next_request(
-    requests: &mut Option<WorkerRequests>,
-) -> Result<Option<WorkerRequest>, WorkerChannelError> {
+async fn next_request(requests: &mut Option<WorkerRequests>) -> Result<Option<WorkerRequest>, WorkerChannelError> {
     match requests {
         Some(requests) => requests.recv().await,
         None => std::future::pending().await,
@@ -293,11 +272,7 @@ impl Log {
             None => None,
         };
         let worker_id = std::env::var(ENV_WORKER_ID).unwrap_or_else(|_| "-".to_owned());
-        Ok(Self {
-            file,
-            worker_id,
-            pid: std::process::id(),
-        })
+        Ok(Self { file, worker_id, pid: std::process::id() })
     }
 
     /// A lost line would make a test draw the wrong conclusion, so a failed or
@@ -312,10 +287,7 @@ impl Log {
         };
         match file.write(line.as_bytes()) {
             Ok(n) if n == line.len() => Ok(()),
-            Ok(n) => Err(format!(
-                "short write to the log ({n} of {} bytes)",
-                line.len()
-            )),
+            Ok(n) => Err(format!("short write to the log ({n} of {} bytes)", line.len())),
             Err(e) => Err(format!("cannot write to the log: {e}")),
         }
     }

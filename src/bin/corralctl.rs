@@ -27,11 +27,7 @@ const EXIT_NO_ANSWER: u8 = 3;
 const SOCKET_ENV: &str = "CORRAL_SOCKET";
 
 #[derive(Parser)]
-#[command(
-    name = "corralctl",
-    version,
-    about = "Control corrald, the corral process supervisor"
-)]
+#[command(name = "corralctl", version, about = "Control corrald, the corral process supervisor")]
 struct Cli {
     // Listed after a subcommand's own options in its help.
     #[arg(long, global = true, value_name = "PATH", help = socket_help(), display_order = 100)]
@@ -108,20 +104,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli
         .socket
-        .or_else(|| {
-            std::env::var_os(SOCKET_ENV)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
+        .or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
         .unwrap_or_else(config::default_socket_path);
     let command = match to_request(cli.command) {
         Ok(command) => command,
         Err(msg) => return fail(EXIT_USAGE, &msg),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(EXIT_NO_ANSWER, &format!("cannot start the runtime: {err}")),
     };
@@ -161,32 +150,20 @@ fn target(target: Option<String>) -> String {
 /// corrald resolves paths against its own working directory, which is not
 /// the user's, so relative paths are made absolute here.
 fn wire_path(path: &Path) -> Result<String, String> {
-    let absolute = std::path::absolute(path)
-        .map_err(|err| format!("cannot make {} absolute: {err}", path.display()))?;
-    absolute
-        .into_os_string()
-        .into_string()
-        .map_err(|p| format!("{} is not valid UTF-8", Path::new(&p).display()))
+    let absolute =
+        std::path::absolute(path).map_err(|err| format!("cannot make {} absolute: {err}", path.display()))?;
+    absolute.into_os_string().into_string().map_err(|p| format!("{} is not valid UTF-8", Path::new(&p).display()))
 }
 
 fn to_request(cmd: Cmd) -> Result<request::Command, String> {
     Ok(match cmd {
         Cmd::Status => request::Command::Status(proto::StatusRequest {}),
-        Cmd::Workers { group } => request::Command::ListWorkers(proto::ListWorkers {
-            group: group.unwrap_or_default(),
-        }),
-        Cmd::Stop { target: t, hard } => request::Command::Stop(proto::Stop {
-            target: target(t),
-            hard,
-        }),
-        Cmd::Start { target: t } => request::Command::Start(proto::Start {
-            target: target(Some(t)),
-        }),
-        Cmd::Restart {
-            target: t,
-            rolling,
-            max_unavailable,
-        } => request::Command::Restart(proto::Restart {
+        Cmd::Workers { group } => {
+            request::Command::ListWorkers(proto::ListWorkers { group: group.unwrap_or_default() })
+        }
+        Cmd::Stop { target: t, hard } => request::Command::Stop(proto::Stop { target: target(t), hard }),
+        Cmd::Start { target: t } => request::Command::Start(proto::Start { target: target(Some(t)) }),
+        Cmd::Restart { target: t, rolling, max_unavailable } => request::Command::Restart(proto::Restart {
             target: target(Some(t)),
             rolling,
             max_unavailable: max_unavailable.unwrap_or(0),
@@ -194,12 +171,8 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::Scale { group, count } => request::Command::Scale(proto::Scale { group, count }),
         Cmd::Limit { target, properties } => request::Command::Limit(proto::Limit { target, properties }),
         Cmd::Reload => request::Command::ReloadConfig(proto::ReloadConfig {}),
-        Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState {
-            path: wire_path(&path)?,
-        }),
-        Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState {
-            path: wire_path(&path)?,
-        }),
+        Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState { path: wire_path(&path)? }),
+        Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: wire_path(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
     })
 }
@@ -224,13 +197,7 @@ struct Output {
 
 impl Output {
     fn new(json: bool) -> Output {
-        Output {
-            json,
-            tty: io::stdout().is_terminal(),
-            bar: None,
-            closed: false,
-            error: None,
-        }
+        Output { json, tty: io::stdout().is_terminal(), bar: None, closed: false, error: None }
     }
 
     fn write(&mut self, text: &str) {
@@ -238,10 +205,7 @@ impl Output {
             return;
         }
         let mut stdout = io::stdout().lock();
-        if let Err(err) = stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
+        if let Err(err) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
             self.closed = true;
             if err.kind() != io::ErrorKind::BrokenPipe {
                 self.error = Some(err);
@@ -279,10 +243,7 @@ impl Output {
         let bar = self.bar.get_or_insert_with(new_bar);
         bar.set_length(u64::from(p.total));
         bar.set_position(u64::from(p.finished));
-        bar.set_message(format!(
-            "acked {}/{}, failed {} | {event}",
-            p.acknowledged, p.total, p.failed
-        ));
+        bar.set_message(format!("acked {}/{}, failed {} | {event}", p.acknowledged, p.total, p.failed));
     }
 
     /// Takes the bar off the screen before an error line goes to stderr, so
@@ -347,11 +308,9 @@ fn new_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
     // The template is a constant known to parse; falling back keeps a bar
     // rather than unwrapping.
-    let style = ProgressStyle::with_template(
-        "{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} finished  {wide_msg}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} finished  {wide_msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     // Ticks keep the spinner and elapsed time moving while workers drain
     // quietly, so a long soft stop does not look like a hang.
@@ -360,22 +319,14 @@ fn new_bar() -> ProgressBar {
 }
 
 fn status_text(s: &proto::SupervisorStatus) -> String {
-    let version = if s.version.is_empty() {
-        String::new()
-    } else {
-        format!(" {}", s.version)
-    };
+    let version = if s.version.is_empty() { String::new() } else { format!(" {}", s.version) };
     let mut text = format!(
         "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\n\n",
         s.pid,
         age(Duration::from_millis(s.uptime_ms)),
         s.socket_path,
         s.config_path,
-        if s.scopes_active {
-            "active"
-        } else {
-            "inactive"
-        },
+        if s.scopes_active { "active" } else { "inactive" },
     );
     let rows = s
         .groups
@@ -393,12 +344,7 @@ fn status_text(s: &proto::SupervisorStatus) -> String {
             ]
         })
         .collect();
-    text.push_str(&table(
-        &[
-            "GROUP", "STATE", "DESIRED", "RUNNING", "READY", "STOPPED", "FAILED", "REASON",
-        ],
-        rows,
-    ));
+    text.push_str(&table(&["GROUP", "STATE", "DESIRED", "RUNNING", "READY", "STOPPED", "FAILED", "REASON"], rows));
     text
 }
 
@@ -417,28 +363,14 @@ fn workers_text(list: &proto::WorkerList) -> String {
                     let started = UNIX_EPOCH + Duration::from_millis(w.started_at_ms);
                     // A start time in the future (clocks of corrald and
                     // corralctl disagree) reads as just started.
-                    format!(
-                        "{} ago",
-                        age(now.duration_since(started).unwrap_or_default())
-                    )
+                    format!("{} ago", age(now.duration_since(started).unwrap_or_default()))
                 }),
                 w.restarts.to_string(),
                 dash_if(w.last_exit.is_empty(), || w.last_exit.clone()),
             ]
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "GROUP",
-            "PID",
-            "STATE",
-            "STARTED",
-            "RESTARTS",
-            "LAST EXIT",
-        ],
-        rows,
-    )
+    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "LAST EXIT"], rows)
 }
 
 fn dash_if(empty: bool, value: impl FnOnce() -> String) -> String {

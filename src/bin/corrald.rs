@@ -1,7 +1,7 @@
 //! corrald: the supervisor daemon.
 
-use std::path::PathBuf;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use corral::command::{self, Listener};
 use corral::config::Config;
-use corral::proto;
 use corral::config::{BusChoice, Scopes};
+use corral::proto;
 use corral::supervisor::{run_gate, Reply, Supervisor, GATE_ARG};
 use corral::systemd::{self, Bus, Systemd};
 
@@ -114,11 +114,7 @@ fn init_logging() {
 }
 
 async fn run(config: Config) -> ExitCode {
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&config.state_directory)
-    {
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&config.state_directory) {
         eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
         return ExitCode::FAILURE;
     }

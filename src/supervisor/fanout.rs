@@ -146,11 +146,8 @@ impl Fanout {
         if outcome.failures.is_empty() {
             self.reply.ok(ok_message, Some(Content::Outcome(outcome)));
         } else {
-            let names: Vec<String> = outcome
-                .failures
-                .iter()
-                .map(|f| format!("{} ({})", f.worker, kind_name(f.kind())))
-                .collect();
+            let names: Vec<String> =
+                outcome.failures.iter().map(|f| format!("{} ({})", f.worker, kind_name(f.kind()))).collect();
             let message = format!("{} of {} workers failed: {}", names.len(), outcome.total, names.join(", "));
             self.reply.failure(message, Some(Content::Outcome(outcome)));
         }

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode, StopMode};
-use crate::systemd::{self, Placement, Systemd};
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
+use crate::systemd::{self, Placement, Systemd};
 use fanout::{OpEvent, OpSink};
 use process::{ProcCmd, ProcEvent};
 
@@ -80,21 +80,47 @@ impl SlotKey {
 
 /// Messages to the supervisor actor.
 pub enum Msg {
-    Request { request: proto::Request, reply: Reply },
-    Process { key: SlotKey, generation: u64, event: ProcEvent },
-    RestartDue { key: SlotKey, token: u64 },
-    ReadyAfter { key: SlotKey, generation: u64 },
+    Request {
+        request: proto::Request,
+        reply: Reply,
+    },
+    Process {
+        key: SlotKey,
+        generation: u64,
+        event: ProcEvent,
+    },
+    RestartDue {
+        key: SlotKey,
+        token: u64,
+    },
+    ReadyAfter {
+        key: SlotKey,
+        generation: u64,
+    },
     /// Stop these slots, reporting to `op`; slots not running report at once.
-    Stop { keys: Vec<SlotKey>, hard: bool, op: OpSink },
+    Stop {
+        keys: Vec<SlotKey>,
+        hard: bool,
+        op: OpSink,
+    },
     /// Start these slots (creating missing ones); each reports to `waiter`
     /// as finished when ready, or why it is not.
-    Start { keys: Vec<SlotKey>, waiter: OpSink },
+    Start {
+        keys: Vec<SlotKey>,
+        waiter: OpSink,
+    },
     /// systemd would not take a worker into its scope; it was never exec'd.
-    PlacementFailed { key: SlotKey, generation: u64, error: String },
+    PlacementFailed {
+        key: SlotKey,
+        generation: u64,
+        error: String,
+    },
     /// A group has been drained for removal by a reload.
     ForgetGroup(String),
     /// The final step of a shutdown: leave the run loop.
-    Exit { clean: bool },
+    Exit {
+        clean: bool,
+    },
 }
 
 /// The way into the supervisor, for the command socket and for
@@ -240,7 +266,9 @@ impl Supervisor {
                 Msg::RestartDue { key, token } => self.on_restart_due(key, token),
                 Msg::ReadyAfter { key, generation } => {
                     if let Some(slot) = self.slot_mut(&key) {
-                        if slot.state == SlotState::Starting && slot.proc.as_ref().map(|p| p.generation) == Some(generation) {
+                        if slot.state == SlotState::Starting
+                            && slot.proc.as_ref().map(|p| p.generation) == Some(generation)
+                        {
                             self.mark_ready(&key);
                         }
                     }
@@ -294,7 +322,9 @@ impl Supervisor {
         self.groups.get(name).is_some_and(|g| {
             !g.waiting
                 && g.failed.is_none()
-                && g.slots.values().all(|s| s.stop_requested || matches!(s.state, SlotState::Ready | SlotState::Stopped))
+                && g.slots
+                    .values()
+                    .all(|s| s.stop_requested || matches!(s.state, SlotState::Ready | SlotState::Stopped))
         })
     }
 
@@ -515,10 +545,7 @@ impl Supervisor {
     /// workers ready), and can finish a group's removal.
     fn after_stop_changes(&mut self, group: &str) {
         self.start_waiting_groups();
-        let drained = self
-            .groups
-            .get(group)
-            .is_some_and(|g| g.removing && g.slots.values().all(|s| s.proc.is_none()));
+        let drained = self.groups.get(group).is_some_and(|g| g.removing && g.slots.values().all(|s| s.proc.is_none()));
         if drained {
             self.groups.remove(group);
         }
@@ -651,11 +678,8 @@ impl Supervisor {
             },
             Command::Stop(req) => match self.resolve(&req.target) {
                 Ok(keys) => {
-                    let layers = if req.target.is_empty() || req.target == "all" {
-                        self.stop_layers(keys)
-                    } else {
-                        vec![keys]
-                    };
+                    let layers =
+                        if req.target.is_empty() || req.target == "all" { self.stop_layers(keys) } else { vec![keys] };
                     let timeout = self.request_timeout(&layers);
                     orchestrate::stop(self.handle(), reply, layers, req.hard, timeout, describe_target(&req.target));
                 }
@@ -663,8 +687,7 @@ impl Supervisor {
             },
             Command::Start(req) => match self.resolve(&req.target) {
                 Ok(keys) => {
-                    let keys: Vec<SlotKey> =
-                        keys.into_iter().filter(|k| self.slot_is_down(k)).collect();
+                    let keys: Vec<SlotKey> = keys.into_iter().filter(|k| self.slot_is_down(k)).collect();
                     let timeout = self.ready_timeout(&keys);
                     orchestrate::start(self.handle(), reply, keys, timeout);
                 }
@@ -774,10 +797,7 @@ impl Supervisor {
     }
 
     fn slot_is_down(&self, key: &SlotKey) -> bool {
-        self.groups
-            .get(&key.group)
-            .and_then(|g| g.slots.get(&key.index))
-            .is_some_and(|s| s.proc.is_none())
+        self.groups.get(&key.group).and_then(|g| g.slots.get(&key.index)).is_some_and(|s| s.proc.is_none())
     }
 
     /// Begins the soft shutdown: no more starts or restarts, every worker
@@ -827,7 +847,9 @@ impl Supervisor {
         while done.len() < self.groups.len() {
             let before = done.len();
             for (name, g) in &self.groups {
-                if !done.contains(name) && g.config.after.iter().all(|d| done.contains(d) || !self.groups.contains_key(d)) {
+                if !done.contains(name)
+                    && g.config.after.iter().all(|d| done.contains(d) || !self.groups.contains_key(d))
+                {
                     done.push(name.clone());
                 }
             }
@@ -941,10 +963,9 @@ impl Supervisor {
             }
         }
         if new.socket != self.config.socket {
-            summary.notes.push(format!(
-                "the socket path change to {} takes effect when corrald restarts",
-                new.socket.display()
-            ));
+            summary
+                .notes
+                .push(format!("the socket path change to {} takes effect when corrald restarts", new.socket.display()));
         }
         let ready_timeout = self.ready_timeout(&to_start);
         let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));

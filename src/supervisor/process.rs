@@ -47,7 +47,10 @@ pub enum ProcEvent {
     /// A soft stop ran past its timeout and the group says to leave the
     /// worker running: it is back under normal supervision.
     StopAbandoned,
-    Exited { description: String, clean: bool },
+    Exited {
+        description: String,
+        clean: bool,
+    },
 }
 
 pub struct Spawned {
@@ -120,7 +123,8 @@ fn credentials(cfg: &GroupConfig) -> io::Result<Option<Credentials>> {
     if cfg.user.is_none() && cfg.group.is_none() {
         return Ok(None);
     }
-    let not_found = |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no {what} named {name:?}"));
+    let not_found =
+        |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no {what} named {name:?}"));
     let user = match &cfg.user {
         Some(name) => Some(nix::unistd::User::from_name(name)?.ok_or_else(|| not_found("user", name))?),
         None => None,
@@ -469,7 +473,8 @@ impl ProcessTask {
             Status::Failure => {
                 let detail = format!("worker refused the soft stop: {}", resp.message);
                 for op in soft.ops.drain(..) {
-                    let _ = op.send(OpEvent::Finished(self.worker_id.clone(), Err((FailureKind::Failed, detail.clone()))));
+                    let _ =
+                        op.send(OpEvent::Finished(self.worker_id.clone(), Err((FailureKind::Failed, detail.clone()))));
                 }
                 *soft = SoftStopState::default();
                 self.report(ProcEvent::StopAbandoned);

@@ -239,7 +239,9 @@ impl Systemd {
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
                     } else {
                         let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
-                        self.start_scope(&link, pid, placement).await.map_err(|e| call_err(unit, "StartTransientUnit (after reset-failed)", e))?;
+                        self.start_scope(&link, pid, placement)
+                            .await
+                            .map_err(|e| call_err(unit, "StartTransientUnit (after reset-failed)", e))?;
                         note = Some(format!("{unit} was left failed by an earlier run; reset and created anew"));
                     }
                 }

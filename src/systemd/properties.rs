@@ -24,7 +24,9 @@ impl Property {
     pub fn to_variant(&self) -> OwnedVariant {
         match &self.value {
             Value::U64(v) => OwnedVariant::from(*v),
-            Value::Bytes(b) => OwnedVariant::try_from(Variant::from(b.clone())).expect("a byte array is a valid variant"),
+            Value::Bytes(b) => {
+                OwnedVariant::try_from(Variant::from(b.clone())).expect("a byte array is a valid variant")
+            }
         }
     }
 }
@@ -124,7 +126,8 @@ pub fn render(value: &OwnedVariant) -> String {
         Variant::U64(u64::MAX) => "infinity".into(),
         Variant::U64(v) => v.to_string(),
         Variant::Array(a) => {
-            let bytes: Vec<u8> = a.iter().filter_map(|v| if let Variant::U8(b) = v { Some(*b) } else { None }).collect();
+            let bytes: Vec<u8> =
+                a.iter().filter_map(|v| if let Variant::U8(b) = v { Some(*b) } else { None }).collect();
             let cpus: Vec<String> = (0..bytes.len() * 8)
                 .filter(|cpu| bytes[cpu / 8] & (1 << (cpu % 8)) != 0)
                 .map(|c| c.to_string())

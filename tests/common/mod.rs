@@ -141,7 +141,11 @@ impl Corrald {
     }
 
     /// Polls until `pred` holds of the worker list.
-    pub async fn wait_workers(&self, what: &str, pred: impl Fn(&[proto::WorkerInfo]) -> bool) -> Vec<proto::WorkerInfo> {
+    pub async fn wait_workers(
+        &self,
+        what: &str,
+        pred: impl Fn(&[proto::WorkerInfo]) -> bool,
+    ) -> Vec<proto::WorkerInfo> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let w = self.workers().await;
@@ -203,7 +207,9 @@ impl WorkLog {
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["start", w, pid, unit] => log.started.push((w.to_string(), pid.parse().unwrap(), unit.parse().unwrap())),
+                ["start", w, pid, unit] => {
+                    log.started.push((w.to_string(), pid.parse().unwrap(), unit.parse().unwrap()))
+                }
                 ["done", w, pid, unit] => log.done.push((w.to_string(), pid.parse().unwrap(), unit.parse().unwrap())),
                 ["exit", w, pid] => log.exits.push((w.to_string(), pid.parse().unwrap())),
                 _ => {}
