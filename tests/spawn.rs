@@ -6,11 +6,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
-use corral::proto::{self, request::Command as Cmd, Status};
-
-fn shutdown() -> Cmd {
-    Cmd::Shutdown(proto::Shutdown {})
-}
 
 async fn wait_for_file(path: &std::path::Path) -> String {
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -47,9 +42,7 @@ async fn workers_get_a_clean_environment_with_their_identity() {
     assert!(text.contains("GREETING=hello world\n"));
     assert!(!text.contains("CORRAL_TEST_LEAK"));
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok, "{last:?}");
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,9 +66,7 @@ async fn a_group_runs_as_its_configured_user() {
     // Root's supplementary groups must not be kept.
     assert!(!lines[2].split_whitespace().any(|g| g == "0"), "{text}");
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok, "{last:?}");
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,9 +87,7 @@ after = [\"db\"]
     let mut c = Corrald::new(groups);
     c.start();
     c.wait_ready("app", 2).await;
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok, "{last:?}");
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 
     let log = std::fs::read_to_string(&c.log).unwrap();
     let events: Vec<(&str, &str)> = log
@@ -131,9 +120,7 @@ async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
     let out =
         std::process::Command::new(CORRALCTL).args(["--socket", &path_str(&c.socket), "status"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("scopes: inactive"));
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok, "{last:?}");
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
     assert_eq!(c.stderr().matches("running WITHOUT scopes").count(), 1, "{}", c.stderr());
 
     let mut c = Corrald::new(&format!("bus = \"system\"\nscopes = \"required\"\n{group}"));

@@ -41,8 +41,7 @@ async fn soft_stop_of_30_workers_drains_every_unit_then_answers_ok() {
     assert_eq!(log.unfinished(), vec![], "units started but not completed");
     assert_eq!(log.exits.len(), 30, "every worker logged a clean exit");
 
-    c.call(corral::proto::request::Command::Shutdown(corral::proto::Shutdown {})).await;
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,8 +88,7 @@ async fn hard_stop_overtakes_a_soft_stop() {
     // The hard stop did not let the units finish.
     assert!(!c.work_log().unfinished().is_empty());
 
-    c.call(corral::proto::request::Command::Shutdown(corral::proto::Shutdown {})).await;
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,6 +180,5 @@ async fn a_worker_killed_during_a_soft_stop_is_reported_as_died() {
     let unfinished: Vec<_> = log.unfinished().into_iter().map(|u| u.0).collect();
     assert!(unfinished.iter().all(|w| w == "w-2"), "{unfinished:?}");
 
-    c.call(corral::proto::request::Command::Shutdown(corral::proto::Shutdown {})).await;
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }

@@ -41,10 +41,6 @@ fn status_pids(unit: &str) -> Vec<u32> {
     pids
 }
 
-fn shutdown() -> Cmd {
-    Cmd::Shutdown(proto::Shutdown {})
-}
-
 fn demo_group(name: &str, count: u32, extra: &str) -> String {
     format!(
         "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"200\", \"--log\", \"{{log}}\"]\ncount = {count}\nstop_mode = \"protocol\"\n{extra}\n"
@@ -100,9 +96,7 @@ async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
     assert_eq!(units.lines().count(), 3, "one group scope and two worker scopes: {units}");
 
     // A shutdown drains the workers and the emptied scopes go away.
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok, "{last:?}");
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
     let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-*"]);
     assert_eq!(units.trim(), "", "scopes left behind after the shutdown");
 }
@@ -130,9 +124,7 @@ async fn limit_changes_a_live_scope() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("invalid size"));
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,9 +141,7 @@ async fn an_operator_drop_in_applies_to_the_scope() {
     assert_eq!(show("corral-dropped.scope", "TasksMax"), "77");
     assert!(show("corral-dropped.scope", "DropInPaths").contains("50-operator.conf"));
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -184,9 +174,7 @@ async fn systemctl_stop_of_a_scope_drains_its_group_only() {
     assert_eq!(status_pids("corral-other.scope"), other);
     assert!(c.stderr().contains("systemd asks to stop the scope"), "{}", c.stderr());
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,9 +211,7 @@ async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_the
     assert_eq!(status_pids("corral-per-1.scope"), both);
     assert!(c.stderr().contains("existed from an earlier run and was joined"), "{}", c.stderr());
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
     // The first corrald's orphans are the operator's to stop, as any unit.
     assert!(run("systemctl", &["stop", "corral-web.scope", "corral-per-1.scope"]).0);
     assert!(web.iter().chain(&per).all(|p| !pid_alive(*p)));
@@ -248,9 +234,7 @@ async fn a_rejected_placement_never_runs_the_worker() {
     let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-bad*"]);
     assert_eq!(units.trim(), "");
 
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +249,5 @@ async fn placement_goes_on_after_systemd_re_executes() {
     for (id, pid) in c.pids("web").await {
         assert_eq!(status_pids(&format!("corral-{id}.scope")), vec![pid]);
     }
-    let (_, last) = c.call(shutdown()).await;
-    assert_eq!(last.status(), Status::Ok);
-    assert_eq!(c.wait_exit(), Some(0));
+    c.shutdown_ok().await;
 }

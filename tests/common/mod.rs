@@ -161,6 +161,14 @@ impl Corrald {
         }
     }
 
+    /// Asks for a soft shutdown and asserts it drained cleanly: a final OK,
+    /// then corrald exiting 0.
+    pub async fn shutdown_ok(&mut self) {
+        let (_, last) = self.call(Cmd::Shutdown(proto::Shutdown {})).await;
+        assert_eq!(last.status(), proto::Status::Ok, "{last:?}\n{}", self.stderr_tail());
+        assert_eq!(self.wait_exit(), Some(0), "{}", self.stderr_tail());
+    }
+
     /// Waits for corrald to exit and returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
