@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,8 @@ pub enum BindError {
     Live(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotSocket(PathBuf),
+    #[error("cannot serve the socket passed by the service manager: {0}")]
+    Activation(String),
     #[error("cannot bind {path}: {what}: {source}")]
     Io { path: PathBuf, what: &'static str, source: io::Error },
 }
@@ -40,9 +43,10 @@ pub enum BindError {
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
-    /// Identifies the socket file we created, so we only ever unlink our own.
-    inode: u64,
-    _lock: Flock<File>,
+    /// Identifies the socket file we created, so we only ever unlink our own;
+    /// none for a socket the service manager handed us, which is its to keep.
+    inode: Option<u64>,
+    _lock: Option<Flock<File>>,
 }
 
 impl Listener {
@@ -97,7 +101,34 @@ impl Listener {
         let inode = std::fs::symlink_metadata(path).map_err(io_err("inspect bound socket"))?.ino();
         std_listener.set_nonblocking(true).map_err(io_err("set non-blocking"))?;
         let listener = UnixListener::from_std(std_listener).map_err(io_err("register"))?;
-        Ok(Listener { listener, path: path.to_path_buf(), inode, _lock: lock })
+        Ok(Listener { listener, path: path.to_path_buf(), inode: Some(inode), _lock: Some(lock) })
+    }
+
+    /// Serves the socket the service manager passed (socket activation):
+    /// it must be a listening unix stream socket. Nothing is created, locked
+    /// or unlinked; the socket unit owns the file.
+    pub fn from_activation(fd: OwnedFd, configured: &Path) -> Result<Listener, BindError> {
+        use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+        let bad = |what: String| BindError::Activation(what);
+        let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| bad(format!("not a socket: {e}")))?;
+        let listening = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| bad(format!("not a socket: {e}")))?;
+        let addr: UnixAddr = getsockname(fd.as_raw_fd()).map_err(|e| bad(format!("not a unix socket: {e}")))?;
+        if kind != SockType::Stream || !listening {
+            return Err(bad("it is not a listening stream socket (the socket unit needs ListenStream=)".into()));
+        }
+        let path = addr.path().map(Path::to_path_buf).ok_or_else(|| bad("it has no file system path".into()))?;
+        if path != configured {
+            tracing::warn!(
+                passed = %path.display(),
+                configured = %configured.display(),
+                "serving the socket systemd passed, not the configured path; corralctl needs --socket"
+            );
+        }
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        let io_err = |what: &'static str, source| BindError::Io { path: path.clone(), what, source };
+        std_listener.set_nonblocking(true).map_err(|e| io_err("set non-blocking", e))?;
+        let listener = UnixListener::from_std(std_listener).map_err(|e| io_err("register", e))?;
+        Ok(Listener { listener, path, inode: None, _lock: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +138,8 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+        let Some(inode) = self.inode else { return };
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == inode) {
             let _ = std::fs::remove_file(&self.path);
         }
     }

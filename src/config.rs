@@ -13,6 +13,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 
+use crate::journal::StreamPolicy;
+
 /// Where corrald listens and corralctl connects when no socket is named:
 /// `/run/corral/corrald.sock` for root, else under `$XDG_RUNTIME_DIR/corral/`,
 /// else under a per-user directory in `/tmp`.
@@ -66,6 +68,9 @@ pub struct Config {
     pub scopes: Scopes,
     pub bus: BusChoice,
     pub slice: String,
+    /// Bytes of worker output that may wait for the journal before lines
+    /// are dropped.
+    pub output_buffer: usize,
     pub groups: BTreeMap<String, GroupConfig>,
 }
 
@@ -151,6 +156,8 @@ pub struct GroupConfig {
     pub scope: ScopeMode,
     /// Resource properties for the group's scopes, in config order of keys.
     pub resources: Vec<crate::systemd::Property>,
+    pub stdout: StreamPolicy,
+    pub stderr: StreamPolicy,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +171,7 @@ struct RawConfig {
     #[serde(default = "default_bus")]
     bus: BusChoice,
     slice: Option<String>,
+    output_buffer: Option<Scalar>,
     #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
 }
@@ -211,6 +219,12 @@ struct RawGroup {
     scope: ScopeMode,
     #[serde(default)]
     resources: BTreeMap<String, Scalar>,
+    #[serde(default = "info", deserialize_with = "priority")]
+    stdout_priority: u8,
+    #[serde(default = "info", deserialize_with = "priority")]
+    stderr_priority: u8,
+    #[serde(default = "yes")]
+    level_prefix: bool,
 }
 
 /// A resource value, written as a string ("512M") or a bare number (100).
@@ -251,6 +265,26 @@ fn sigterm() -> Signal {
 }
 fn default_timeout_action() -> StopTimeoutAction {
     StopTimeoutAction::Kill
+}
+
+fn info() -> u8 {
+    6
+}
+fn yes() -> bool {
+    true
+}
+
+/// Syslog priorities by name ("warning") or number (4).
+fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let text = match Scalar::deserialize(d)? {
+        Scalar::Number(n) => n.to_string(),
+        Scalar::Text(t) => t,
+    };
+    crate::journal::parse_priority(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "invalid priority {text:?} (emerg, alert, crit, err, warning, notice, info, debug, or 0 to 7)"
+        ))
+    })
 }
 
 /// Durations as humans write them: "250ms", "5s", "1m 30s".
@@ -396,6 +430,8 @@ impl Config {
                     group: g.group,
                     scope: g.scope,
                     resources,
+                    stdout: StreamPolicy { priority: g.stdout_priority, level_prefix: g.level_prefix },
+                    stderr: StreamPolicy { priority: g.stderr_priority, level_prefix: g.level_prefix },
                 },
             );
         }
@@ -421,8 +457,19 @@ impl Config {
         if !slice_ok {
             return Err(err(format!("key `slice`: {slice:?} is not a slice unit name (e.g. \"corral.slice\")")));
         }
+        let output_buffer = match raw.output_buffer {
+            None => 16 * 1024 * 1024,
+            Some(Scalar::Number(n)) => n,
+            Some(Scalar::Text(t)) => {
+                crate::systemd::properties::bytes(&t).map_err(|m| err(format!("key `output_buffer`: {m}")))?
+            }
+        };
+        if output_buffer < 64 * 1024 {
+            return Err(err("key `output_buffer`: must be at least 64K".into()));
+        }
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            output_buffer: usize::try_from(output_buffer).unwrap_or(usize::MAX),
             scopes: raw.scopes,
             bus: raw.bus,
             slice,

@@ -231,6 +231,8 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "socket_path": s.socket_path,
                 "uptime_ms": s.uptime_ms,
                 "scopes_active": s.scopes_active,
+                "output_sink": s.output_sink,
+                "output_dropped": s.output_dropped,
                 "groups": s.groups.iter().map(|g| json!({
                     "name": g.name,
                     "state": g.state,
@@ -256,6 +258,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                         "started_at_ms": w.started_at_ms,
                         "restarts": w.restarts,
                         "last_exit": w.last_exit,
+                        "output_dropped": w.output_dropped,
                     })
                 })
                 .collect(),

@@ -10,6 +10,7 @@ pub mod command;
 pub mod config;
 pub mod ctl;
 pub mod frame;
+pub mod journal;
 pub mod supervisor;
 pub mod systemd;
 pub mod worker;

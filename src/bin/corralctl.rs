@@ -321,12 +321,14 @@ fn new_bar() -> ProgressBar {
 fn status_text(s: &proto::SupervisorStatus) -> String {
     let version = if s.version.is_empty() { String::new() } else { format!(" {}", s.version) };
     let mut text = format!(
-        "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\n\n",
+        "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\noutput: {}, {} lines dropped\n\n",
         s.pid,
         age(Duration::from_millis(s.uptime_ms)),
         s.socket_path,
         s.config_path,
         if s.scopes_active { "active" } else { "inactive" },
+        dash_if(s.output_sink.is_empty(), || s.output_sink.clone()),
+        s.output_dropped,
     );
     let rows = s
         .groups
@@ -366,11 +368,12 @@ fn workers_text(list: &proto::WorkerList) -> String {
                     format!("{} ago", age(now.duration_since(started).unwrap_or_default()))
                 }),
                 w.restarts.to_string(),
+                w.output_dropped.to_string(),
                 dash_if(w.last_exit.is_empty(), || w.last_exit.clone()),
             ]
         })
         .collect();
-    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "LAST EXIT"], rows)
+    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "DROPPED", "LAST EXIT"], rows)
 }
 
 fn dash_if(empty: bool, value: impl FnOnce() -> String) -> String {

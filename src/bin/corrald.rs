@@ -1,8 +1,10 @@
 //! corrald: the supervisor daemon.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
@@ -11,8 +13,10 @@ use tokio::sync::watch;
 use corral::command::{self, Listener};
 use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
+use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::proto;
 use corral::supervisor::{run_gate, Reply, Supervisor, GATE_ARG};
+use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
 #[derive(Parser)]
@@ -47,7 +51,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
     let path = args.config.expect("clap requires --config without --check-config");
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -56,6 +59,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Read before any thread starts: these come from the service manager.
+    let activated = match activation_socket() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("corrald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let notifier = Notifier::from_env();
+    let output = Output::start(config.output_buffer);
+    init_logging(&output);
+    if output.sink() == Sink::Stderr {
+        tracing::info!(
+            "no journal at {JOURNAL_SOCKET}: worker output goes to stderr, each line prefixed by its worker"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -63,7 +82,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, activated, notifier, output))
+}
+
+/// The command socket passed by socket activation, if any (`LISTEN_FDS`
+/// for this pid). corrald serves one socket; more is a unit file mistake.
+fn activation_socket() -> Result<Option<OwnedFd>, String> {
+    let mut fds = sd_notify::listen_fds().map_err(|e| format!("bad socket activation environment: {e}"))?;
+    match fds.len() {
+        0 => Ok(None),
+        1 => {
+            let fd = fds.next().expect("one descriptor");
+            // SAFETY: the service manager passed this descriptor to us alone
+            // (LISTEN_PID is our pid) and nothing else in corrald owns it.
+            Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        n => Err(format!("socket activation passed {n} sockets; corrald serves exactly one (one ListenStream=)")),
+    }
+}
+
+/// Whether stderr is the journal's stream for this service (systemd sets
+/// `JOURNAL_STREAM` to its device and inode), so logs may go natively.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else { return false };
+    match nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) {
+        Ok(st) => dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino),
+        Err(_) => false,
+    }
 }
 
 /// Connects to the service manager as the config asks. Without one, corrald
@@ -102,23 +148,35 @@ async fn connect_systemd(
     }
 }
 
-fn init_logging() {
+/// corrald's own logs: natively to the journal when it runs as a service
+/// whose stderr is the journal, else formatted on stderr.
+fn init_logging(output: &Output) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if output.sink() == Sink::Journal && stderr_is_journal() {
+        tracing_subscriber::registry().with(filter).with(JournalLayer::new(output.clone())).init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, output: Output) -> ExitCode {
     if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&config.state_directory) {
         eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
         return ExitCode::FAILURE;
     }
-    let listener = match Listener::bind(&config.socket) {
+    let listener = match activated {
+        Some(fd) => Listener::from_activation(fd, &config.socket),
+        None => Listener::bind(&config.socket),
+    };
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             eprintln!("corrald: {e}");
@@ -134,12 +192,24 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let supervisor = Supervisor::new(config, systemd);
+    let supervisor = Supervisor::new(config, systemd, notifier, output.clone());
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(command::serve(listener, handle.clone(), max_frame, stop_rx));
+
+    #[cfg(feature = "fault-injection")]
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Ok(mut usr2) = signal(SignalKind::user_defined2()) {
+                while usr2.recv().await.is_some() {
+                    handle.wedge();
+                }
+            }
+        });
+    }
 
     let signals = handle.clone();
     tokio::spawn(async move {
@@ -180,6 +250,7 @@ async fn run(config: Config) -> ExitCode {
     let clean = supervisor.run().await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    output.drain(Duration::from_secs(3)).await;
     tracing::info!("corrald exits");
     if clean {
         ExitCode::SUCCESS

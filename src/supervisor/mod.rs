@@ -15,6 +15,7 @@ mod state;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode, StopMode};
+use crate::journal::Output;
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
+use crate::systemd::notify::Notifier;
 use crate::systemd::{self, Placement, Systemd};
 use fanout::{OpEvent, OpSink};
 use process::{ProcCmd, ProcEvent};
@@ -121,6 +124,10 @@ pub enum Msg {
     Exit {
         clean: bool,
     },
+    /// Test builds only: block the run loop for good, so that the service
+    /// manager's watchdog can be seen to fire.
+    #[cfg(feature = "fault-injection")]
+    Wedge,
 }
 
 /// The way into the supervisor, for the command socket and for
@@ -134,6 +141,11 @@ impl Handle {
     /// Submits a request from a client; responses go to `reply`.
     pub fn request(&self, request: proto::Request, reply: Reply) {
         let _ = self.tx.send(Msg::Request { request, reply });
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub fn wedge(&self) {
+        let _ = self.tx.send(Msg::Wedge);
     }
 
     fn send(&self, msg: Msg) {
@@ -189,6 +201,8 @@ struct Slot {
     backoff_token: u64,
     last_exit: String,
     ready_waiters: Vec<OpSink>,
+    /// Output lines of this worker dropped because the log queue was full.
+    output_dropped: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -202,6 +216,7 @@ impl Slot {
             backoff_token: 0,
             last_exit: String::new(),
             ready_waiters: Vec::new(),
+            output_dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -223,6 +238,10 @@ pub struct Supervisor {
     config: Config,
     /// The service manager, when workers are placed in scopes.
     systemd: Option<Systemd>,
+    /// The service manager that runs corrald, if it was started as a
+    /// notify service.
+    notifier: Notifier,
+    output: Output,
     groups: BTreeMap<String, Group>,
     rx: mpsc::UnboundedReceiver<Msg>,
     handle: Handle,
@@ -232,12 +251,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: Config, systemd: Option<Systemd>) -> Supervisor {
+    pub fn new(config: Config, systemd: Option<Systemd>, notifier: Notifier, output: Output) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let groups = BTreeMap::new();
         let mut sup = Supervisor {
             config: config.clone(),
             systemd,
+            notifier,
+            output,
             groups,
             rx,
             handle: Handle { tx },
@@ -259,7 +280,20 @@ impl Supervisor {
     /// shutdown completes. Returns whether every worker drained cleanly.
     pub async fn run(mut self) -> bool {
         self.start_waiting_groups();
-        while let Some(msg) = self.rx.recv().await {
+        // The keep-alive comes from this loop, so a wedged loop misses it.
+        let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
+        loop {
+            self.announce();
+            let msg = tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return false,
+                },
+                _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                    self.notifier.watchdog();
+                    continue;
+                }
+            };
             match msg {
                 Msg::Request { request, reply } => self.on_request(request, reply),
                 Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
@@ -289,9 +323,70 @@ impl Supervisor {
                     }
                 }
                 Msg::Exit { clean } => return clean,
+                #[cfg(feature = "fault-injection")]
+                Msg::Wedge => {
+                    tracing::warn!("fault injection: the run loop blocks for good");
+                    loop {
+                        std::thread::park();
+                    }
+                }
             }
         }
-        false
+    }
+
+    /// Tells the service manager how the fleet is: READY once every group
+    /// has settled after startup, and a one-line status.
+    fn announce(&self) {
+        let mut desired = 0;
+        let mut ready = 0;
+        let mut scopes = 0;
+        let mut failed = Vec::new();
+        let mut settled = true;
+        for (name, g) in &self.groups {
+            if g.removing {
+                continue;
+            }
+            desired += g.desired;
+            let group_ready = g.slots.values().filter(|s| s.state == SlotState::Ready).count() as u32;
+            ready += group_ready;
+            let running = g.slots.values().filter(|s| s.proc.is_some()).count() as u32;
+            scopes += match g.config.scope {
+                ScopeMode::Group => u32::from(running > 0),
+                ScopeMode::Worker => running,
+            };
+            if g.failed.is_some() {
+                failed.push(name.as_str());
+                continue;
+            }
+            // A group waiting on a failed one will not start by itself.
+            let blocked =
+                g.waiting && g.config.after.iter().any(|d| self.groups.get(d).is_some_and(|d| d.failed.is_some()));
+            let group_settled = blocked
+                || (!g.waiting
+                    && g.slots.values().all(|s| {
+                        s.stop_requested || matches!(s.state, SlotState::Ready | SlotState::Stopped | SlotState::Failed)
+                    }));
+            settled &= group_settled;
+        }
+        let mut status = if self.shutting_down {
+            let left = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count();
+            format!("shutting down: {left} workers left")
+        } else if self.systemd.is_some() {
+            format!("{ready}/{desired} workers ready in {scopes} scopes")
+        } else {
+            format!("{ready}/{desired} workers ready (no scopes)")
+        };
+        if !failed.is_empty() {
+            status.push_str(&format!("; failed: {}", failed.join(", ")));
+        }
+        let dropped = self.output.dropped();
+        if dropped > 0 {
+            status.push_str(&format!("; {dropped} output lines dropped"));
+        }
+        self.notifier.status(&status);
+        if settled && !self.shutting_down {
+            self.notifier.ready();
+        }
     }
 
     fn add_group(&mut self, config: GroupConfig) {
@@ -370,7 +465,8 @@ impl Supervisor {
         let Some(slot) = group.slots.get_mut(&key.index) else { return };
         slot.stop_requested = false;
         let gated = self.systemd.is_some();
-        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated) {
+        let output = process::OutputTo { output: &self.output, dropped: slot.output_dropped.clone() };
+        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, output) {
             Ok(spawned) => {
                 tracing::debug!(worker = %key.id(), pid = spawned.pid, "spawned");
                 if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
@@ -808,6 +904,7 @@ impl Supervisor {
             return;
         }
         self.shutting_down = true;
+        self.notifier.stopping();
         tracing::info!("soft shutdown: draining every worker");
         let keys = self.resolve("").unwrap_or_default();
         let layers = self.stop_layers(keys);
@@ -909,10 +1006,12 @@ impl Supervisor {
     }
 
     fn reload(&mut self, reply: Reply) {
+        self.notifier.reloading();
         let new = match Config::load(&self.config.path) {
             Ok(c) => c,
             Err(e) => {
                 reply.failure(format!("reload refused, nothing changed: {e}"), None);
+                self.notifier.reloaded();
                 return;
             }
         };
@@ -972,7 +1071,13 @@ impl Supervisor {
         self.config = Config { socket: self.config.socket.clone(), ..new };
         tracing::info!("reload: {}", summary.describe());
         let removed = summary.removed.clone();
-        orchestrate::reload(self.handle(), reply, to_stop, to_start, removed, summary, stop_timeout, ready_timeout);
+        let done =
+            orchestrate::reload(self.handle(), reply, to_stop, to_start, removed, summary, stop_timeout, ready_timeout);
+        let notifier = self.notifier.clone();
+        tokio::spawn(async move {
+            let _ = done.await;
+            notifier.reloaded();
+        });
         self.start_waiting_groups();
     }
 
@@ -1084,6 +1189,8 @@ impl Supervisor {
             groups,
             scopes_active: self.systemd.is_some(),
             version: env!("CARGO_PKG_VERSION").into(),
+            output_sink: self.output.sink().name().into(),
+            output_dropped: self.output.dropped(),
         }
     }
 
@@ -1109,6 +1216,7 @@ impl Supervisor {
                         .unwrap_or(0),
                     restarts: s.restarts,
                     last_exit: s.last_exit.clone(),
+                    output_dropped: s.output_dropped.load(Ordering::Relaxed),
                 })
             })
             .collect();

@@ -121,7 +121,8 @@ pub fn restart(
 }
 
 /// Applies a reload or a loaded state: stops what must go, then starts what
-/// must come, and finally forgets groups the config no longer has.
+/// must come, and finally forgets groups the config no longer has. The
+/// returned handle ends when the answer has been given.
 #[allow(clippy::too_many_arguments)]
 pub fn reload(
     handle: Handle,
@@ -132,7 +133,7 @@ pub fn reload(
     summary: ReloadSummary,
     stop_timeout: Duration,
     ready_timeout: Duration,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut fan = Fanout::new(reply, to_stop.len() + to_start.len(), "done");
         if !to_stop.is_empty() {
@@ -147,7 +148,7 @@ pub fn reload(
             fan.wait(Instant::now() + ready_timeout).await;
         }
         fan.finish(summary.describe());
-    });
+    })
 }
 
 /// Drains every worker, kills whatever would not drain (a supervisor that

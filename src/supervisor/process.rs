@@ -10,6 +10,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,6 +28,7 @@ use super::fanout::{OpEvent, OpSink};
 use super::{Msg, SlotKey};
 use crate::config::{GroupConfig, StopMode, StopTimeoutAction};
 use crate::frame;
+use crate::journal::{Origin, Output, Stream};
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
 
 /// The PATH a worker gets when its group sets none, as systemd gives services.
@@ -159,6 +162,13 @@ pub fn describe_exit(status: ExitStatus) -> (String, bool) {
     }
 }
 
+/// Where a worker's stdout and stderr go.
+pub struct OutputTo<'a> {
+    pub output: &'a Output,
+    /// The slot's count of dropped lines.
+    pub dropped: Arc<AtomicU64>,
+}
+
 /// Forks and execs one worker. Its task reports to `events` under `key` and
 /// `generation`, so events from a replaced process are recognised as stale.
 /// With `gated`, the process starts in the exec gate and runs its command
@@ -170,6 +180,7 @@ pub fn spawn(
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
     gated: bool,
+    output: OutputTo<'_>,
 ) -> io::Result<Spawned> {
     let (mut cmd, gate) = if gated {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -192,8 +203,8 @@ pub fn spawn(
         .env("CORRAL_GROUP", &cfg.name)
         .env("CORRAL_WORKER_ID", worker_id)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         // Its own process group: a Ctrl-C at corrald's terminal is corrald's
         // to handle (as a soft shutdown), and a hard stop can kill the
         // worker's children with it.
@@ -235,12 +246,20 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
+    let mut child = cmd.spawn()?;
     let gate = gate.map(|(read, write)| {
         drop(read);
         Gate(write)
     });
     let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    let origin =
+        Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: output.dropped });
+    if let Some(stdout) = child.stdout.take() {
+        output.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        output.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
+    }
     let started_at = SystemTime::now();
     let stream = match channel {
         Some((ours, theirs)) => {

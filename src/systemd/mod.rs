@@ -9,6 +9,7 @@
 //! connection; a scope left from an earlier run (`UnitExists`) is resolved,
 //! not ignored; and a dropped connection is re-established on the next use.
 
+pub mod notify;
 pub mod properties;
 
 use std::collections::HashMap;

@@ -51,7 +51,7 @@ pub fn parse(key: &str, value: &str) -> Result<Property, String> {
 }
 
 /// Sizes with systemd's suffixes, which are powers of 1024.
-fn bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn bytes(text: &str) -> Result<u64, String> {
     if text == "infinity" {
         return Ok(u64::MAX);
     }

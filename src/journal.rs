@@ -1,0 +1,496 @@
+//! Log lines to the journal: what workers print, and corrald's own logs.
+//!
+//! Lines are written with journald's native protocol, so each carries
+//! structured fields (`CORRAL_WORKER_ID`, a priority, the worker's pid as
+//! `SYSLOG_PID` and `OBJECT_PID`, which makes journald file the line under
+//! the worker's scope for `journalctl -u`). Without a journal they go to
+//! corrald's stderr, prefixed with the worker.
+//!
+//! Nothing here may block a worker or the supervisor when journald is slow
+//! or stuck: a worker's pipe is always read, lines wait in a queue bounded
+//! in bytes, one dedicated thread does the blocking sends, and a line that
+//! does not fit in the queue is dropped and counted (per worker, and in
+//! total). The journal crates for `log` and `tracing` send from the caller's
+//! thread and block it once journald's socket queue is full, and cannot set
+//! another process's `SYSLOG_PID`; hence this module.
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{oneshot, Notify};
+
+/// Where journald listens for native-protocol datagrams.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Longer lines are split, as journald's stream reader does at its default
+/// `LineMax=`.
+pub const MAX_LINE: usize = 48 * 1024;
+
+/// Room kept for corrald's own log lines, apart from the workers' budget,
+/// so a flood of worker output cannot crowd out the supervisor's messages.
+const OWN_BUDGET: usize = 1024 * 1024;
+
+/// Syslog priorities by name, as `journalctl -p` and systemd's
+/// `SyslogLevel=` spell them.
+const PRIORITY_NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+
+/// Parses a priority name ("warning") or number ("4").
+pub fn parse_priority(text: &str) -> Option<u8> {
+    match text.parse::<u8>() {
+        Ok(n) if n <= 7 => Some(n),
+        Ok(_) => None,
+        Err(_) => PRIORITY_NAMES.iter().position(|n| *n == text).map(|p| p as u8),
+    }
+}
+
+/// Where lines end up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sink {
+    Journal,
+    Stderr,
+}
+
+impl Sink {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sink::Journal => "journal",
+            Sink::Stderr => "stderr",
+        }
+    }
+}
+
+/// One worker process, as its lines are labelled.
+pub struct Origin {
+    pub group: String,
+    pub worker_id: String,
+    pub pid: u32,
+    /// Lines of this worker dropped because the queue was full; kept by
+    /// the worker's slot across restarts.
+    pub dropped: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a worker's stream becomes log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPolicy {
+    pub priority: u8,
+    /// Honour a leading `<N>` as the line's priority, as systemd's
+    /// `SyslogLevelPrefix=` does.
+    pub level_prefix: bool,
+}
+
+/// One journal entry on its way out.
+pub struct Entry {
+    pub priority: u8,
+    pub message: Vec<u8>,
+    /// Further fields; names are upper case, as journald requires.
+    pub fields: Vec<(&'static str, String)>,
+    /// How the line reads on stderr when there is no journal.
+    pub stderr_prefix: String,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.message.len() + self.fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 64
+    }
+
+    /// The native protocol: `NAME=value\n`, or for a value holding a
+    /// newline `NAME\n`, its length as 64-bit little endian, the value, `\n`.
+    fn encode(&self, buf: &mut Vec<u8>) {
+        fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+            buf.extend_from_slice(name.as_bytes());
+            if value.contains(&b'\n') {
+                buf.push(b'\n');
+                buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            } else {
+                buf.push(b'=');
+            }
+            buf.extend_from_slice(value);
+            buf.push(b'\n');
+        }
+        buf.clear();
+        field(buf, "PRIORITY", &[b'0' + self.priority.min(7)]);
+        field(buf, "MESSAGE", &self.message);
+        for (name, value) in &self.fields {
+            field(buf, name, value.as_bytes());
+        }
+    }
+
+    fn write_stderr(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut line = Vec::with_capacity(self.stderr_prefix.len() + self.message.len() + 1);
+        line.extend_from_slice(self.stderr_prefix.as_bytes());
+        line.extend_from_slice(&self.message);
+        line.push(b'\n');
+        out.write_all(&line)
+    }
+}
+
+enum Item {
+    Entry(Entry, Budget),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy)]
+enum Budget {
+    Workers,
+    Own,
+}
+
+struct Shared {
+    tx: mpsc::Sender<Item>,
+    sink: Sink,
+    limit: usize,
+    queued: AtomicUsize,
+    queued_own: AtomicUsize,
+    dropped: AtomicU64,
+    pumps: AtomicUsize,
+    idle: Notify,
+}
+
+impl Shared {
+    fn counter(&self, budget: Budget) -> (&AtomicUsize, usize) {
+        match budget {
+            Budget::Workers => (&self.queued, self.limit),
+            Budget::Own => (&self.queued_own, OWN_BUDGET),
+        }
+    }
+}
+
+/// The way into the output queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Output {
+    shared: Arc<Shared>,
+}
+
+impl Output {
+    /// Starts the writer thread. Lines go to the journal when its socket
+    /// answers, else to stderr. `limit` bounds the bytes of worker output
+    /// waiting to be written.
+    pub fn start(limit: usize) -> Output {
+        let journal = connect_journal().ok();
+        let sink = if journal.is_some() { Sink::Journal } else { Sink::Stderr };
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            tx,
+            sink,
+            limit,
+            queued: AtomicUsize::new(0),
+            queued_own: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            pumps: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let writer = Writer { shared: shared.clone(), journal, retry_at: None, reported_dropped: 0 };
+        std::thread::Builder::new()
+            .name("corral-output".into())
+            .spawn(move || writer.run(rx))
+            .expect("spawning the output thread");
+        Output { shared }
+    }
+
+    pub fn sink(&self) -> Sink {
+        self.shared.sink
+    }
+
+    /// Lines of worker output dropped since corrald started.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues an entry unless its budget is spent; returns whether it was.
+    fn push(&self, entry: Entry, budget: Budget) -> bool {
+        let cost = entry.cost();
+        let (queued, limit) = self.shared.counter(budget);
+        if queued.fetch_add(cost, Ordering::AcqRel) + cost > limit {
+            queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        if self.shared.tx.send(Item::Entry(entry, budget)).is_err() {
+            queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues one of corrald's own log lines.
+    pub fn own(&self, entry: Entry) {
+        self.push(entry, Budget::Own);
+    }
+
+    /// Reads a worker's stdout or stderr until it closes, turning it into
+    /// lines. Reading never waits on the journal.
+    pub fn pump<R>(&self, reader: R, origin: Arc<Origin>, stream: Stream, policy: StreamPolicy)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        self.shared.pumps.fetch_add(1, Ordering::AcqRel);
+        let output = self.clone();
+        tokio::spawn(async move {
+            output.read_lines(reader, &origin, stream, policy).await;
+            if output.shared.pumps.fetch_sub(1, Ordering::AcqRel) == 1 {
+                output.shared.idle.notify_waiters();
+            }
+        });
+    }
+
+    async fn read_lines<R: AsyncRead + Unpin>(&self, mut reader: R, origin: &Origin, stream: Stream, p: StreamPolicy) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut line: Vec<u8> = Vec::new();
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+                line.extend_from_slice(&rest[..pos]);
+                self.worker_line(std::mem::take(&mut line), origin, stream, p);
+                rest = &rest[pos + 1..];
+            }
+            line.extend_from_slice(rest);
+            while line.len() >= MAX_LINE {
+                let tail = line.split_off(MAX_LINE);
+                self.worker_line(std::mem::replace(&mut line, tail), origin, stream, p);
+            }
+        }
+        if !line.is_empty() {
+            self.worker_line(line, origin, stream, p);
+        }
+    }
+
+    fn worker_line(&self, mut text: Vec<u8>, origin: &Origin, stream: Stream, policy: StreamPolicy) {
+        let mut priority = policy.priority;
+        if policy.level_prefix
+            && text.len() >= 3
+            && text[0] == b'<'
+            && text[2] == b'>'
+            && (b'0'..=b'7').contains(&text[1])
+        {
+            priority = text[1] - b'0';
+            text.drain(..3);
+        }
+        let pid = origin.pid.to_string();
+        let entry = Entry {
+            priority,
+            message: text,
+            fields: vec![
+                ("SYSLOG_IDENTIFIER", origin.group.clone()),
+                ("SYSLOG_PID", pid.clone()),
+                ("OBJECT_PID", pid),
+                ("CORRAL_GROUP", origin.group.clone()),
+                ("CORRAL_WORKER_ID", origin.worker_id.clone()),
+                ("CORRAL_STREAM", if stream == Stream::Stdout { "stdout" } else { "stderr" }.into()),
+            ],
+            stderr_prefix: format!("{}[{}]: ", origin.worker_id, origin.pid),
+        };
+        if !self.push(entry, Budget::Workers) {
+            origin.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits, at most `timeout`, until every worker stream has closed and
+    /// everything queued has been written: the last thing before exit.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.pumps.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.shared.tx.send(Item::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout_at(deadline, rx).await;
+        }
+    }
+}
+
+fn connect_journal() -> io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.connect(JOURNAL_SOCKET)?;
+    Ok(socket)
+}
+
+/// The output thread: the only place that may block on journald.
+struct Writer {
+    shared: Arc<Shared>,
+    journal: Option<UnixDatagram>,
+    /// When to try the journal again after it failed.
+    retry_at: Option<Instant>,
+    reported_dropped: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Item>) {
+        let mut buf = Vec::with_capacity(4096);
+        while let Ok(item) = rx.recv() {
+            match item {
+                Item::Entry(entry, budget) => {
+                    self.write(&entry, &mut buf);
+                    self.shared.counter(budget).0.fetch_sub(entry.cost(), Ordering::AcqRel);
+                }
+                Item::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+            self.report_drops(&mut buf);
+        }
+    }
+
+    fn write(&mut self, entry: &Entry, buf: &mut Vec<u8>) {
+        if self.journal.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+            self.retry_at = None;
+            self.journal = connect_journal().ok();
+            if self.journal.is_none() {
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        if let Some(journal) = &self.journal {
+            entry.encode(buf);
+            match journal.send(buf) {
+                Ok(_) => return,
+                Err(e) => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "corrald: cannot write to the journal ({e}); writing log lines to stderr until it answers again"
+                    );
+                    self.journal = None;
+                    self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        let _ = entry.write_stderr(&mut io::stderr().lock());
+    }
+
+    /// Once the queue has room again after drops, says how many were lost.
+    fn report_drops(&mut self, buf: &mut Vec<u8>) {
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        if dropped == self.reported_dropped || self.shared.queued.load(Ordering::Acquire) > self.shared.limit / 2 {
+            return;
+        }
+        let lost = dropped - self.reported_dropped;
+        self.reported_dropped = dropped;
+        let entry = Entry {
+            priority: 4,
+            message: format!(
+                "{lost} lines of worker output dropped: the log queue ({} bytes) was full ({dropped} since start)",
+                self.shared.limit
+            )
+            .into_bytes(),
+            fields: vec![("SYSLOG_IDENTIFIER", "corrald".into()), ("CORRAL_DROPPED", lost.to_string())],
+            stderr_prefix: "corrald: ".into(),
+        };
+        self.write(&entry, buf);
+    }
+}
+
+/// corrald's own `tracing` events as journal entries, through the same
+/// non-blocking queue.
+pub struct JournalLayer {
+    output: Output,
+}
+
+impl JournalLayer {
+    pub fn new(output: Output) -> JournalLayer {
+        JournalLayer { output }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let mut visitor = EventText::default();
+        event.record(&mut visitor);
+        let meta = event.metadata();
+        let priority = match *meta.level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        let mut fields = vec![("SYSLOG_IDENTIFIER", "corrald".to_string()), ("TARGET", meta.target().to_string())];
+        if let Some(worker) = visitor.worker {
+            fields.push(("CORRAL_WORKER_ID", worker));
+        }
+        if let Some(group) = visitor.group {
+            fields.push(("CORRAL_GROUP", group));
+        }
+        let mut message = visitor.message;
+        if !visitor.rest.is_empty() {
+            message.push_str(&visitor.rest);
+        }
+        self.output.own(Entry { priority, message: message.into_bytes(), fields, stderr_prefix: "corrald: ".into() });
+    }
+}
+
+/// The message of an event, with its other fields appended as `key=value`
+/// as the terminal format shows them.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    rest: String,
+    worker: Option<String>,
+    group: Option<String>,
+}
+
+impl tracing::field::Visit for EventText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            name => {
+                let _ = write!(self.rest, " {name}={value}");
+                match name {
+                    "worker" => self.worker = Some(value.to_string()),
+                    "group" => self.group = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_parse_by_name_and_number() {
+        assert_eq!(parse_priority("warning"), Some(4));
+        assert_eq!(parse_priority("3"), Some(3));
+        assert_eq!(parse_priority("8"), None);
+        assert_eq!(parse_priority("warn"), None);
+    }
+
+    #[test]
+    fn values_with_newlines_use_the_length_prefixed_form() {
+        let entry = Entry {
+            priority: 6,
+            message: b"two\nlines".to_vec(),
+            fields: vec![("CORRAL_GROUP", "web".into())],
+            stderr_prefix: String::new(),
+        };
+        let mut buf = Vec::new();
+        entry.encode(&mut buf);
+        let mut expected = b"PRIORITY=6\nMESSAGE\n".to_vec();
+        expected.extend_from_slice(&9u64.to_le_bytes());
+        expected.extend_from_slice(b"two\nlines\nCORRAL_GROUP=web\n");
+        assert_eq!(buf, expected);
+    }
+}
