@@ -92,15 +92,27 @@ pub struct StreamPolicy {
 pub struct Entry {
     pub priority: u8,
     pub message: Vec<u8>,
-    /// Further fields; names are upper case, as journald requires.
-    pub fields: Vec<(&'static str, String)>,
-    /// How the line reads on stderr when there is no journal.
-    pub stderr_prefix: String,
+    pub source: Source,
+}
+
+/// Who a line is from. A worker's fields are derived from its origin when
+/// the line is written, so a queued line costs little more than its text.
+pub enum Source {
+    Worker(Arc<Origin>, Stream),
+    /// corrald itself, with further fields (names upper case, as journald
+    /// requires).
+    Corrald(Vec<(&'static str, String)>),
 }
 
 impl Entry {
+    /// What a queued entry counts against its budget: roughly the memory
+    /// it holds.
     fn cost(&self) -> usize {
-        self.message.len() + self.fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 64
+        let fields = match &self.source {
+            Source::Worker(..) => 0,
+            Source::Corrald(fields) => fields.iter().map(|(k, v)| k.len() + v.len() + 16).sum(),
+        };
+        self.message.len() + fields + 48
     }
 
     /// The native protocol: `NAME=value\n`, or for a value holding a
@@ -120,14 +132,32 @@ impl Entry {
         buf.clear();
         field(buf, "PRIORITY", &[b'0' + self.priority.min(7)]);
         field(buf, "MESSAGE", &self.message);
-        for (name, value) in &self.fields {
-            field(buf, name, value.as_bytes());
+        match &self.source {
+            Source::Worker(origin, stream) => {
+                let pid = origin.pid.to_string();
+                field(buf, "SYSLOG_IDENTIFIER", origin.group.as_bytes());
+                field(buf, "SYSLOG_PID", pid.as_bytes());
+                field(buf, "OBJECT_PID", pid.as_bytes());
+                field(buf, "CORRAL_GROUP", origin.group.as_bytes());
+                field(buf, "CORRAL_WORKER_ID", origin.worker_id.as_bytes());
+                field(buf, "CORRAL_STREAM", if *stream == Stream::Stdout { b"stdout" } else { b"stderr" });
+            }
+            Source::Corrald(fields) => {
+                field(buf, "SYSLOG_IDENTIFIER", b"corrald");
+                for (name, value) in fields {
+                    field(buf, name, value.as_bytes());
+                }
+            }
         }
     }
 
     fn write_stderr(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut line = Vec::with_capacity(self.stderr_prefix.len() + self.message.len() + 1);
-        line.extend_from_slice(self.stderr_prefix.as_bytes());
+        let prefix = match &self.source {
+            Source::Worker(origin, _) => format!("{}[{}]: ", origin.worker_id, origin.pid),
+            Source::Corrald(_) => "corrald: ".to_string(),
+        };
+        let mut line = Vec::with_capacity(prefix.len() + self.message.len() + 1);
+        line.extend_from_slice(prefix.as_bytes());
         line.extend_from_slice(&self.message);
         line.push(b'\n');
         out.write_all(&line)
@@ -235,14 +265,17 @@ impl Output {
         self.shared.pumps.fetch_add(1, Ordering::AcqRel);
         let output = self.clone();
         tokio::spawn(async move {
-            output.read_lines(reader, &origin, stream, policy).await;
+            output.read_lines(reader, origin, stream, policy).await;
             if output.shared.pumps.fetch_sub(1, Ordering::AcqRel) == 1 {
                 output.shared.idle.notify_waiters();
             }
         });
     }
 
-    async fn read_lines<R: AsyncRead + Unpin>(&self, mut reader: R, origin: &Origin, stream: Stream, p: StreamPolicy) {
+    async fn read_lines<R>(&self, mut reader: R, origin: Arc<Origin>, stream: Stream, p: StreamPolicy)
+    where
+        R: AsyncRead + Unpin,
+    {
         let mut buf = vec![0u8; 64 * 1024];
         let mut line: Vec<u8> = Vec::new();
         loop {
@@ -253,21 +286,21 @@ impl Output {
             let mut rest = &buf[..n];
             while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
                 line.extend_from_slice(&rest[..pos]);
-                self.worker_line(std::mem::take(&mut line), origin, stream, p);
+                self.worker_line(std::mem::take(&mut line), &origin, stream, p);
                 rest = &rest[pos + 1..];
             }
             line.extend_from_slice(rest);
             while line.len() >= MAX_LINE {
                 let tail = line.split_off(MAX_LINE);
-                self.worker_line(std::mem::replace(&mut line, tail), origin, stream, p);
+                self.worker_line(std::mem::replace(&mut line, tail), &origin, stream, p);
             }
         }
         if !line.is_empty() {
-            self.worker_line(line, origin, stream, p);
+            self.worker_line(line, &origin, stream, p);
         }
     }
 
-    fn worker_line(&self, mut text: Vec<u8>, origin: &Origin, stream: Stream, policy: StreamPolicy) {
+    fn worker_line(&self, mut text: Vec<u8>, origin: &Arc<Origin>, stream: Stream, policy: StreamPolicy) {
         let mut priority = policy.priority;
         if policy.level_prefix
             && text.len() >= 3
@@ -278,20 +311,7 @@ impl Output {
             priority = text[1] - b'0';
             text.drain(..3);
         }
-        let pid = origin.pid.to_string();
-        let entry = Entry {
-            priority,
-            message: text,
-            fields: vec![
-                ("SYSLOG_IDENTIFIER", origin.group.clone()),
-                ("SYSLOG_PID", pid.clone()),
-                ("OBJECT_PID", pid),
-                ("CORRAL_GROUP", origin.group.clone()),
-                ("CORRAL_WORKER_ID", origin.worker_id.clone()),
-                ("CORRAL_STREAM", if stream == Stream::Stdout { "stdout" } else { "stderr" }.into()),
-            ],
-            stderr_prefix: format!("{}[{}]: ", origin.worker_id, origin.pid),
-        };
+        let entry = Entry { priority, message: text, source: Source::Worker(origin.clone(), stream) };
         if !self.push(entry, Budget::Workers) {
             origin.dropped.fetch_add(1, Ordering::Relaxed);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -390,8 +410,7 @@ impl Writer {
                 self.shared.limit
             )
             .into_bytes(),
-            fields: vec![("SYSLOG_IDENTIFIER", "corrald".into()), ("CORRAL_DROPPED", lost.to_string())],
-            stderr_prefix: "corrald: ".into(),
+            source: Source::Corrald(vec![("CORRAL_DROPPED", lost.to_string())]),
         };
         self.write(&entry, buf);
     }
@@ -420,7 +439,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
             tracing::Level::INFO => 6,
             _ => 7,
         };
-        let mut fields = vec![("SYSLOG_IDENTIFIER", "corrald".to_string()), ("TARGET", meta.target().to_string())];
+        let mut fields = vec![("TARGET", meta.target().to_string())];
         if let Some(worker) = visitor.worker {
             fields.push(("CORRAL_WORKER_ID", worker));
         }
@@ -431,7 +450,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
         if !visitor.rest.is_empty() {
             message.push_str(&visitor.rest);
         }
-        self.output.own(Entry { priority, message: message.into_bytes(), fields, stderr_prefix: "corrald: ".into() });
+        self.output.own(Entry { priority, message: message.into_bytes(), source: Source::Corrald(fields) });
     }
 }
 
@@ -483,14 +502,13 @@ mod tests {
         let entry = Entry {
             priority: 6,
             message: b"two\nlines".to_vec(),
-            fields: vec![("CORRAL_GROUP", "web".into())],
-            stderr_prefix: String::new(),
+            source: Source::Corrald(vec![("CORRAL_GROUP", "web".into())]),
         };
         let mut buf = Vec::new();
         entry.encode(&mut buf);
         let mut expected = b"PRIORITY=6\nMESSAGE\n".to_vec();
         expected.extend_from_slice(&9u64.to_le_bytes());
-        expected.extend_from_slice(b"two\nlines\nCORRAL_GROUP=web\n");
+        expected.extend_from_slice(b"two\nlines\nSYSLOG_IDENTIFIER=corrald\nCORRAL_GROUP=web\n");
         assert_eq!(buf, expected);
     }
 }

@@ -15,18 +15,6 @@ use corral::proto::{self, request::Command as Cmd, Status};
 
 const NEEDS_SYSTEMD: &str = "needs a real systemd: tests/systemd/run-suite runs it inside a container";
 
-fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-/// `systemctl show -p PROP --value UNIT`
-fn show(unit: &str, prop: &str) -> String {
-    let (_, text) = run("systemctl", &["show", "-p", prop, "--value", unit]);
-    text.trim().to_string()
-}
-
 /// The pids `systemctl status` lists in the unit's cgroup tree.
 fn status_pids(unit: &str) -> Vec<u32> {
     let (_, text) = run("systemctl", &["status", "--no-pager", "-l", unit]);

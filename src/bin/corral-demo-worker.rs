@@ -51,6 +51,12 @@ struct Args {
     /// At start, print "line 1" to "line N" to stdout as fast as possible.
     #[arg(long, default_value_t = 0)]
     burst_lines: u64,
+    /// At start, print this line to stdout (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    say: Vec<String>,
+    /// At start, print this line to stderr (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    complain: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,12 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         None => (None, Corrald(None)),
     };
 
+    for line in &args.say {
+        writeln!(std::io::stdout(), "{line}").map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    for line in &args.complain {
+        writeln!(std::io::stderr(), "{line}").map_err(|e| format!("cannot write to stderr: {e}"))?;
+    }
     burst(args.burst_lines)?;
 
     let started = Instant::now();

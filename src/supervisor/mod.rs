@@ -118,6 +118,12 @@ pub enum Msg {
         generation: u64,
         error: String,
     },
+    /// Report to `waiter` when these slots are ready, without starting
+    /// them: their group starts in its own time (after its dependencies).
+    AwaitReady {
+        keys: Vec<SlotKey>,
+        waiter: OpSink,
+    },
     /// A group has been drained for removal by a reload.
     ForgetGroup(String),
     /// The final step of a shutdown: leave the run loop.
@@ -309,6 +315,20 @@ impl Supervisor {
                 }
                 Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
                 Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
+                Msg::AwaitReady { keys, waiter } => {
+                    for key in keys {
+                        match self.slot_mut(&key) {
+                            Some(slot) if slot.state == SlotState::Ready => {
+                                let _ = waiter.send(OpEvent::Finished(key.id(), Ok(())));
+                            }
+                            Some(slot) => slot.ready_waiters.push(waiter.clone()),
+                            None => {
+                                let why = "removed before it was ready".to_string();
+                                let _ = waiter.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, why))));
+                            }
+                        }
+                    }
+                }
                 Msg::PlacementFailed { key, generation, error } => {
                     tracing::error!(worker = %key.id(), "not started: {error}");
                     if let Some(proc) = self.slot_mut(&key).and_then(|s| s.proc.as_mut()) {
@@ -372,7 +392,7 @@ impl Supervisor {
             let left = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count();
             format!("shutting down: {left} workers left")
         } else if self.systemd.is_some() {
-            format!("{ready}/{desired} workers ready in {scopes} scopes")
+            format!("{ready}/{desired} workers ready in {scopes} {}", if scopes == 1 { "scope" } else { "scopes" })
         } else {
             format!("{ready}/{desired} workers ready (no scopes)")
         };
@@ -1017,6 +1037,7 @@ impl Supervisor {
         };
         let mut to_stop: Vec<SlotKey> = Vec::new();
         let mut to_start: Vec<SlotKey> = Vec::new();
+        let mut to_await: Vec<SlotKey> = Vec::new();
         let mut summary = state::ReloadSummary::default();
         for (name, group) in self.groups.iter_mut() {
             if !new.groups.contains_key(name) && !group.removing {
@@ -1030,6 +1051,7 @@ impl Supervisor {
                 None => {
                     summary.added.push(name.clone());
                     self.add_group(cfg.clone());
+                    to_await.extend((1..=cfg.count).map(|index| SlotKey { group: name.clone(), index }));
                 }
                 Some(group) => {
                     let mut same_but_count = cfg.clone();
@@ -1066,13 +1088,13 @@ impl Supervisor {
                 .notes
                 .push(format!("the socket path change to {} takes effect when corrald restarts", new.socket.display()));
         }
-        let ready_timeout = self.ready_timeout(&to_start);
+        let ready_timeout = self.ready_timeout(&[to_start.as_slice(), to_await.as_slice()].concat());
         let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));
         self.config = Config { socket: self.config.socket.clone(), ..new };
         tracing::info!("reload: {}", summary.describe());
         let removed = summary.removed.clone();
-        let done =
-            orchestrate::reload(self.handle(), reply, to_stop, to_start, removed, summary, stop_timeout, ready_timeout);
+        let plan = orchestrate::ReloadPlan { to_stop, to_start, to_await, removed, summary };
+        let done = orchestrate::reload(self.handle(), reply, plan, stop_timeout, ready_timeout);
         let notifier = self.notifier.clone();
         tokio::spawn(async move {
             let _ = done.await;
@@ -1143,7 +1165,8 @@ impl Supervisor {
         summary.notes.push(format!("state loaded from {path}"));
         let ready_timeout = self.ready_timeout(&to_start);
         let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));
-        orchestrate::reload(self.handle(), reply, to_stop, to_start, Vec::new(), summary, stop_timeout, ready_timeout);
+        let plan = orchestrate::ReloadPlan { to_stop, to_start, to_await: Vec::new(), removed: Vec::new(), summary };
+        orchestrate::reload(self.handle(), reply, plan, stop_timeout, ready_timeout);
     }
 
     fn status(&self) -> proto::SupervisorStatus {

@@ -120,31 +120,47 @@ pub fn restart(
     });
 }
 
-/// Applies a reload or a loaded state: stops what must go, then starts what
-/// must come, and finally forgets groups the config no longer has. The
-/// returned handle ends when the answer has been given.
-#[allow(clippy::too_many_arguments)]
+/// What a reload (or a loaded state) changes.
+pub struct ReloadPlan {
+    pub to_stop: Vec<SlotKey>,
+    /// Slots to start at once.
+    pub to_start: Vec<SlotKey>,
+    /// Slots of added groups: they start in dependency order by themselves;
+    /// the reload waits until they are ready.
+    pub to_await: Vec<SlotKey>,
+    /// Groups to forget once drained.
+    pub removed: Vec<String>,
+    pub summary: ReloadSummary,
+}
+
+/// Applies a reload or a loaded state: stops what must go, starts what must
+/// come and waits for added groups, and finally forgets groups the config
+/// no longer has. The returned handle ends when the answer has been given.
 pub fn reload(
     handle: Handle,
     reply: Reply,
-    to_stop: Vec<SlotKey>,
-    to_start: Vec<SlotKey>,
-    removed: Vec<String>,
-    summary: ReloadSummary,
+    plan: ReloadPlan,
     stop_timeout: Duration,
     ready_timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut fan = Fanout::new(reply, to_stop.len() + to_start.len(), "done");
+        let ReloadPlan { to_stop, to_start, to_await, removed, summary } = plan;
+        let mut fan = Fanout::new(reply, to_stop.len() + to_start.len() + to_await.len(), "done");
         if !to_stop.is_empty() {
             stop_layers(&handle, &mut fan, vec![to_stop], false, Instant::now() + stop_timeout).await;
         }
         for name in removed {
             handle.send(Msg::ForgetGroup(name));
         }
-        if !to_start.is_empty() {
-            let op = fan.expect(ids(&to_start));
-            handle.send(Msg::Start { keys: to_start, waiter: op });
+        if !to_start.is_empty() || !to_await.is_empty() {
+            if !to_start.is_empty() {
+                let op = fan.expect(ids(&to_start));
+                handle.send(Msg::Start { keys: to_start, waiter: op });
+            }
+            if !to_await.is_empty() {
+                let op = fan.expect(ids(&to_await));
+                handle.send(Msg::AwaitReady { keys: to_await, waiter: op });
+            }
             fan.wait(Instant::now() + ready_timeout).await;
         }
         fan.finish(summary.describe());

@@ -27,6 +27,8 @@ pub struct Corrald {
     pub child: Option<Child>,
     /// Extra environment for corrald.
     pub env: Vec<(String, String)>,
+    /// A command that runs corrald (e.g. in another namespace), if any.
+    pub wrapper: Vec<String>,
 }
 
 impl Corrald {
@@ -37,7 +39,7 @@ impl Corrald {
         let socket = dir.path().join("corrald.sock");
         let log = dir.path().join("work.log");
         let config = dir.path().join("corral.toml");
-        let c = Corrald { dir, config, socket, log, child: None, env: Vec::new() };
+        let c = Corrald { dir, config, socket, log, child: None, env: Vec::new(), wrapper: Vec::new() };
         c.write_config(groups);
         c
     }
@@ -54,7 +56,15 @@ impl Corrald {
 
     /// Starts corrald and returns once its socket answers a status request.
     pub fn start(&mut self) {
-        let child = Command::new(CORRALD)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(CORRALD);
+                c
+            }
+            None => Command::new(CORRALD),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .env("CORRAL_LOG", "debug")
@@ -210,6 +220,10 @@ pub struct WorkLog {
 }
 
 impl WorkLog {
+    pub fn read(path: &Path) -> WorkLog {
+        WorkLog::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
     fn parse(text: &str) -> WorkLog {
         let mut log = WorkLog::default();
         for line in text.lines() {
@@ -253,4 +267,17 @@ pub fn final_failures(resp: &proto::Response) -> Vec<proto::WorkerFailure> {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Runs a command to its end: whether it succeeded, and its stdout then stderr.
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `systemctl show -p PROP --value UNIT`
+pub fn show(unit: &str, prop: &str) -> String {
+    let (_, text) = run("systemctl", &["show", "-p", prop, "--value", unit]);
+    text.trim().to_string()
 }

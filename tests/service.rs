@@ -1,0 +1,355 @@
+//! corrald as a systemd service: the shipped units (installed with
+//! `packaging/install`), sd_notify readiness, status and reload, socket
+//! activation, the watchdog, and worker output in the journal.
+//!
+//! Like tests/systemd.rs these run inside a container booted with systemd
+//! (`tests/systemd/run-suite`), one at a time, and assert what `systemctl`,
+//! `journalctl` and `corralctl` print.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const CONFIG: &str = "/etc/corral/corral.toml";
+const SOCKET: &str = "/run/corral/corrald.sock";
+const DROP_IN_DIR: &str = "/run/systemd/system/corrald.service.d";
+const DEMO_INSTALLED: &str = "/usr/bin/corral-demo-worker";
+
+/// corral installed as a package would be, with `groups` as its config.
+/// Dropping it stops everything and removes what the test added, so the
+/// next test starts clean even after a failure.
+struct Installed;
+
+impl Installed {
+    fn new(config: &str) -> Installed {
+        let bin_dir = Path::new(CORRALD).parent().expect("binary directory").display().to_string();
+        let install = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/install");
+        let (ok, out) = run(install, &["--bin-dir", &bin_dir]);
+        assert!(ok, "packaging/install failed: {out}");
+        std::fs::write(CONFIG, config).expect("write the config");
+        systemctl(&["daemon-reload"]);
+        Installed
+    }
+
+    fn drop_in(&self, text: &str) {
+        std::fs::create_dir_all(DROP_IN_DIR).unwrap();
+        std::fs::write(format!("{DROP_IN_DIR}/test.conf"), text).unwrap();
+        systemctl(&["daemon-reload"]);
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = run("systemctl", &["kill", "-s", "SIGCONT", "systemd-journald.service"]);
+        let _ = run("systemctl", &["stop", "corrald.service", "corrald.socket"]);
+        let _ = run("systemctl", &["stop", "corral-*.scope"]);
+        let _ = std::fs::remove_dir_all(DROP_IN_DIR);
+        let _ = run("systemctl", &["reset-failed"]);
+        let _ = run("systemctl", &["daemon-reload"]);
+    }
+}
+
+/// Runs systemctl and asserts it succeeded.
+fn systemctl(args: &[&str]) -> String {
+    let (ok, out) = run("systemctl", args);
+    assert!(ok, "systemctl {} failed: {out}\n{}", args.join(" "), corrald_journal());
+    out
+}
+
+fn corrald_journal() -> String {
+    run("journalctl", &["--no-pager", "-n", "40", "-u", "corrald.service"]).1
+}
+
+fn group(name: &str, count: u32, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[groups.{name}]\ncommand = \"{DEMO_INSTALLED}\"\nargs = [{}]\ncount = {count}\nstop_mode = \"protocol\"\n{extra}\n",
+        args.join(", ")
+    )
+}
+
+/// `corralctl --json ARGS`: every response, the final one last.
+fn ctl(args: &[&str]) -> Vec<Value> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (ok, out) = run(CORRALCTL, &full);
+    assert!(ok, "corralctl {} failed: {out}\n{}", args.join(" "), corrald_journal());
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn supervisor_status() -> Value {
+    ctl(&["status"]).pop().expect("a response")["supervisor"].clone()
+}
+
+fn group_status(status: &Value, name: &str) -> Value {
+    status["groups"].as_array().unwrap().iter().find(|g| g["name"] == name).cloned().expect("group in status")
+}
+
+fn worker_pid(id: &str) -> u64 {
+    let workers = ctl(&["workers"]).pop().unwrap();
+    workers["workers"].as_array().unwrap().iter().find(|w| w["id"] == id).expect("worker listed")["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Journal entries as JSON objects, after asking journald to write out
+/// everything it has received.
+fn journal(args: &[&str]) -> Vec<Value> {
+    let _ = run("journalctl", &["--sync"]);
+    let mut full = vec!["--no-pager", "-o", "json"];
+    full.extend_from_slice(args);
+    let (ok, out) = run("journalctl", &full);
+    assert!(ok, "journalctl failed: {out}");
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The distinct numbers of the demo's "line N" messages `journalctl` has
+/// for one worker.
+fn burst_lines_in_journal(worker: &str) -> BTreeSet<u64> {
+    let _ = run("journalctl", &["--sync"]);
+    let (_, out) = run("journalctl", &["--no-pager", "-o", "cat", &format!("CORRAL_WORKER_ID={worker}")]);
+    out.lines().filter_map(|l| l.strip_prefix("line ")?.parse().ok()).collect()
+}
+
+/// Polls `f` until it returns Some, or fails the test after `PATIENCE`.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", corrald_journal());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn start_returns_after_ready_with_a_status_line_and_reload_round_trips() {
+    // Each worker takes 700 ms to report ready: a READY=1 sent before that
+    // would let `systemctl start` return while they are still starting.
+    let web = group("web", 3, &["--ready-delay-ms", "700"], "");
+    let i = Installed::new(&web);
+    systemctl(&["start", "corrald.service"]);
+    let status = supervisor_status();
+    assert_eq!(group_status(&status, "web")["ready"], 3, "start returned before the workers were ready: {status}");
+    assert_eq!(show("corrald.service", "ActiveState"), "active");
+    assert_eq!(show("corrald.service", "StatusText"), "3/3 workers ready in 1 scope");
+    let text = systemctl(&["status", "--no-pager", "corrald.service"]);
+    assert!(text.contains("Status: \"3/3 workers ready in 1 scope\""), "{text}");
+
+    // A reload that adds a group returns once the group is up.
+    let jobs = group("jobs", 2, &["--ready-delay-ms", "300"], "scope = \"worker\"");
+    std::fs::write(CONFIG, format!("{web}{jobs}")).unwrap();
+    systemctl(&["reload", "corrald.service"]);
+    assert_eq!(group_status(&supervisor_status(), "jobs")["ready"], 2);
+    assert_eq!(show("corrald.service", "StatusText"), "5/5 workers ready in 3 scopes");
+    assert_eq!(show("corrald.service", "ActiveState"), "active");
+
+    // A config corrald refuses makes the reload fail, and changes nothing.
+    std::fs::write(CONFIG, format!("{web}{jobs}stop_timout = \"5s\"\n")).unwrap();
+    let (ok, out) = run("systemctl", &["reload", "corrald.service"]);
+    assert!(!ok, "a refused config must fail the reload: {out}");
+    assert_eq!(show("corrald.service", "ActiveState"), "active");
+    assert_eq!(show("corrald.service", "StatusText"), "5/5 workers ready in 3 scopes");
+    let log: String = journal(&["-u", "corrald.service"]).iter().filter_map(|e| e["MESSAGE"].as_str()).collect();
+    assert!(log.contains("key `groups.jobs.stop_timout`"), "the refusal names the key: {log}");
+    drop(i);
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn socket_activation_starts_corrald_on_the_first_connection() {
+    let _i = Installed::new(&group("web", 1, &[], ""));
+    systemctl(&["start", "corrald.socket"]);
+    assert_eq!(show("corrald.service", "ActiveState"), "inactive");
+    let meta = std::fs::symlink_metadata(SOCKET).expect("the socket unit created the socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let inode = meta.ino();
+
+    let status = supervisor_status();
+    let pid = status["pid"].as_u64().unwrap();
+    assert_eq!(show("corrald.service", "MainPID"), pid.to_string(), "the activated service answered");
+    assert_eq!(show("corrald.service", "ActiveState"), "active");
+    assert_eq!(std::fs::symlink_metadata(SOCKET).unwrap().ino(), inode, "corrald must serve the passed socket");
+
+    // Stopping the service leaves the socket to its unit; the next client
+    // starts corrald again.
+    systemctl(&["stop", "corrald.service"]);
+    assert_eq!(show("corrald.socket", "ActiveState"), "active");
+    assert_eq!(std::fs::symlink_metadata(SOCKET).unwrap().ino(), inode, "the socket outlives corrald");
+    let again = supervisor_status()["pid"].as_u64().unwrap();
+    assert_ne!(again, pid);
+    assert_eq!(show("corrald.service", "MainPID"), again.to_string());
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn stopping_the_service_drains_every_worker_and_leaves_no_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("work.log").display().to_string();
+    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
+    let config = [group("web", 3, &args, ""), group("solo", 2, &args, "scope = \"worker\"")].concat();
+    let _i = Installed::new(&config);
+    systemctl(&["start", "corrald.service"]);
+    let units = systemctl(&["list-units", "--no-legend", "--plain", "corral-*"]);
+    assert_eq!(units.lines().count(), 3, "{units}");
+    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 10).then_some(()));
+
+    systemctl(&["stop", "corrald.service"]);
+    let work = WorkLog::read(Path::new(&log));
+    assert!(work.unfinished().is_empty(), "work cut off by the stop: {:?}", work.unfinished());
+    assert_eq!(work.exits.len(), 5, "every worker exited after draining: {work:?}");
+    assert_eq!(show("corrald.service", "Result"), "success");
+    assert_eq!(show("corrald.service", "ExecMainStatus"), "0");
+    let left = systemctl(&["list-units", "--all", "--no-legend", "--plain", "corral-*"]);
+    assert_eq!(left.trim(), "", "scopes left behind");
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn worker_lines_reach_the_journal_under_the_workers_scope_and_none_is_lost() {
+    let args = [
+        "--say",
+        "hello from web",
+        "--complain",
+        "<3>disk on fire",
+        "--complain",
+        "plain stderr",
+        "--burst-lines",
+        "100000",
+    ];
+    let _i = Installed::new(&group("web", 1, &args, "stderr_priority = \"warning\""));
+    systemctl(&["start", "corrald.service"]);
+    let pid = worker_pid("web-1").to_string();
+
+    let got = wait_for("100000 lines in the journal", || {
+        let got = burst_lines_in_journal("web-1");
+        (got.len() == 100_000).then_some(got)
+    });
+    assert_eq!(got.first(), Some(&1));
+    assert_eq!(got.last(), Some(&100_000));
+    assert_eq!(supervisor_status()["output_dropped"], 0);
+
+    let entries = journal(&["-u", "corral-web.scope"]);
+    let find = |message: &str| {
+        entries.iter().find(|e| e["MESSAGE"] == message).unwrap_or_else(|| panic!("no {message:?} under the scope"))
+    };
+    let hello = find("hello from web");
+    assert_eq!(hello["CORRAL_WORKER_ID"], "web-1");
+    assert_eq!(hello["CORRAL_GROUP"], "web");
+    assert_eq!(hello["SYSLOG_IDENTIFIER"], "web");
+    assert_eq!(hello["SYSLOG_PID"], pid.as_str());
+    assert_eq!(hello["OBJECT_PID"], pid.as_str());
+    assert_eq!(hello["OBJECT_SYSTEMD_UNIT"], "corral-web.scope");
+    assert_eq!(hello["PRIORITY"], "6");
+    assert_eq!(find("disk on fire")["PRIORITY"], "3", "a <3> prefix sets the priority");
+    assert_eq!(find("plain stderr")["PRIORITY"], "4", "stderr lines get stderr_priority");
+
+    let status = systemctl(&["status", "--no-pager", "-n", "200", "corral-web.scope"]);
+    assert!(status.contains("hello from web"), "{status}");
+}
+
+/// Resumes journald even when the test fails half-way.
+struct Frozen;
+
+impl Frozen {
+    fn journald() -> Frozen {
+        systemctl(&["kill", "-s", "SIGSTOP", "systemd-journald.service"]);
+        Frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = run("systemctl", &["kill", "-s", "SIGCONT", "systemd-journald.service"]);
+    }
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn a_stuck_journal_never_blocks_a_worker_and_every_line_is_written_or_counted() {
+    let config = format!("output_buffer = \"64K\"\n{}", group("web", 0, &["--burst-lines", "100000"], ""));
+    let _i = Installed::new(&config);
+    systemctl(&["start", "corrald.service"]);
+
+    let frozen = Frozen::journald();
+    // The worker prints its 100000 lines before it reports ready: `scale`
+    // answering OK means it was never blocked on its output.
+    let answer = ctl(&["scale", "web", "1"]).pop().unwrap();
+    assert_eq!(answer["status"], "OK", "{answer}");
+    let status = supervisor_status();
+    let dropped = status["output_dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "a 64K queue cannot hold 100000 lines while journald is stopped: {status}");
+    let workers = ctl(&["workers"]).pop().unwrap();
+    assert_eq!(workers["workers"][0]["output_dropped"].as_u64(), Some(dropped), "{workers}");
+    drop(frozen);
+
+    let written = wait_for("the queue to drain into the journal", || {
+        let got = burst_lines_in_journal("web-1").len() as u64;
+        (got + dropped == 100_000).then_some(got)
+    });
+    assert!(written > 0);
+    let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
+    assert!(log.contains("lines of worker output dropped"), "corrald says it dropped lines: {log}");
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn a_wedged_run_loop_misses_the_watchdog_and_systemd_restarts_corrald() {
+    let i = Installed::new(&group("web", 1, &[], ""));
+    i.drop_in("[Service]\nWatchdogSec=2s\nLimitCORE=0\n");
+    systemctl(&["start", "corrald.service"]);
+    let first = show("corrald.service", "MainPID");
+    assert_eq!(show("corrald.service", "NRestarts"), "0");
+    // The keep-alive arrives: systemd records each one.
+    let stamp = show("corrald.service", "WatchdogTimestampMonotonic");
+    wait_for("a watchdog keep-alive", || {
+        (show("corrald.service", "WatchdogTimestampMonotonic") != stamp).then_some(())
+    });
+
+    // The test-only fault switch (feature fault-injection) blocks the loop.
+    systemctl(&["kill", "--kill-who=main", "-s", "SIGUSR2", "corrald.service"]);
+    wait_for("systemd to restart corrald", || (show("corrald.service", "NRestarts") == "1").then_some(()));
+    let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
+    assert!(log.contains("Watchdog timeout"), "{log}");
+    wait_for("the restarted corrald", || (show("corrald.service", "ActiveState") == "active").then_some(()));
+    assert_ne!(show("corrald.service", "MainPID"), first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn without_a_journal_worker_lines_reach_stderr_prefixed_and_none_is_lost() {
+    // journald runs in the container; this corrald gets a mount namespace
+    // in which its socket does not exist.
+    let mut c = Corrald::new(&format!(
+        "scopes = \"off\"\n[groups.web]\ncommand = \"{{demo}}\"\nargs = [\"--burst-lines\", \"20000\"]\ncount = 2\nstop_mode = \"protocol\"\n"
+    ));
+    c.wrapper =
+        ["unshare", "--mount", "--", "sh", "-c", "mount -t tmpfs none /run/systemd/journal && exec \"$@\"", "sh"]
+            .map(String::from)
+            .to_vec();
+    c.start();
+    c.wait_ready("web", 2).await;
+    let status = c.status().await;
+    assert_eq!(status.output_sink, "stderr");
+    let pids = c.pids("web").await;
+    c.shutdown_ok().await;
+
+    let stderr = c.stderr();
+    for (id, pid) in pids {
+        let prefix = format!("{id}[{pid}]: line ");
+        let got: BTreeSet<u64> = stderr.lines().filter_map(|l| l.strip_prefix(&prefix)?.parse().ok()).collect();
+        assert_eq!(got.len(), 20_000, "{id}: lines missing from stderr");
+    }
+}
