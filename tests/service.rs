@@ -332,9 +332,9 @@ fn a_wedged_run_loop_misses_the_watchdog_and_systemd_restarts_corrald() {
 async fn without_a_journal_worker_lines_reach_stderr_prefixed_and_none_is_lost() {
     // journald runs in the container; this corrald gets a mount namespace
     // in which its socket does not exist.
-    let mut c = Corrald::new(&format!(
-        "scopes = \"off\"\n[groups.web]\ncommand = \"{{demo}}\"\nargs = [\"--burst-lines\", \"20000\"]\ncount = 2\nstop_mode = \"protocol\"\n"
-    ));
+    let mut c = Corrald::new(
+        "scopes = \"off\"\n[groups.web]\ncommand = \"{demo}\"\nargs = [\"--burst-lines\", \"20000\"]\ncount = 2\nstop_mode = \"protocol\"\n",
+    );
     c.wrapper =
         ["unshare", "--mount", "--", "sh", "-c", "mount -t tmpfs none /run/systemd/journal && exec \"$@\"", "sh"]
             .map(String::from)
