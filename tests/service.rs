@@ -146,6 +146,12 @@ fn start_returns_after_ready_with_a_status_line_and_reload_round_trips() {
     assert_eq!(show("corrald.service", "StatusText"), "3/3 workers ready in 1 scope");
     let text = systemctl(&["status", "--no-pager", "corrald.service"]);
     assert!(text.contains("Status: \"3/3 workers ready in 1 scope\""), "{text}");
+    // corrald's own logs go natively to the journal, with structured fields.
+    let own = journal(&["-u", "corrald.service", "SYSLOG_IDENTIFIER=corrald"]);
+    let serving = own.iter().find(|e| e["MESSAGE"].as_str().is_some_and(|m| m.starts_with("corrald serving")));
+    let serving = serving.unwrap_or_else(|| panic!("no 'corrald serving' entry: {own:?}"));
+    assert_eq!(serving["_TRANSPORT"], "journal", "{serving}");
+    assert_eq!(serving["PRIORITY"], "6", "{serving}");
 
     // A reload that adds a group returns once the group is up.
     let jobs = group("jobs", 2, &["--ready-delay-ms", "300"], "scope = \"worker\"");
