@@ -13,6 +13,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 
+use crate::audit::AuditConfig;
+use crate::command::authorise::Policy;
 use crate::journal::StreamPolicy;
 
 /// Where corrald listens and corralctl connects when no socket is named:
@@ -71,6 +73,11 @@ pub struct Config {
     /// Bytes of worker output that may wait for the journal before lines
     /// are dropped.
     pub output_buffer: usize,
+    pub audit: AuditConfig,
+    /// Who may send commands, beyond the socket's file mode.
+    pub policy: Policy,
+    /// A group granted the socket (mode 0660 instead of 0600).
+    pub socket_group: Option<String>,
     pub groups: BTreeMap<String, GroupConfig>,
 }
 
@@ -172,6 +179,17 @@ struct RawConfig {
     bus: BusChoice,
     slice: Option<String>,
     output_buffer: Option<Scalar>,
+    audit_logs_target: Option<PathBuf>,
+    audit_logs_json_target: Option<PathBuf>,
+    #[serde(default = "yes")]
+    audit_journal: bool,
+    #[serde(default)]
+    audit_sync: bool,
+    #[serde(default = "default_audit_failure")]
+    audit_failure: AuditFailure,
+    command_allowed_uids: Option<Vec<u32>>,
+    command_allowed_gids: Option<Vec<u32>>,
+    command_socket_group: Option<String>,
     #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
 }
@@ -233,6 +251,20 @@ struct RawGroup {
 enum Scalar {
     Number(u64),
     Text(String),
+}
+
+/// What a failure to write an audit record means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum AuditFailure {
+    /// The command is refused (fail closed).
+    Refuse,
+    /// The command runs; the loss is logged loudly.
+    Continue,
+}
+
+fn default_audit_failure() -> AuditFailure {
+    AuditFailure::Refuse
 }
 
 fn default_scopes() -> Scopes {
@@ -467,8 +499,26 @@ impl Config {
         if output_buffer < 64 * 1024 {
             return Err(err("key `output_buffer`: must be at least 64K".into()));
         }
+        if let Some(name) = &raw.command_socket_group {
+            if name.is_empty() {
+                return Err(err("key `command_socket_group`: must not be empty".into()));
+            }
+        }
+        let audit = AuditConfig {
+            text_target: raw.audit_logs_target.map(absolute),
+            json_target: raw.audit_logs_json_target.map(absolute),
+            journal: raw.audit_journal,
+            sync: raw.audit_sync,
+            continue_on_failure: raw.audit_failure == AuditFailure::Continue,
+        };
+        if audit.text_target.is_some() && audit.text_target == audit.json_target {
+            return Err(err("key `audit_logs_json_target`: must differ from audit_logs_target".into()));
+        }
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            audit,
+            policy: Policy { uids: raw.command_allowed_uids, gids: raw.command_allowed_gids },
+            socket_group: raw.command_socket_group,
             output_buffer: usize::try_from(output_buffer).unwrap_or(usize::MAX),
             scopes: raw.scopes,
             bus: raw.bus,

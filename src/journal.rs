@@ -251,9 +251,9 @@ impl Output {
         true
     }
 
-    /// Queues one of corrald's own log lines.
-    pub fn own(&self, entry: Entry) {
-        self.push(entry, Budget::Own);
+    /// Queues one of corrald's own entries; false when its budget is spent.
+    pub fn own(&self, entry: Entry) -> bool {
+        self.push(entry, Budget::Own)
     }
 
     /// Reads a worker's stdout or stderr until it closes, turning it into

@@ -6,6 +6,7 @@
 //! the worker side of the worker channel; both speak the [`proto`] types over
 //! [`frame`]s.
 
+pub mod audit;
 pub mod command;
 pub mod config;
 pub mod ctl;

@@ -91,6 +91,17 @@ enum Cmd {
     LoadState { path: PathBuf },
     /// Stop every worker softly, then stop corrald
     Shutdown,
+    /// The audit trail
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Make corrald reopen its audit log files (after logrotate moved them)
+    Reopen,
+    /// Check a JSON audit log's hash chain, locally (no corrald needed)
+    Verify { file: PathBuf },
 }
 
 fn socket_help() -> String {
@@ -102,6 +113,9 @@ fn socket_help() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Audit(AuditCmd::Verify { file }) = &cli.command {
+        return verify(file);
+    }
     let socket = cli
         .socket
         .or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
@@ -133,6 +147,17 @@ fn main() -> ExitCode {
     match response.status() {
         Status::Ok => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+/// Exit 0 when the chain is whole, 1 naming the first broken record.
+fn verify(file: &Path) -> ExitCode {
+    match corral::audit::chain::verify(file) {
+        Ok(records) => {
+            let _ = writeln!(io::stdout(), "{}: intact, {records} records", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(why) => fail(EXIT_FAILURE, &format!("{}: {why}", file.display())),
     }
 }
 
@@ -174,6 +199,8 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState { path: wire_path(&path)? }),
         Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: wire_path(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
+        Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
+        Cmd::Audit(AuditCmd::Verify { .. }) => return Err("audit verify runs locally".into()),
     })
 }
 

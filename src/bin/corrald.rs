@@ -4,13 +4,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use corral::command::{self, Listener};
+use corral::audit::Auditor;
+use corral::command::peer::UserNames;
+use corral::command::{self, Access, Listener};
 use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
@@ -82,7 +85,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, activated, notifier, output))
+    let code = runtime.block_on(run(config, activated, notifier, output));
+    // A user-name lookup stuck in NSS must not keep corrald from exiting.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// The command socket passed by socket activation, if any (`LISTEN_FDS`
@@ -172,9 +178,39 @@ async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, out
         eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
         return ExitCode::FAILURE;
     }
+    let socket_group = match &config.socket_group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            Ok(None) => {
+                eprintln!("corrald: {}: key `command_socket_group`: no group named {name:?}", config.path.display());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("corrald: command_socket_group {name:?}: lookup failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let auditor = if config.audit.text_target.is_some() || config.audit.json_target.is_some() || config.audit.journal {
+        match Auditor::open(config.audit.clone(), Some(output.clone())) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                eprintln!("corrald: {}: {e}", config.path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let listener = match activated {
-        Some(fd) => Listener::from_activation(fd, &config.socket),
-        None => Listener::bind(&config.socket),
+        Some(fd) => {
+            if socket_group.is_some() {
+                tracing::warn!("command_socket_group does not apply to a socket-activated socket: set SocketGroup= in corrald.socket");
+            }
+            Listener::from_activation(fd, &config.socket)
+        }
+        None => Listener::bind(&config.socket, socket_group),
     };
     let listener = match listener {
         Ok(l) => l,
@@ -192,12 +228,14 @@ async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, out
             return ExitCode::FAILURE;
         }
     };
+    let config_policy = config.policy.clone();
     let supervisor = Supervisor::new(config, systemd, notifier, output.clone());
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(command::serve(listener, handle.clone(), max_frame, stop_rx));
+    let access = Arc::new(Access { policy: config_policy, auditor: auditor.clone(), names: UserNames::default() });
+    let server = tokio::spawn(command::serve(listener, handle.clone(), max_frame, access, stop_rx));
 
     #[cfg(feature = "fault-injection")]
     {
@@ -226,7 +264,16 @@ async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, out
             tokio::select! {
                 _ = term.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
                 _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
-                _ = hup.recv() => signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, tx.clone())),
+                _ = hup.recv() => {
+                    if let Some(auditor) = auditor.clone() {
+                        match tokio::task::spawn_blocking(move || auditor.reopen()).await {
+                            Ok(Ok(())) => tracing::info!("audit log files reopened"),
+                            Ok(Err(e)) => tracing::error!("{e}"),
+                            Err(e) => tracing::error!("reopening the audit logs failed: {e}"),
+                        }
+                    }
+                    signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, tx.clone()));
+                }
                 Some(event) = async { systemd_events.as_mut()?.recv().await }, if systemd_events.is_some() => {
                     let systemd::Event::RequestStop { unit } = event;
                     match systemd::target_of_scope(&unit) {

@@ -848,6 +848,8 @@ impl Supervisor {
             },
             Command::Shutdown(_) => self.shutdown(reply),
             Command::Limit(req) => self.limit(&req.target, &req.properties, reply),
+            // The audit trail belongs to the command socket, which answers this itself.
+            Command::AuditReopen(_) => reply.failure("audit reopen is served by the command socket".into(), None),
         }
     }
 
@@ -1083,6 +1085,12 @@ impl Supervisor {
                 }
             }
         }
+        if new.audit != self.config.audit
+            || new.policy != self.config.policy
+            || new.socket_group != self.config.socket_group
+        {
+            summary.notes.push("audit and access settings take effect when corrald restarts".into());
+        }
         if new.socket != self.config.socket {
             summary
                 .notes
@@ -1214,6 +1222,8 @@ impl Supervisor {
             version: env!("CARGO_PKG_VERSION").into(),
             output_sink: self.output.sink().name().into(),
             output_dropped: self.output.dropped(),
+            // Filled in by the command socket, which owns the audit trail.
+            audit_journal_missed: 0,
         }
     }
 

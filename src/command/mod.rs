@@ -1,14 +1,23 @@
-//! The command socket: binding it safely, framing, and handing each decoded
-//! request to the supervisor.
+//! The command socket: binding it safely, framing, the caller's identity,
+//! authorisation and audit, then handing each request to the supervisor.
 //!
 //! Every connection is its own task with its own writer, so one client that
-//! sends garbage, or stops reading, never delays another.
+//! sends garbage, stops reading, or waits on a slow user-name lookup never
+//! delays another. A request passes, in this order: the allow-list (refused
+//! and audited as `denied`), the audit record (a privileged request runs only
+//! once its record is written), the supervisor. Its final answer passes the
+//! audit again on the way out (`ok` or `failed`).
 
+pub mod authorise;
+pub mod peer;
+
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use nix::fcntl::{Flock, FlockArg};
@@ -18,9 +27,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::audit::{Actor, Auditor, Outcome, Record};
 use crate::frame;
-use crate::proto::{self, Status};
+use crate::proto::{self, request::Command, response::Content, Status};
 use crate::supervisor::{Handle, Reply};
+use authorise::Policy;
+use peer::{Peer, UserNames};
+
+/// What every connection checks before a request reaches the supervisor.
+pub struct Access {
+    pub policy: Policy,
+    pub auditor: Option<Arc<Auditor>>,
+    pub names: UserNames,
+}
 
 /// Why the socket could not be bound. Each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +72,9 @@ impl Listener {
     /// Binds `path` with mode 0600 from the first moment it exists: the
     /// socket is created inside a private 0700 directory, restricted, then
     /// renamed into place. The parent directory is created 0750 if missing.
-    pub fn bind(path: &Path) -> Result<Listener, BindError> {
+    /// With `group`, that group is granted the socket (0660) and, if we
+    /// create it, the directory.
+    pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> Result<Listener, BindError> {
         let io_err = |what: &'static str| move |source| BindError::Io { path: path.to_path_buf(), what, source };
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !parent.exists() {
@@ -62,6 +83,10 @@ impl Listener {
                 .mode(0o750)
                 .create(parent)
                 .map_err(io_err("create parent directory"))?;
+            if group.is_some() {
+                nix::unistd::chown(parent, None, group)
+                    .map_err(|e| io_err("give the parent directory to command_socket_group")(e.into()))?;
+            }
         }
         let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
@@ -92,7 +117,15 @@ impl Listener {
         let staged = private.join("sock");
         let result = (|| {
             let std_listener = std::os::unix::net::UnixListener::bind(&staged).map_err(io_err("bind"))?;
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod"))?;
+            let mode = match group {
+                Some(gid) => {
+                    nix::unistd::chown(&staged, None, Some(gid))
+                        .map_err(|e| io_err("give the socket to command_socket_group")(e.into()))?;
+                    0o660
+                }
+                None => 0o600,
+            };
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod"))?;
             std::fs::rename(&staged, path).map_err(io_err("move into place"))?;
             Ok(std_listener)
         })();
@@ -145,6 +178,18 @@ impl Drop for Listener {
     }
 }
 
+async fn reopen_audit(auditor: &Option<Arc<Auditor>>, reply: Reply) {
+    let Some(auditor) = auditor.clone() else {
+        reply.ok("no audit log files are configured".into(), None);
+        return;
+    };
+    match tokio::task::spawn_blocking(move || auditor.reopen()).await {
+        Ok(Ok(())) => reply.ok("audit log files reopened".into(), None),
+        Ok(Err(e)) => reply.failure(e, None),
+        Err(e) => reply.failure(format!("reopening the audit logs failed: {e}"), None),
+    }
+}
+
 fn lock_path(socket: &Path) -> PathBuf {
     let mut name = socket.as_os_str().to_owned();
     name.push(".lock");
@@ -153,7 +198,14 @@ fn lock_path(socket: &Path) -> PathBuf {
 
 /// Serves the socket until `stop` turns true, then gives every connection a
 /// moment to write out what is queued for it.
-pub async fn serve(listener: Listener, handle: Handle, max_frame: usize, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: Listener,
+    handle: Handle,
+    max_frame: usize,
+    access: Arc<Access>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let socket = listener.path().display().to_string();
     let mut connections = JoinSet::new();
     let mut next_session = 1u64;
     loop {
@@ -162,7 +214,15 @@ pub async fn serve(listener: Listener, handle: Handle, max_frame: usize, mut sto
                 Ok((stream, _)) => {
                     let session = next_session;
                     next_session += 1;
-                    connections.spawn(connection(stream, session, handle.clone(), max_frame, stop.clone()));
+                    let peer = match peer::identify(&stream) {
+                        Ok(peer) => peer,
+                        Err(e) => {
+                            tracing::warn!(session, "cannot read the peer's credentials ({e}); closing the connection");
+                            continue;
+                        }
+                    };
+                    let ctx = Session { id: session, peer, socket: socket.clone(), access: access.clone(), user: None };
+                    connections.spawn(connection(stream, ctx, handle.clone(), max_frame, stop.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: log, and keep serving the clients we have.
@@ -181,9 +241,102 @@ pub async fn serve(listener: Listener, handle: Handle, max_frame: usize, mut sto
     }
 }
 
+/// One connection's caller and what it may do.
+struct Session {
+    id: u64,
+    peer: Peer,
+    socket: String,
+    access: Arc<Access>,
+    /// The caller's user name, once looked up: Some(None) when it has none
+    /// or the lookup did not answer.
+    user: Option<Option<String>>,
+}
+
+/// Audited requests still running, by request id, waiting for their final
+/// answer to be recorded.
+type Pending = Arc<Mutex<HashMap<u64, VecDeque<Record>>>>;
+
+impl Session {
+    async fn actor(&mut self) -> Actor {
+        if self.user.is_none() {
+            self.user = Some(self.access.names.name(self.peer.uid).await);
+        }
+        Actor {
+            uid: self.peer.uid,
+            gid: self.peer.gid,
+            pid: self.peer.pid,
+            user: self.user.clone().flatten(),
+            comm: self.peer.comm.clone(),
+        }
+    }
+
+    async fn record(&mut self, request_id: u64, command: &Command, result: Outcome, reason: String) -> Record {
+        let d = authorise::describe(command);
+        Record {
+            session: self.id,
+            request_id,
+            group: d.group,
+            worker: d.worker,
+            command: d.command.to_string(),
+            arguments: d.arguments,
+            actor: self.actor().await,
+            socket: self.socket.clone(),
+            result,
+            reason,
+        }
+    }
+
+    /// Lets a request through, or says why not. A privileged one is
+    /// audited before it is let through; with `pending`, its final answer
+    /// will be audited too.
+    async fn admit(&mut self, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
+        if let Err(why) = self.access.policy.check(&self.peer) {
+            tracing::warn!(session = self.id, uid = self.peer.uid, "request refused: {why}");
+            if let Some(auditor) = self.access.auditor.clone() {
+                let record = self.record(id, command, Outcome::Denied, why.clone()).await;
+                if let Err(e) = write_record(auditor, record).await {
+                    tracing::error!("the refusal could not be audited: {e}");
+                }
+            }
+            return Err(format!("denied: {why}"));
+        }
+        if !authorise::describe(command).privileged {
+            return Ok(());
+        }
+        let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
+        let record = self.record(id, command, Outcome::Accepted, String::new()).await;
+        write_record(auditor, record.clone())
+            .await
+            .map_err(|e| format!("refused, nothing was done: the audit record could not be written: {e}"))?;
+        pending.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().push_back(record);
+        Ok(())
+    }
+}
+
+/// Writes a record off the async threads: file I/O may block.
+async fn write_record(auditor: Arc<Auditor>, record: Record) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || auditor.write(&record))
+        .await
+        .unwrap_or_else(|e| Err(format!("the audit writer failed: {e}")))
+}
+
+/// Records the outcome of an audited request as its final answer goes out.
+async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, response: &proto::Response) {
+    if response.status() == Status::Processing {
+        return;
+    }
+    let started = pending.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&response.id).and_then(VecDeque::pop_front);
+    let (Some(auditor), Some(mut record)) = (auditor.clone(), started) else { return };
+    record.result = if response.status() == Status::Ok { Outcome::Ok } else { Outcome::Failed };
+    record.reason = response.message.clone();
+    if let Err(e) = write_record(auditor, record).await {
+        tracing::error!("the outcome of request {} could not be audited: {e}", response.id);
+    }
+}
+
 async fn connection(
     stream: UnixStream,
-    session: u64,
+    mut session: Session,
     handle: Handle,
     max_frame: usize,
     mut stop: watch::Receiver<bool>,
@@ -192,14 +345,22 @@ async fn connection(
     let mut reader = FramedRead::new(read, frame::codec(max_frame));
     let mut writer = FramedWrite::new(write, frame::codec(max_frame));
     let (tx, mut rx) = mpsc::unbounded_channel::<proto::Response>();
+    let pending: Pending = Arc::default();
 
+    let auditor = session.access.auditor.clone();
+    let writer_pending = pending.clone();
     let writer_task = tokio::spawn(async move {
-        while let Some(response) = rx.recv().await {
+        while let Some(mut response) = rx.recv().await {
+            audit_final(&auditor, &writer_pending, &response).await;
+            if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
+                status.audit_journal_missed = auditor.journal_missed();
+            }
             if writer.send(frame::encode(&response)).await.is_err() {
                 break;
             }
         }
     });
+    let session_id = session.id;
 
     let failure =
         |id: u64, message: String| proto::Response { id, status: Status::Failure as i32, message, content: None };
@@ -215,8 +376,17 @@ async fn connection(
                     let _ = tx.send(failure(request.id, "unknown or missing command".into()));
                 }
                 Ok(request) => {
-                    tracing::trace!(session, id = request.id, "request");
-                    handle.request(request.clone(), Reply::new(request.id, tx.clone()));
+                    tracing::trace!(session = session_id, id = request.id, "request");
+                    let command = request.command.as_ref().expect("checked above");
+                    if let Err(why) = session.admit(request.id, command, &pending).await {
+                        let _ = tx.send(failure(request.id, why));
+                        continue;
+                    }
+                    let reply = Reply::new(request.id, tx.clone());
+                    match command {
+                        Command::AuditReopen(_) => reopen_audit(&session.access.auditor, reply).await,
+                        _ => handle.request(request, reply),
+                    }
                 }
                 Err(e) => {
                     let _ = tx.send(failure(0, format!("undecodable request: {e}; closing the connection")));
@@ -231,7 +401,7 @@ async fn connection(
                 } else {
                     "truncated frame (the connection ended inside it)".to_string()
                 };
-                tracing::debug!(session, "{what}");
+                tracing::debug!(session = session_id, "{what}");
                 let _ = tx.send(failure(0, format!("{what}; closing the connection")));
                 break;
             }

@@ -1,0 +1,96 @@
+//! Tamper evidence for the JSON audit log: each line carries the SHA-256
+//! of the line before it (`prev_sha256`), so an edited, removed or
+//! reordered record breaks the chain at the next line. A file starts with
+//! an anchor record that names the hash it continues from (all zeros for
+//! a new trail, the old file's last line after a rotation). Removing lines
+//! at the very end cannot be seen from the file alone.
+
+use std::io::{self, BufRead};
+use std::path::Path;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::SCHEMA_VERSION;
+
+/// The link of the first anchor of a trail.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of a line (without its newline), in hex.
+pub fn hash(line: &str) -> String {
+    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record's line with its link to the previous one.
+pub fn link(mut record: Value, prev: &str) -> String {
+    if let Value::Object(map) = &mut record {
+        map.insert("prev_sha256".into(), Value::String(prev.to_string()));
+    }
+    record.to_string()
+}
+
+/// The first line of a file: where its chain starts, and why.
+pub fn anchor(at: &str, prev: &str, why: &str) -> String {
+    link(json!({ "schema_version": SCHEMA_VERSION, "record": "anchor", "timestamp": at, "reason": why }), prev)
+}
+
+/// The hash of the file's last line, or None for an empty (or missing) file.
+pub fn last_line_hash(path: &Path) -> io::Result<Option<String>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut last = None;
+    for line in io::BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if !line.is_empty() {
+            last = Some(line);
+        }
+    }
+    Ok(last.map(|l| hash(&String::from_utf8_lossy(&l))))
+}
+
+/// Checks a JSON audit log: Ok(number of records) when the chain is whole,
+/// else the first line where it breaks and why.
+pub fn verify(path: &Path) -> Result<usize, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut prev_line: Option<&[u8]> = None;
+    let mut records = 0;
+    for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
+        let n = i + 1;
+        if raw.is_empty() {
+            continue;
+        }
+        let line = std::str::from_utf8(raw).map_err(|_| format!("line {n}: not UTF-8: the file was altered"))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| format!("line {n}: not a JSON record ({e})"))?;
+        let Some(prev) = value.get("prev_sha256").and_then(Value::as_str) else {
+            return Err(format!("line {n}: no prev_sha256: not a corral audit record"));
+        };
+        match prev_line {
+            None => {
+                if value.get("record").and_then(Value::as_str) != Some("anchor") {
+                    return Err(format!(
+                        "line {n}: the file does not start with an anchor record: its first records were removed"
+                    ));
+                }
+            }
+            Some(before) => {
+                if prev != hash(&String::from_utf8_lossy(before)) {
+                    return Err(format!(
+                        "line {n} (request {}): its prev_sha256 does not match line {}: that line was edited, or records \
+                         before line {n} were removed or reordered",
+                        value.get("request_id").map(Value::to_string).unwrap_or_else(|| "-".into()),
+                        n - 1
+                    ));
+                }
+                records += 1;
+            }
+        }
+        prev_line = Some(raw);
+    }
+    if prev_line.is_none() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(records)
+}
