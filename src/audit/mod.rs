@@ -100,10 +100,10 @@ fn or_dash(value: Option<&str>) -> String {
 impl Record {
     /// The text layout: `[session req group worker]\tAUDIT\tCommand(args)`
     /// then `key=value` fields, tab separated, always the same fields
-    /// (`-` when absent). Inside the brackets spaces are escaped too, so
-    /// the four slots stay four.
+    /// (`-` when absent). Inside the brackets spaces and brackets are
+    /// escaped too, so the four slots stay four.
     pub fn text_line(&self, at: &str) -> String {
-        let slot = |v: Option<&str>| or_dash(v).replace(' ', "\\x20");
+        let slot = |v: Option<&str>| or_dash(v).replace(' ', "\\x20").replace('[', "\\x5b").replace(']', "\\x5d");
         let args: Vec<String> = self.arguments.iter().map(|a| sanitise(a)).collect();
         let pid = self.actor.pid.map(|p| p.to_string());
         format!(
@@ -352,5 +352,68 @@ impl Auditor {
     /// Records the journal did not get (no journal, or its queue full).
     pub fn journal_missed(&self) -> u64 {
         self.journal_missed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitise::{sanitise, sanitise_bytes};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text built from the characters that break logs and terminals, mixed
+    /// with ordinary ones.
+    fn hostile() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "\t", "\n", "\r", "\r\n", "\u{1b}[2J", "\u{1b}]0;title\u{7}", "\u{9b}31m", "\u{202e}", "\u{2066}", "\u{200f}",
+            "\u{0}", "\u{7f}", "\u{85}", "\\", " ", "]", "[", "=", "\"", "web", "ü", "漢",
+        ]);
+        prop::collection::vec(pieces, 0..12).prop_map(|p| p.concat())
+    }
+
+    fn record(group: String, worker: String, args: Vec<String>, user: String, comm: String, reason: String) -> Record {
+        Record {
+            session: 7,
+            request_id: 42,
+            group: Some(group),
+            worker: Some(worker),
+            command: "Stop".into(),
+            arguments: args,
+            actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some(user), comm: Some(comm) },
+            socket: "/run/corral/corrald.sock".into(),
+            result: Outcome::Denied,
+            reason,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hostile_text_never_breaks_a_record(
+            group in hostile(), worker in hostile(), args in prop::collection::vec(hostile(), 0..4),
+            user in hostile(), comm in hostile(), reason in hostile(),
+            raw in prop::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut args = args;
+            args.push(sanitise_bytes(&raw));
+            let r = record(group.clone(), worker, args.clone(), user.clone(), comm, reason.clone());
+            let line = r.text_line("2026-11-23T12:00:00.000000Z");
+            prop_assert!(!line.contains(['\n', '\r', '\u{1b}', '\u{9b}', '\u{202e}', '\u{0}']), "{line:?}");
+            prop_assert_eq!(line.split('\t').count(), 12, "{:?}", line);
+            let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
+            prop_assert_eq!(slots, Some(4), "{:?}", line);
+
+            let json = chain::link(r.json("2026-11-23T12:00:00.000000Z"), chain::GENESIS);
+            prop_assert!(!json.contains('\n'));
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
+            prop_assert_eq!(back["reason"].as_str(), Some(reason.as_str()));
+            prop_assert_eq!(back["group"].as_str(), Some(group.as_str()));
+            prop_assert_eq!(back["actor"]["user"].as_str(), Some(user.as_str()));
+            let sent_args: Vec<String> = args.iter().map(|a| sanitise(a)).collect();
+            prop_assert_eq!(back["arguments"].as_array().unwrap().len(), sent_args.len());
+            for (got, want) in back["arguments"].as_array().unwrap().iter().zip(&sent_args) {
+                prop_assert_eq!(got.as_str(), Some(want.as_str()));
+            }
+        }
     }
 }
