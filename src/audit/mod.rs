@@ -365,8 +365,28 @@ mod tests {
     /// with ordinary ones.
     fn hostile() -> impl Strategy<Value = String> {
         let pieces = prop::sample::select(vec![
-            "\t", "\n", "\r", "\r\n", "\u{1b}[2J", "\u{1b}]0;title\u{7}", "\u{9b}31m", "\u{202e}", "\u{2066}", "\u{200f}",
-            "\u{0}", "\u{7f}", "\u{85}", "\\", " ", "]", "[", "=", "\"", "web", "ü", "漢",
+            "\t",
+            "\n",
+            "\r",
+            "\r\n",
+            "\u{1b}[2J",
+            "\u{1b}]0;title\u{7}",
+            "\u{9b}31m",
+            "\u{202e}",
+            "\u{2066}",
+            "\u{200f}",
+            "\u{0}",
+            "\u{7f}",
+            "\u{85}",
+            "\\",
+            " ",
+            "]",
+            "[",
+            "=",
+            "\"",
+            "web",
+            "ü",
+            "漢",
         ]);
         prop::collection::vec(pieces, 0..12).prop_map(|p| p.concat())
     }

@@ -1,0 +1,218 @@
+//! The audit trail of the command socket, as the files on disk and the
+//! clients show it. (The journal sink and a non-root caller are proven in
+//! the real-systemd suite, tests/service.rs.)
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use corral::proto::{self, request::Command as Cmd, Status};
+
+const WEB: &str =
+    "[groups.web]\ncommand = \"{demo}\"\nargs = [\"--log\", \"{log}\"]\ncount = 2\nstop_mode = \"protocol\"\n";
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    lines(path).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn corralctl(c: &Corrald, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["--socket", c.socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run(CORRALCTL, &full)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_written_before_and_after_a_command_in_both_files() {
+    let mut c = Corrald::new("");
+    let text = c.dir.path().join("audit/new/corral.log");
+    let json = c.dir.path().join("audit/new/corral.jsonl");
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{WEB}"
+    ));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let (ok, out) = corralctl(&c, &["stop", "web-1"]);
+    assert!(ok, "{out}");
+    corralctl(&c, &["status"]);
+
+    let text_lines = lines(&text);
+    assert_eq!(text_lines.len(), 2, "accepted, then ok; status is not audited: {text_lines:?}");
+    let uid = nix::unistd::getuid().as_raw();
+    // [session request group worker]: corralctl's request is its id 1.
+    assert!(text_lines[0].contains(" 1 web web-1]\tAUDIT\tStop(target=web-1, hard=false)\tat="), "{}", text_lines[0]);
+    assert!(text_lines[0].contains(&format!("\tactor_uid={uid}\t")), "{}", text_lines[0]);
+    assert!(text_lines[0].contains("\tactor_comm=corralctl\t"), "{}", text_lines[0]);
+    assert!(text_lines[0].ends_with("\tresult=accepted\treason=-"), "{}", text_lines[0]);
+    let slots = |l: &str| l.split(']').next().unwrap().to_string();
+    assert_eq!(slots(&text_lines[1]), slots(&text_lines[0]), "the outcome links to its request");
+    assert!(text_lines[1].contains("\tresult=ok\t"), "{}", text_lines[1]);
+
+    let records = json_lines(&json);
+    assert_eq!(records.len(), 3, "anchor, accepted, ok: {records:?}");
+    assert_eq!(records[0]["record"], "anchor");
+    assert_eq!(records[1]["result"], "accepted");
+    assert_eq!(records[1]["actor"]["comm"], "corralctl");
+    assert_eq!(records[1]["actor"]["uid"], uid);
+    assert_eq!(records[1]["schema_version"], 1);
+    assert_eq!(records[2]["session"], records[1]["session"]);
+    assert_eq!(records[2]["request_id"], 1);
+    assert_eq!(records[2]["result"], "ok");
+
+    for (path, want) in [(&text, 0o640), (&json, 0o640), (&text.parent().unwrap().to_path_buf(), 0o750)] {
+        assert_eq!(mode(path), want, "{}", path.display());
+    }
+    assert_eq!(mode(&c.dir.path().join("audit")), 0o750, "every directory created is 0750");
+
+    // logrotate moves the files away; reopen starts new ones, 0640, and the
+    // new JSON file's anchor links to the old file's last record.
+    let (old_text, old_json) = (text.with_extension("log.1"), json.with_extension("jsonl.1"));
+    std::fs::rename(&text, &old_text).unwrap();
+    std::fs::rename(&json, &old_json).unwrap();
+    let (ok, out) = corralctl(&c, &["audit", "reopen"]);
+    assert!(ok, "{out}");
+    assert_eq!(mode(&text), 0o640);
+    assert_eq!(mode(&json), 0o640);
+    let new = json_lines(&json);
+    assert_eq!(new[0]["record"], "anchor");
+    let old_last = lines(&old_json).pop().unwrap();
+    assert_eq!(new[0]["prev_sha256"], corral::audit::chain::hash(&old_last));
+    assert_eq!(new[1]["command"], "AuditReopen", "the reopen itself is audited in the new file: {new:?}");
+    for file in [&old_json, &json] {
+        let (ok, out) = run(CORRALCTL, &["audit", "verify", file.to_str().unwrap()]);
+        assert!(ok && out.contains("intact"), "{out}");
+    }
+    c.shutdown_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_outside_the_allow_list_is_refused_and_audited_as_denied() {
+    let mut c = Corrald::new("");
+    let text = c.dir.path().join("audit.log");
+    let json = c.dir.path().join("audit.jsonl");
+    let other = nix::unistd::getuid().as_raw() + 1;
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{other}]\n{WEB}"
+    ));
+    c.start();
+    let list = c.call(Cmd::ListWorkers(proto::ListWorkers { group: String::new() })).await.1;
+    assert_eq!(list.status(), Status::Failure, "even a listing is refused: {list:?}");
+    assert!(list.message.contains("not in command_allowed_uids"), "{list:?}");
+    // The workers, seen from outside: corrald's children.
+    let corrald = c.child.as_ref().unwrap().id().to_string();
+    let children = || {
+        let mut pids: Vec<u32> = run("pgrep", &["-P", &corrald]).1.lines().filter_map(|l| l.parse().ok()).collect();
+        pids.sort();
+        pids
+    };
+    let before = children();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (_, last) = c.call(stop("web", false)).await;
+    assert_eq!(last.status(), Status::Failure);
+    assert!(last.message.starts_with("denied: uid "), "{last:?}");
+    let text_lines = lines(&text);
+    assert_eq!(text_lines.len(), 2, "{text_lines:?}");
+    assert!(text_lines[1].contains("AUDIT\tStop(target=web, hard=false)"), "{}", text_lines[1]);
+    assert!(text_lines[1].contains("\tresult=denied\treason=uid "), "{}", text_lines[1]);
+    let records = json_lines(&json);
+    assert_eq!(records.last().unwrap()["result"], "denied");
+    assert_eq!(children(), before, "the refused stop must not have touched the workers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_log_that_cannot_be_written_refuses_the_command_and_touches_nothing() {
+    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\n{WEB}"));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let before = c.pids("web").await;
+    let (_, last) = c.call(stop("web", true)).await;
+    assert_eq!(last.status(), Status::Failure);
+    assert!(last.message.contains("/dev/full (audit_logs_target)"), "names the sink: {last:?}");
+    assert!(last.message.contains("nothing was done"), "{last:?}");
+    assert_eq!(c.pids("web").await, before, "the hard stop must not have run");
+    for pid in before.values() {
+        assert!(pid_alive(*pid));
+    }
+    assert_eq!(c.status().await.groups[0].ready, 2, "status requests are still served");
+    assert_eq!(mode(Path::new("/dev/full")) & 0o777, 0o666, "a device's mode is never changed");
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {
+    let mut c = Corrald::new(WEB);
+    c.env.push(("CORRAL_FAULT_HANG_USER_LOOKUP".into(), "1".into()));
+    c.start();
+    c.wait_ready("web", 2).await;
+    // A privileged request needs the caller's user name for its record;
+    // the (injected) NSS backend never answers.
+    let mut slow = c.client().await;
+    let audited =
+        tokio::spawn(
+            async move { slow.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 2 }), |_| {}).await },
+        );
+    let status = c.status().await;
+    assert_eq!(status.groups[0].ready, 2);
+    assert!(!audited.is_finished(), "the audited request was answered before the lookup could time out");
+    let answer = audited.await.unwrap().unwrap();
+    assert_eq!(answer.status(), Status::Ok, "after the lookup timed out, the record is written without the name");
+}
+
+#[test]
+fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let config = corral::audit::AuditConfig { json_target: Some(path.clone()), ..Default::default() };
+    let auditor = corral::audit::Auditor::open(config, None).unwrap();
+    for id in 1..=5 {
+        let record = corral::audit::Record {
+            session: 1,
+            request_id: id,
+            group: Some("web".into()),
+            worker: None,
+            command: "Stop".into(),
+            arguments: vec!["target=web".into()],
+            actor: corral::audit::Actor { uid: 0, gid: 0, pid: Some(1), user: None, comm: None },
+            socket: "/run/corral/corrald.sock".into(),
+            result: corral::audit::Outcome::Accepted,
+            reason: String::new(),
+        };
+        auditor.write(&record).unwrap();
+    }
+    let good = lines(&path);
+    let check = |lines: &[String]| {
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let out = Command::new(CORRALCTL).args(["audit", "verify", path.to_str().unwrap()]).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check(&good);
+    assert!(ok && out.contains("intact, 5 records"), "{out}");
+
+    let mut edited = good.clone();
+    edited[2] = edited[2].replace("target=web", "target=db");
+    let (ok, out) = check(&edited);
+    assert!(!ok && out.contains("line 4 (request 3)"), "an edit of line 3 shows at line 4: {out}");
+
+    let mut deleted = good.clone();
+    deleted.remove(2);
+    let (ok, out) = check(&deleted);
+    assert!(!ok && out.contains("line 3 (request 3)"), "{out}");
+
+    let mut swapped = good.clone();
+    swapped.swap(2, 3);
+    let (ok, out) = check(&swapped);
+    assert!(!ok && out.contains("line 3 (request 3)"), "{out}");
+}
