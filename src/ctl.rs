@@ -233,6 +233,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "scopes_active": s.scopes_active,
                 "output_sink": s.output_sink,
                 "output_dropped": s.output_dropped,
+                "audit_journal_missed": s.audit_journal_missed,
                 "groups": s.groups.iter().map(|g| json!({
                     "name": g.name,
                     "state": g.state,

@@ -359,3 +359,73 @@ async fn without_a_journal_worker_lines_reach_stderr_prefixed_and_none_is_lost()
         assert_eq!(got.len(), 20_000, "{id}: lines missing from stderr");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_non_root_callers_stop_is_audited_with_their_identity_in_every_sink() {
+    let user = "corral-op";
+    let (ok, out) = run("useradd", &["--system", "--user-group", "--no-create-home", user]);
+    assert!(ok || out.contains("already exists"), "{out}");
+    let uid = run("id", &["-u", user]).1.trim().to_string();
+
+    let mut c = Corrald::new("");
+    // The caller must reach the socket: its directory is opened up, and
+    // corralctl is copied where the user can run it.
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctl = c.dir.path().join("corralctl");
+    std::fs::copy(CORRALCTL, &ctl).unwrap();
+    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{uid}, 0]\n\
+         command_socket_group = \"{user}\"\n[groups.web]\ncommand = \"{{demo}}\"\nargs = [\"--log\", \"{{log}}\"]\n\
+         count = 2\nstop_mode = \"protocol\"\n"
+    ));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let meta = std::fs::metadata(&c.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660, "the granted group may connect");
+    assert_eq!(meta.gid().to_string(), run("id", &["-g", user]).1.trim());
+
+    let (ok, out) = run(
+        "setpriv",
+        &[
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            "--",
+            ctl.to_str().unwrap(),
+            "--socket",
+            c.socket.to_str().unwrap(),
+            "stop",
+            "web-1",
+        ],
+    );
+    assert!(ok, "the allowed user's soft stop: {out}");
+
+    let text_lines: Vec<String> = std::fs::read_to_string(&text).unwrap().lines().map(String::from).collect();
+    assert_eq!(text_lines.len(), 2, "{text_lines:?}");
+    for line in &text_lines {
+        assert!(line.contains(&format!("\tactor_uid={uid}\t")), "{line}");
+        assert!(line.contains(&format!("\tactor_user={user}\t")), "{line}");
+        assert!(line.contains("\tactor_comm=corralctl\t"), "{line}");
+    }
+    let records: Vec<Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records[1]["actor"]["user"], user);
+    assert_eq!(records[2]["result"], "ok");
+
+    let entries = journal(&[
+        &format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID),
+        &format!("CORRAL_AUDIT_ACTOR_UID={uid}"),
+    ]);
+    let results: Vec<&str> = entries.iter().filter_map(|e| e["CORRAL_AUDIT_RESULT"].as_str()).collect();
+    assert_eq!(results, ["accepted", "ok"], "{entries:?}");
+    for e in &entries {
+        assert_eq!(e["CORRAL_AUDIT_ACTOR_USER"], user);
+        assert_eq!(e["CORRAL_AUDIT_ACTOR_COMM"], "corralctl");
+        assert_eq!(e["CORRAL_AUDIT_COMMAND"], "Stop");
+        assert_eq!(e["CORRAL_AUDIT_WORKER"], "web-1");
+        assert_eq!(e["PRIORITY"], "5");
+    }
+    c.shutdown_ok().await;
+}

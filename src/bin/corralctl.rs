@@ -348,7 +348,7 @@ fn new_bar() -> ProgressBar {
 fn status_text(s: &proto::SupervisorStatus) -> String {
     let version = if s.version.is_empty() { String::new() } else { format!(" {}", s.version) };
     let mut text = format!(
-        "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\noutput: {}, {} lines dropped\n\n",
+        "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\noutput: {}, {} lines dropped\naudit: {} records missed by the journal\n\n",
         s.pid,
         age(Duration::from_millis(s.uptime_ms)),
         s.socket_path,
@@ -356,6 +356,7 @@ fn status_text(s: &proto::SupervisorStatus) -> String {
         if s.scopes_active { "active" } else { "inactive" },
         dash_if(s.output_sink.is_empty(), || s.output_sink.clone()),
         s.output_dropped,
+        s.audit_journal_missed,
     );
     let rows = s
         .groups
