@@ -151,6 +151,18 @@ async fn an_audit_log_that_cannot_be_written_refuses_the_command_and_touches_not
     assert_eq!(mode(Path::new("/dev/full")) & 0o777, 0o666, "a device's mode is never changed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_audit_failure_continue_the_command_runs_anyway() {
+    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\naudit_failure = \"continue\"\n{WEB}"));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let (_, last) = c.call(stop("web-1", false)).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    assert_eq!(c.pids("web").await.len(), 1, "web-1 was stopped");
+    assert!(c.stderr().contains("AUDIT RECORD LOST"), "the loss is logged loudly: {}", c.stderr_tail());
+    c.shutdown_ok().await;
+}
+
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {

@@ -414,10 +414,8 @@ async fn a_non_root_callers_stop_is_audited_with_their_identity_in_every_sink() 
     assert_eq!(records[1]["actor"]["user"], user);
     assert_eq!(records[2]["result"], "ok");
 
-    let entries = journal(&[
-        &format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID),
-        &format!("CORRAL_AUDIT_ACTOR_UID={uid}"),
-    ]);
+    let entries =
+        journal(&[&format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID), &format!("CORRAL_AUDIT_ACTOR_UID={uid}")]);
     let results: Vec<&str> = entries.iter().filter_map(|e| e["CORRAL_AUDIT_RESULT"].as_str()).collect();
     assert_eq!(results, ["accepted", "ok"], "{entries:?}");
     for e in &entries {

@@ -349,14 +349,17 @@ async fn connection(
 
     let auditor = session.access.auditor.clone();
     let writer_pending = pending.clone();
+    // A client that hangs up does not end the work it asked for, nor its
+    // audit: outcomes are still recorded after the connection is gone.
     let writer_task = tokio::spawn(async move {
+        let mut connected = true;
         while let Some(mut response) = rx.recv().await {
             audit_final(&auditor, &writer_pending, &response).await;
             if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
                 status.audit_journal_missed = auditor.journal_missed();
             }
-            if writer.send(frame::encode(&response)).await.is_err() {
-                break;
+            if connected && writer.send(frame::encode(&response)).await.is_err() {
+                connected = false;
             }
         }
     });
