@@ -186,7 +186,10 @@ fn socket_activation_starts_corrald_on_the_first_connection() {
     let status = supervisor_status();
     let pid = status["pid"].as_u64().unwrap();
     assert_eq!(show("corrald.service", "MainPID"), pid.to_string(), "the activated service answered");
-    assert_eq!(show("corrald.service", "ActiveState"), "active");
+    // It answers while its workers start; it is active once they are ready.
+    wait_for("the activated service to be ready", || {
+        (show("corrald.service", "ActiveState") == "active").then_some(())
+    });
     assert_eq!(std::fs::symlink_metadata(SOCKET).unwrap().ino(), inode, "corrald must serve the passed socket");
 
     // Stopping the service leaves the socket to its unit; the next client
@@ -426,4 +429,62 @@ async fn a_non_root_callers_stop_is_audited_with_their_identity_in_every_sink() 
         assert_eq!(e["PRIORITY"], "5");
     }
     c.shutdown_ok().await;
+}
+
+/// The pids of `corralctl workers`, by worker id.
+fn worker_pids() -> std::collections::BTreeMap<String, u64> {
+    let workers = ctl(&["workers"]).pop().unwrap();
+    workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_str().unwrap().to_string(), w["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+/// How many processes each of corral's scopes holds.
+fn scope_process_counts() -> Vec<(String, usize)> {
+    let units = systemctl(&["list-units", "--no-legend", "--plain", "corral-*.scope"]);
+    units
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|unit| (unit.to_string(), status_pids(unit).len()))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn after_corrald_is_killed_systemd_restarts_it_and_it_adopts_every_busy_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("work.log").display().to_string();
+    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str(), "--print-units"];
+    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
+    let _i = Installed::new(&config);
+    systemctl(&["start", "corrald.service"]);
+    let before = worker_pids();
+    assert_eq!(before.len(), 20);
+    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 60).then_some(()));
+
+    systemctl(&["kill", "--kill-who=main", "-s", "SIGKILL", "corrald.service"]);
+    wait_for("systemd to restart corrald", || {
+        (show("corrald.service", "NRestarts") == "1" && show("corrald.service", "ActiveState") == "active")
+            .then_some(())
+    });
+    assert_eq!(worker_pids(), before, "the same 20 processes, adopted");
+    let counts = scope_process_counts();
+    assert_eq!(counts.iter().find(|(u, _)| u == "corral-web.scope").map(|c| c.1), Some(10), "{counts:?}");
+    assert_eq!(counts.len(), 11, "{counts:?}");
+    assert!(counts.iter().filter(|(u, _)| u != "corral-web.scope").all(|(_, n)| *n == 1), "{counts:?}");
+
+    // The worker channels survived in the descriptor store: a soft stop
+    // drains every unit of work of all 20.
+    let answer = ctl(&["stop"]).pop().unwrap();
+    assert_eq!(answer["status"], "OK", "{answer}");
+    let work = WorkLog::read(Path::new(&log));
+    assert!(work.unfinished().is_empty(), "work cut off: {:?}", work.unfinished());
+    assert_eq!(work.exits.len(), 20, "every worker drained and exited");
+    // Their output pipes survived too: lines printed after the restart are
+    // in the journal under the adopted workers' ids.
+    let after_restart = journal(&["-u", "corral-web.scope", "CORRAL_WORKER_ID=web-1"]);
+    assert!(!after_restart.is_empty());
 }

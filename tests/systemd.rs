@@ -15,20 +15,6 @@ use corral::proto::{self, request::Command as Cmd, Status};
 
 const NEEDS_SYSTEMD: &str = "needs a real systemd: tests/systemd/run-suite runs it inside a container";
 
-/// The pids `systemctl status` lists in the unit's cgroup tree.
-fn status_pids(unit: &str) -> Vec<u32> {
-    let (_, text) = run("systemctl", &["status", "--no-pager", "-l", unit]);
-    let mut pids: Vec<u32> = text
-        .lines()
-        .filter_map(|l| {
-            let tree = l.trim_start().trim_start_matches(['├', '└', '─', '│', ' ']);
-            (tree.len() < l.trim_start().len()).then(|| tree.split_whitespace().next()?.parse().ok()).flatten()
-        })
-        .collect();
-    pids.sort();
-    pids
-}
-
 fn demo_group(name: &str, count: u32, extra: &str) -> String {
     format!(
         "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"200\", \"--log\", \"{{log}}\"]\ncount = {count}\nstop_mode = \"protocol\"\n{extra}\n"
@@ -184,8 +170,10 @@ async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_the
     assert_eq!(status_pids("corral-per-1.scope"), per);
     assert!(web.iter().chain(&per).all(|p| pid_alive(*p)));
 
-    // A second corrald meets scopes of the same names. Live ones are joined:
-    // its new workers go into them beside the old ones.
+    // A second corrald that does not know the first's workers (no runtime
+    // file, so nothing to adopt) meets scopes of the same names. Live ones
+    // are joined: its new workers go into them beside the old ones.
+    std::fs::remove_file(c.dir.path().join("state/workers.json")).expect("the first corrald's runtime file");
     c.start();
     c.wait_ready("web", 2).await;
     c.wait_ready("per", 1).await;

@@ -1,5 +1,6 @@
 //! corrald: the supervisor daemon.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -63,8 +64,8 @@ fn main() -> ExitCode {
         }
     };
     // Read before any thread starts: these come from the service manager.
-    let activated = match activation_socket() {
-        Ok(fd) => fd,
+    let (activated, stored) = match passed_descriptors() {
+        Ok(passed) => passed,
         Err(e) => {
             eprintln!("corrald: {e}");
             return ExitCode::FAILURE;
@@ -85,26 +86,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, activated, notifier, output));
+    let code = runtime.block_on(run(config, activated, stored, notifier, output));
     // A user-name lookup stuck in NSS must not keep corrald from exiting.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
 }
 
-/// The command socket passed by socket activation, if any (`LISTEN_FDS`
-/// for this pid). corrald serves one socket; more is a unit file mistake.
-fn activation_socket() -> Result<Option<OwnedFd>, String> {
-    let mut fds = sd_notify::listen_fds().map_err(|e| format!("bad socket activation environment: {e}"))?;
-    match fds.len() {
-        0 => Ok(None),
-        1 => {
-            let fd = fds.next().expect("one descriptor");
-            // SAFETY: the service manager passed this descriptor to us alone
-            // (LISTEN_PID is our pid) and nothing else in corrald owns it.
-            Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+/// What the service manager passed (`LISTEN_FDS` for this pid): the
+/// command socket of socket activation, if any (corrald serves one; more is
+/// a unit file mistake), and the workers' descriptors an earlier corrald
+/// left in the descriptor store (named `corral.*`).
+fn passed_descriptors() -> Result<(Option<OwnedFd>, HashMap<String, OwnedFd>), String> {
+    let fds = sd_notify::listen_fds_with_names().map_err(|e| format!("bad socket activation environment: {e}"))?;
+    let mut sockets = Vec::new();
+    let mut stored = HashMap::new();
+    for (fd, name) in fds {
+        // SAFETY: the service manager passed this descriptor to us alone
+        // (LISTEN_PID is our pid) and nothing else in corrald owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if name.starts_with("corral.") {
+            stored.insert(name, fd);
+        } else {
+            sockets.push(fd);
         }
-        n => Err(format!("socket activation passed {n} sockets; corrald serves exactly one (one ListenStream=)")),
     }
+    if sockets.len() > 1 {
+        return Err(format!(
+            "socket activation passed {} sockets; corrald serves exactly one (one ListenStream=)",
+            sockets.len()
+        ));
+    }
+    Ok((sockets.pop(), stored))
 }
 
 /// Whether stderr is the journal's stream for this service (systemd sets
@@ -173,7 +185,13 @@ fn init_logging(output: &Output) {
     }
 }
 
-async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, output: Output) -> ExitCode {
+async fn run(
+    config: Config,
+    activated: Option<OwnedFd>,
+    stored: HashMap<String, OwnedFd>,
+    notifier: Notifier,
+    output: Output,
+) -> ExitCode {
     if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&config.state_directory) {
         eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
         return ExitCode::FAILURE;
@@ -229,7 +247,8 @@ async fn run(config: Config, activated: Option<OwnedFd>, notifier: Notifier, out
         }
     };
     let config_policy = config.policy.clone();
-    let supervisor = Supervisor::new(config, systemd, notifier, output.clone());
+    let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());
+    supervisor.adopt(stored);
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
 

@@ -11,9 +11,11 @@
 mod fanout;
 mod orchestrate;
 mod process;
+mod runtime;
 mod state;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use fanout::{OpEvent, OpSink};
 use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
-pub use process::{run_gate, GATE_ARG};
+pub use process::{run_gate, start_time, GATE_ARG};
 
 /// Where the responses to one connection's requests go.
 pub type Replies = mpsc::UnboundedSender<proto::Response>;
@@ -187,6 +189,8 @@ impl SlotState {
 
 struct Proc {
     generation: u64,
+    /// With the pid, names the process for good (see runtime.rs).
+    start_time: u64,
     /// Why the process was never allowed to run its command, if so.
     placement_error: Option<String>,
     pid: u32,
@@ -254,6 +258,8 @@ pub struct Supervisor {
     next_generation: u64,
     shutting_down: bool,
     started: Instant,
+    /// The runtime file needs rewriting.
+    runtime_dirty: bool,
 }
 
 impl Supervisor {
@@ -271,6 +277,7 @@ impl Supervisor {
             next_generation: 1,
             shutting_down: false,
             started: Instant::now(),
+            runtime_dirty: false,
         };
         for g in config.groups.values() {
             sup.add_group(g.clone());
@@ -289,6 +296,7 @@ impl Supervisor {
         // The keep-alive comes from this loop, so a wedged loop misses it.
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
         loop {
+            self.persist();
             self.announce();
             let msg = tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -342,7 +350,10 @@ impl Supervisor {
                         self.groups.remove(&name);
                     }
                 }
-                Msg::Exit { clean } => return clean,
+                Msg::Exit { clean } => {
+                    self.persist();
+                    return clean;
+                }
                 #[cfg(feature = "fault-injection")]
                 Msg::Wedge => {
                     tracing::warn!("fault injection: the run loop blocks for good");
@@ -352,6 +363,126 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Rewrites the runtime file when the set of worker processes changed.
+    fn persist(&mut self) {
+        if !std::mem::take(&mut self.runtime_dirty) {
+            return;
+        }
+        let scopes = self.systemd.is_some();
+        let workers = self
+            .groups
+            .iter()
+            .flat_map(|(name, g)| {
+                g.slots.iter().filter_map(move |(index, slot)| {
+                    let proc = slot.proc.as_ref()?;
+                    let key = SlotKey { group: name.clone(), index: *index };
+                    Some(runtime::RuntimeWorker {
+                        id: key.id(),
+                        group: name.clone(),
+                        index: *index,
+                        generation: proc.generation,
+                        pid: proc.pid,
+                        start_time: proc.start_time,
+                        scope: scopes.then(|| scope_unit(&g.config, &key)),
+                    })
+                })
+            })
+            .collect();
+        runtime::save(&runtime::path(&self.config.state_directory), workers);
+    }
+
+    /// Takes over the workers an earlier corrald left running (after a
+    /// crash, or a restart that kept them), with the descriptors it left in
+    /// the service manager's store. A worker is adopted only if its pid
+    /// still names the same process (start time) and, with scopes, it is
+    /// still in its scope. Slots left empty are started by [`Self::run`].
+    pub fn adopt(&mut self, mut stored: HashMap<String, OwnedFd>) {
+        let path = runtime::path(&self.config.state_directory);
+        let mut adopted = 0;
+        for w in runtime::load(&path) {
+            let mut take = |what: &str| stored.remove(&process::fd_name(w.generation, what));
+            let adoptee =
+                process::Adoptee { pid: w.pid, channel: take("chan"), stdout: take("out"), stderr: take("err") };
+            let forget = |sup: &Supervisor| {
+                for what in process::FD_KINDS {
+                    sup.notifier.remove_fds(&process::fd_name(w.generation, what));
+                }
+            };
+            if process::start_time(w.pid) != Some(w.start_time) {
+                tracing::info!(worker = %w.id, pid = w.pid, "gone while corrald was down; its slot starts anew");
+                forget(self);
+                continue;
+            }
+            if let Some(scope) = &w.scope {
+                if !in_scope(w.pid, scope) {
+                    tracing::warn!(worker = %w.id, pid = w.pid, "no longer in {scope}; not adopted");
+                    forget(self);
+                    continue;
+                }
+            }
+            let events = self.handle.tx.clone();
+            let Some(group) = self.groups.get_mut(&w.group) else {
+                tracing::warn!(worker = %w.id, pid = w.pid, "its group is no longer configured: stopping it");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), nix::sys::signal::SIGTERM);
+                forget(self);
+                continue;
+            };
+            let Some(slot) = group.slots.get_mut(&w.index).filter(|s| s.proc.is_none()) else {
+                tracing::warn!(worker = %w.id, pid = w.pid, "beyond its group's count: stopping it");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), group.config.stop_signal);
+                forget(self);
+                continue;
+            };
+            let key = SlotKey { group: w.group.clone(), index: w.index };
+            let plumbing =
+                process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
+            match process::adopt(&group.config, &w.id, key, w.generation, events, adoptee, plumbing) {
+                Ok(tx) => {
+                    slot.proc = Some(Proc {
+                        generation: w.generation,
+                        start_time: w.start_time,
+                        placement_error: None,
+                        pid: w.pid,
+                        started_at: process::started_at(w.start_time).unwrap_or_else(SystemTime::now),
+                        started: Instant::now(),
+                        tx,
+                    });
+                    slot.state = SlotState::Ready;
+                    group.waiting = false;
+                    self.next_generation = self.next_generation.max(w.generation + 1);
+                    adopted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %w.id, pid = w.pid, "cannot adopt it ({e}): stopping it");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), group.config.stop_signal);
+                    forget(self);
+                }
+            }
+        }
+        for name in stored.keys() {
+            self.notifier.remove_fds(name);
+        }
+        if adopted > 0 {
+            tracing::info!(workers = adopted, "adopted the workers of an earlier corrald");
+        }
+        // Groups that were running start their missing workers at once.
+        let missing: Vec<SlotKey> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| !g.waiting)
+            .flat_map(|(name, g)| {
+                g.slots
+                    .iter()
+                    .filter(|(_, s)| s.proc.is_none() && s.state == SlotState::Waiting)
+                    .map(|(i, _)| SlotKey { group: name.clone(), index: *i })
+            })
+            .collect();
+        for key in missing {
+            self.spawn_slot(&key);
+        }
+        self.runtime_dirty = true;
     }
 
     /// Tells the service manager how the fleet is: READY once every group
@@ -485,16 +616,14 @@ impl Supervisor {
         let Some(slot) = group.slots.get_mut(&key.index) else { return };
         slot.stop_requested = false;
         let gated = self.systemd.is_some();
-        let output = process::OutputTo { output: &self.output, dropped: slot.output_dropped.clone() };
-        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, output) {
+        let plumbing =
+            process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
+        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, plumbing) {
             Ok(spawned) => {
                 tracing::debug!(worker = %key.id(), pid = spawned.pid, "spawned");
                 if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
                     let placement = Placement {
-                        unit: match config.scope {
-                            ScopeMode::Group => systemd::scope_name(&key.group, None),
-                            ScopeMode::Worker => systemd::scope_name(&key.group, Some(key.index)),
-                        },
+                        unit: scope_unit(&config, key),
                         description: match config.scope {
                             ScopeMode::Group => format!("corral worker group {}", key.group),
                             ScopeMode::Worker => format!("corral worker {}", key.id()),
@@ -521,6 +650,7 @@ impl Supervisor {
                 }
                 slot.proc = Some(Proc {
                     generation,
+                    start_time: process::start_time(spawned.pid).unwrap_or(0),
                     placement_error: None,
                     pid: spawned.pid,
                     started_at: spawned.started_at,
@@ -528,6 +658,7 @@ impl Supervisor {
                     tx: spawned.tx,
                 });
                 slot.state = SlotState::Starting;
+                self.runtime_dirty = true;
                 if config.stop_mode == StopMode::Signal {
                     let tx = self.handle.tx.clone();
                     let key = key.clone();
@@ -573,6 +704,11 @@ impl Supervisor {
             }
             ProcEvent::Exited { description, clean } => {
                 let proc = slot.proc.take().expect("generation matched");
+                for what in process::FD_KINDS {
+                    self.notifier.remove_fds(&process::fd_name(proc.generation, what));
+                }
+                self.runtime_dirty = true;
+                let Some(slot) = self.slot_mut(&key) else { return };
                 let ran_for = proc.started.elapsed();
                 tracing::info!(worker = %key.id(), pid = proc.pid, "{description}");
                 let description = match proc.placement_error {
@@ -1255,6 +1391,20 @@ impl Supervisor {
             .collect();
         Ok(proto::WorkerList { workers })
     }
+}
+
+/// The scope a worker of this group is placed in.
+fn scope_unit(config: &GroupConfig, key: &SlotKey) -> String {
+    match config.scope {
+        ScopeMode::Group => systemd::scope_name(&key.group, None),
+        ScopeMode::Worker => systemd::scope_name(&key.group, Some(key.index)),
+    }
+}
+
+/// Whether /proc shows the process in `scope`.
+fn in_scope(pid: u32, scope: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.split('/').any(|part| part == scope)))
 }
 
 /// The group's configured properties with its runtime changes over them.

@@ -7,7 +7,7 @@
 //! the moment the process exits.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::AtomicU64;
@@ -30,6 +30,7 @@ use crate::config::{GroupConfig, StopMode, StopTimeoutAction};
 use crate::frame;
 use crate::journal::{Origin, Output, Stream};
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
+use crate::systemd::notify::Notifier;
 
 /// The PATH a worker gets when its group sets none, as systemd gives services.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -162,11 +163,39 @@ pub fn describe_exit(status: ExitStatus) -> (String, bool) {
     }
 }
 
-/// Where a worker's stdout and stderr go.
-pub struct OutputTo<'a> {
+/// Where a worker's descriptors go: its stdout and stderr to the output
+/// queue, and all of corrald's ends to the service manager's descriptor
+/// store, so that a later corrald can take the worker over.
+pub struct Plumbing<'a> {
     pub output: &'a Output,
     /// The slot's count of dropped lines.
     pub dropped: Arc<AtomicU64>,
+    pub store: &'a Notifier,
+}
+
+/// The descriptor store name of one of a worker process's descriptors
+/// (`chan`, `out`, `err`); the generation tells processes apart.
+pub fn fd_name(generation: u64, what: &str) -> String {
+    format!("corral.{generation}.{what}")
+}
+
+pub const FD_KINDS: [&str; 3] = ["chan", "out", "err"];
+
+/// When a process with this start time (clock ticks since boot) started.
+pub fn started_at(start_time: u64) -> Option<SystemTime> {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()?? as f64;
+    let ago = (uptime - start_time as f64 / hz).max(0.0);
+    SystemTime::now().checked_sub(Duration::from_secs_f64(ago))
+}
+
+/// Field 22 of /proc/<pid>/stat: the process's start time in clock ticks
+/// since boot, which with the pid names one process for good (parsed after
+/// the `)` that ends comm, which may hold spaces).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Forks and execs one worker. Its task reports to `events` under `key` and
@@ -180,7 +209,7 @@ pub fn spawn(
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
     gated: bool,
-    output: OutputTo<'_>,
+    output: Plumbing<'_>,
 ) -> io::Result<Spawned> {
     let (mut cmd, gate) = if gated {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -255,15 +284,18 @@ pub fn spawn(
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: output.dropped });
     if let Some(stdout) = child.stdout.take() {
+        output.store.store_fds(&fd_name(generation, "out"), &[stdout.as_fd()]);
         output.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
     }
     if let Some(stderr) = child.stderr.take() {
+        output.store.store_fds(&fd_name(generation, "err"), &[stderr.as_fd()]);
         output.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
     }
     let started_at = SystemTime::now();
     let stream = match channel {
         Some((ours, theirs)) => {
             drop(theirs);
+            output.store.store_fds(&fd_name(generation, "chan"), &[ours.as_fd()]);
             ours.set_nonblocking(true)?;
             Some(UnixStream::from_std(ours)?)
         }
@@ -281,8 +313,102 @@ pub fn spawn(
         generation,
         events,
     };
-    tokio::spawn(task.run(child, stream, rx));
+    tokio::spawn(task.run(Exit::Child(child), stream, rx));
     Ok(Spawned { pid, started_at, tx, gate })
+}
+
+/// A worker process of an earlier corrald, and the descriptors it left in
+/// the service manager's store.
+pub struct Adoptee {
+    pub pid: u32,
+    pub channel: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Takes over a running worker: watches its exit through a pidfd (it is
+/// no longer our child, so its exit status is lost), talks to it over its
+/// stored channel and reads its stored output pipes.
+pub fn adopt(
+    cfg: &GroupConfig,
+    worker_id: &str,
+    key: SlotKey,
+    generation: u64,
+    events: mpsc::UnboundedSender<Msg>,
+    adoptee: Adoptee,
+    plumbing: Plumbing<'_>,
+) -> io::Result<mpsc::UnboundedSender<ProcCmd>> {
+    let pid = adoptee.pid;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
+    // SAFETY: the AsyncFd owns the pidfd, which stays open until it drops.
+    let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    let exit = Exit::Adopted(pidfd);
+    let origin =
+        Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
+    for (fd, stream, policy, what) in
+        [(adoptee.stdout, Stream::Stdout, cfg.stdout, "stdout"), (adoptee.stderr, Stream::Stderr, cfg.stderr, "stderr")]
+    {
+        match fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd).transpose()? {
+            Some(pipe) => plumbing.output.pump(pipe, origin.clone(), stream, policy),
+            None => tracing::warn!(
+                worker = %worker_id,
+                "its {what} pipe did not survive the earlier corrald (no descriptor store): its output is lost, \
+                 and it may die of SIGPIPE when it next writes"
+            ),
+        }
+    }
+    let stream = match adoptee.channel {
+        Some(fd) => {
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)?;
+            Some(UnixStream::from_std(std)?)
+        }
+        None => {
+            if cfg.stop_mode == StopMode::Protocol {
+                tracing::warn!(worker = %worker_id, "its worker channel was lost; it will be stopped with its stop signal");
+            }
+            None
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = ProcessTask {
+        worker_id: worker_id.to_string(),
+        pid: Pid::from_raw(pid as i32),
+        stop_mode: cfg.stop_mode,
+        stop_signal: cfg.stop_signal,
+        stop_timeout: cfg.stop_timeout,
+        stop_timeout_action: cfg.stop_timeout_action,
+        key,
+        generation,
+        events,
+    };
+    tokio::spawn(task.run(exit, stream, rx));
+    Ok(tx)
+}
+
+/// How a worker's end is seen: as our child (with its exit status), or,
+/// for an adopted one, through a pidfd that becomes readable when it exits.
+enum Exit {
+    Child(Child),
+    Adopted(tokio::io::unix::AsyncFd<OwnedFd>),
+}
+
+impl Exit {
+    async fn wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Exit::Child(child) => child.wait().await.map(Some),
+            Exit::Adopted(pidfd) => {
+                let _ = pidfd.readable().await?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn clear_cloexec(fd: i32) -> io::Result<()> {
@@ -335,7 +461,7 @@ impl ProcessTask {
         let _ = kill(self.pid, sig);
     }
 
-    async fn run(self, mut child: Child, stream: Option<UnixStream>, mut rx: mpsc::UnboundedReceiver<ProcCmd>) {
+    async fn run(self, mut exit: Exit, stream: Option<UnixStream>, mut rx: mpsc::UnboundedReceiver<ProcCmd>) {
         let (mut reader, mut writer) = match stream {
             Some(s) => {
                 let (r, w) = s.into_split();
@@ -354,7 +480,7 @@ impl ProcessTask {
 
         let status = loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = exit.wait() => break status,
                 frame = async { reader.as_mut().unwrap().next().await }, if reader.is_some() => {
                     match frame {
                         Some(Ok(bytes)) => match proto::WorkerResponse::decode(bytes) {
@@ -441,8 +567,24 @@ impl ProcessTask {
             }
         };
 
+        // Its last answers may still be unread when the exit is seen first;
+        // for an adopted worker, whose exit status is unknown, they are all
+        // that tells a drained worker from a dead one. Its end is closed, so
+        // this ends at once unless a child of it still holds the channel.
+        if let Some(reader) = reader.as_mut() {
+            let drain = async {
+                while let Some(Ok(bytes)) = reader.next().await {
+                    if let Ok(resp) = proto::WorkerResponse::decode(bytes) {
+                        self.on_worker_message(resp, soft_request_id, &mut soft);
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        }
+
         let (description, clean) = match status {
-            Ok(status) => describe_exit(status),
+            Ok(Some(status)) => describe_exit(status),
+            Ok(None) => ("exited (status unknown: adopted from an earlier corrald)".to_string(), false),
             Err(e) => (format!("lost: {e}"), false),
         };
         let outcome = if soft.timed_out {

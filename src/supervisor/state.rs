@@ -28,6 +28,12 @@ pub struct SavedGroup {
 /// Writes the state so that a reader sees the old file or the new one,
 /// never a part: a temporary file beside it, synced, then renamed over it.
 pub fn save(path: &Path, state: &SavedState) -> Result<(), String> {
+    write_atomically(path, state, true)
+}
+
+/// The atomic write behind [`save`]. Without `durable` nothing is synced:
+/// for files that only need to survive corrald, not the machine.
+pub fn write_atomically<T: serde::Serialize>(path: &Path, state: &T, durable: bool) -> Result<(), String> {
     let fail = |what: &str, e: std::io::Error| format!("cannot save state to {}: {what}: {e}", path.display());
     if !path.is_absolute() {
         return Err(format!("state path {} must be absolute", path.display()));
@@ -40,9 +46,14 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), String> {
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
         file.write_all(&text).map_err(|e| fail("write", e))?;
-        file.sync_all().map_err(|e| fail("sync", e))?;
+        if durable {
+            file.sync_all().map_err(|e| fail("sync", e))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| fail("rename", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync directory", e))
+        if durable {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync directory", e))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -5,6 +5,7 @@
 //! Outside a `Type=notify` service (no `NOTIFY_SOCKET`) every call is a
 //! no-op, so the supervisor calls these unconditionally.
 
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,5 +95,21 @@ impl Notifier {
 
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// Hands descriptors to the service manager's store under `name`, so
+    /// they outlive this corrald and come back to the next one in
+    /// `LISTEN_FDS` (the unit needs `FileDescriptorStoreMax=`).
+    pub fn store_fds(&self, name: &str, fds: &[BorrowedFd<'_>]) {
+        if self.inner.is_some() && !fds.is_empty() {
+            if let Err(e) = sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], fds) {
+                tracing::warn!("cannot hand {name} to the service manager's descriptor store: {e}");
+            }
+        }
+    }
+
+    /// Drops descriptors stored under `name`.
+    pub fn remove_fds(&self, name: &str) {
+        self.send(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
     }
 }
