@@ -488,3 +488,30 @@ fn after_corrald_is_killed_systemd_restarts_it_and_it_adopts_every_busy_worker()
     let after_restart = journal(&["-u", "corral-web.scope", "CORRAL_WORKER_ID=web-1"]);
     assert!(!after_restart.is_empty());
 }
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("work.log").display().to_string();
+    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
+    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
+    let _i = Installed::new(&config);
+    systemctl(&["start", "corrald.service"]);
+    let before = worker_pids();
+    let first = show("corrald.service", "MainPID");
+    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 60).then_some(()));
+
+    systemctl(&["restart", "corrald.service"]);
+    assert_ne!(show("corrald.service", "MainPID"), first, "a new corrald runs");
+    assert_eq!(worker_pids(), before, "the restart kept the same 20 processes");
+    let work = WorkLog::read(Path::new(&log));
+    assert!(work.exits.is_empty(), "no worker stopped for the restart: {:?}", work.exits);
+
+    systemctl(&["stop", "corrald.service"]);
+    let work = WorkLog::read(Path::new(&log));
+    assert!(work.unfinished().is_empty(), "work cut off: {:?}", work.unfinished());
+    assert_eq!(work.exits.len(), 20, "a plain stop drains every worker");
+    let left = systemctl(&["list-units", "--all", "--no-legend", "--plain", "corral-*"]);
+    assert_eq!(left.trim(), "", "scopes left behind");
+}

@@ -247,6 +247,7 @@ async fn run(
         }
     };
     let config_policy = config.policy.clone();
+    let manager = systemd.clone();
     let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());
     supervisor.adopt(stored);
     let handle = supervisor.handle();
@@ -281,7 +282,18 @@ async fn run(
         let command = |c| proto::Request { id: 0, command: Some(c) };
         loop {
             tokio::select! {
-                _ = term.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
+                _ = term.recv() => {
+                    // `systemctl restart`: the workers stay for the next
+                    // corrald (their descriptors are in the store); a plain
+                    // stop drains them.
+                    if let Some(sd) = &manager {
+                        if sd.restart_pending().await {
+                            signals.handover();
+                            continue;
+                        }
+                    }
+                    signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone()));
+                }
                 _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
                 _ = hup.recv() => {
                     if let Some(auditor) = auditor.clone() {

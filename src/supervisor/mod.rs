@@ -132,6 +132,9 @@ pub enum Msg {
     Exit {
         clean: bool,
     },
+    /// The service manager restarts corrald: leave the run loop with every
+    /// worker running, for the next corrald to adopt.
+    Handover,
     /// Test builds only: block the run loop for good, so that the service
     /// manager's watchdog can be seen to fire.
     #[cfg(feature = "fault-injection")]
@@ -149,6 +152,10 @@ impl Handle {
     /// Submits a request from a client; responses go to `reply`.
     pub fn request(&self, request: proto::Request, reply: Reply) {
         let _ = self.tx.send(Msg::Request { request, reply });
+    }
+
+    pub fn handover(&self) {
+        let _ = self.tx.send(Msg::Handover);
     }
 
     #[cfg(feature = "fault-injection")]
@@ -353,6 +360,17 @@ impl Supervisor {
                 Msg::Exit { clean } => {
                     self.persist();
                     return clean;
+                }
+                Msg::Handover => {
+                    self.notifier.stopping();
+                    let running = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some());
+                    tracing::info!(
+                        workers = running.count(),
+                        "restart: leaving the workers running for the next corrald"
+                    );
+                    self.runtime_dirty = true;
+                    self.persist();
+                    return true;
                 }
                 #[cfg(feature = "fault-injection")]
                 Msg::Wedge => {

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
-use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+use zbus_systemd::systemd1::{JobProxy, ManagerProxy, UnitProxy};
 
 pub use properties::Property;
 
@@ -301,6 +301,29 @@ impl Systemd {
                 Err(zbus::Error::Failure(format!("job {path} did not finish within {CALL_TIMEOUT:?}")))
             }
         }
+    }
+
+    /// Whether the job systemd runs on corrald's own unit is a restart: a
+    /// SIGTERM then asks for a handover to the next corrald, not for the
+    /// workers to stop. Any doubt (no unit, no job, no answer) is a no.
+    pub async fn restart_pending(&self) -> bool {
+        let Ok(link) = self.link().await else { return false };
+        let Ok(unit) = timed("GetUnitByPID", link.manager.get_unit_by_pid(std::process::id())).await else {
+            return false;
+        };
+        let Ok(proxy) = UnitProxy::builder(&link.conn).path(unit).cache_properties(CacheProperties::No).build().await
+        else {
+            return false;
+        };
+        let Ok((id, job)) = timed("Job", proxy.job()).await else { return false };
+        if id == 0 {
+            return false;
+        }
+        let Ok(job) = JobProxy::builder(&link.conn).path(job).cache_properties(CacheProperties::No).build().await
+        else {
+            return false;
+        };
+        matches!(timed("JobType", job.job_type()).await, Ok(kind) if kind == "restart")
     }
 
     async fn attach(&self, link: &Link, unit: &str, pid: u32) -> Result<(), String> {
