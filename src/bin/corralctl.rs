@@ -94,6 +94,12 @@ enum Cmd {
     /// The audit trail
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Replace the running corrald in place; workers and the socket carry over
+    Upgrade {
+        /// The new corrald binary (default: the one running)
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +206,9 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: wire_path(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
         Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
+        Cmd::Upgrade { binary } => request::Command::Upgrade(proto::Upgrade {
+            binary: binary.map(|b| wire_path(&b)).transpose()?.unwrap_or_default(),
+        }),
         Cmd::Audit(AuditCmd::Verify { .. }) => return Err("audit verify runs locally".into()),
     })
 }

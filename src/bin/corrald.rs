@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::proto;
-use corral::supervisor::{run_gate, Reply, Supervisor, GATE_ARG};
+use corral::supervisor::{run_gate, Ending, Reply, Supervisor, GATE_ARG};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
@@ -97,12 +97,26 @@ fn main() -> ExitCode {
 /// a unit file mistake), and the workers' descriptors an earlier corrald
 /// left in the descriptor store (named `corral.*`).
 fn passed_descriptors() -> Result<(Option<OwnedFd>, HashMap<String, OwnedFd>), String> {
-    let fds = sd_notify::listen_fds_with_names().map_err(|e| format!("bad socket activation environment: {e}"))?;
+    let mut fds: Vec<(i32, String)> =
+        sd_notify::listen_fds_with_names().map_err(|e| format!("bad socket activation environment: {e}"))?.collect();
+    // An upgrade's exec passes its descriptors where they were (see
+    // exec_upgrade); they count only if meant for this very process.
+    if std::env::var(HANDOVER_PID_ENV).ok() == Some(std::process::id().to_string()) {
+        let list = std::env::var(HANDOVER_ENV).unwrap_or_default();
+        for item in list.split(',').filter(|i| !i.is_empty()) {
+            let (fd, name) = item.split_once(':').ok_or_else(|| format!("bad {HANDOVER_ENV} entry {item:?}"))?;
+            let fd: i32 = fd.parse().map_err(|_| format!("bad {HANDOVER_ENV} entry {item:?}"))?;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .map_err(|e| format!("{HANDOVER_ENV}: descriptor {fd} is not open: {e}"))?;
+            fds.push((fd, name.to_string()));
+        }
+    }
     let mut sockets = Vec::new();
     let mut stored = HashMap::new();
     for (fd, name) in fds {
-        // SAFETY: the service manager passed this descriptor to us alone
-        // (LISTEN_PID is our pid) and nothing else in corrald owns it.
+        // SAFETY: the service manager (LISTEN_PID) or our own exec
+        // (CORRAL_HANDOVER_PID) passed this descriptor to this process
+        // alone, and nothing else in corrald owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         if name.starts_with("corral.") {
             stored.insert(name, fd);
@@ -248,6 +262,7 @@ async fn run(
     };
     let config_policy = config.policy.clone();
     let manager = systemd.clone();
+    let config_path = config.path.clone();
     let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());
     supervisor.adopt(stored);
     let handle = supervisor.handle();
@@ -325,14 +340,103 @@ async fn run(
         }
     });
 
-    let clean = supervisor.run().await;
+    let (upgrade_tx, mut upgrade_rx) = tokio::sync::mpsc::unbounded_channel();
+    supervisor.on_upgrade(upgrade_tx);
+    let mut run = tokio::spawn(supervisor.run());
+    let mut server = Some(server);
+    let mut listener = None;
+    // An upgrade quiets the socket first (new clients wait in its backlog,
+    // requests already sent are answered), then ends the run loop.
+    let ending = loop {
+        tokio::select! {
+            ending = &mut run => break ending.unwrap_or(Ending::Shutdown { clean: false }),
+            Some(_) = upgrade_rx.recv(), if server.is_some() => {
+                let _ = stop_tx.send(true);
+                listener = server.take().expect("checked").await.ok();
+                handle.release();
+            }
+        }
+    };
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    if let Some(server) = server.take() {
+        listener = server.await.ok();
+    }
     output.drain(Duration::from_secs(3)).await;
-    tracing::info!("corrald exits");
-    if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match ending {
+        Ending::Upgrade { binary, fds } => {
+            let Some(listener) = listener.map(Listener::into_handover).and_then(Result::ok) else {
+                tracing::error!("the command socket is gone; cannot upgrade");
+                return ExitCode::FAILURE;
+            };
+            let err = exec_upgrade(&binary, &config_path, listener, fds);
+            tracing::error!(
+                "cannot execute {}: {err}; corrald exits and its workers wait to be adopted",
+                binary.display()
+            );
+            output.drain(Duration::from_secs(1)).await;
+            ExitCode::FAILURE
+        }
+        Ending::Handover => {
+            tracing::info!("corrald exits; its workers run on");
+            ExitCode::SUCCESS
+        }
+        Ending::Shutdown { clean } => {
+            drop(listener);
+            tracing::info!("corrald exits");
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The environment variable that passes descriptors across an upgrade's
+/// exec, as `fd:name,fd:name`; `HANDOVER_PID_ENV` says for which process.
+const HANDOVER_ENV: &str = "CORRAL_HANDOVER_FDS";
+const HANDOVER_PID_ENV: &str = "CORRAL_HANDOVER_PID";
+
+/// Replaces this process with `binary`, keeping the listener and the
+/// workers' descriptors open where they are. Returns only on failure.
+fn exec_upgrade(binary: &Path, config: &Path, listener: OwnedFd, fds: Vec<(String, OwnedFd)>) -> nix::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let mut passed = vec![("corrald.sock".to_string(), listener)];
+    passed.extend(fds);
+    let mut list = Vec::new();
+    for (name, fd) in &passed {
+        if let Err(e) = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+            return e;
+        }
+        list.push(format!("{}:{name}", fd.as_raw_fd()));
+    }
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| nix::Error::EINVAL);
+    let build = || -> Result<(CString, Vec<CString>, Vec<CString>), nix::Error> {
+        let path = cstr(binary.as_os_str().as_bytes())?;
+        let args = vec![path.clone(), cstr(b"--config")?, cstr(config.as_os_str().as_bytes())?];
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| !matches!(k.to_str(), Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES")))
+            .filter(|(k, _)| k != HANDOVER_ENV && k != HANDOVER_PID_ENV)
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        env.push(cstr(format!("{HANDOVER_ENV}={}", list.join(",")).as_bytes())?);
+        env.push(cstr(format!("{HANDOVER_PID_ENV}={}", std::process::id()).as_bytes())?);
+        Ok((path, args, env))
+    };
+    let (path, args, env) = match build() {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    // The descriptors must stay open until exec takes them over.
+    std::mem::forget(passed);
+    match nix::unistd::execve(&path, &args, &env) {
+        Ok(never) => match never {},
+        Err(e) => e,
     }
 }

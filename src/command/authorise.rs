@@ -93,6 +93,7 @@ pub fn describe(command: &Command) -> Described {
         Command::LoadState(r) => d(true, "LoadState", vec![format!("path={}", r.path)], (None, None)),
         Command::Shutdown(_) => d(true, "Shutdown", vec![], (None, None)),
         Command::AuditReopen(_) => d(true, "AuditReopen", vec![], (None, None)),
+        Command::Upgrade(r) => d(true, "Upgrade", vec![format!("binary={}", r.binary)], (None, None)),
     }
 }
 

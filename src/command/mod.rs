@@ -14,7 +14,7 @@ pub mod peer;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -167,6 +167,13 @@ impl Listener {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The listening socket itself, to pass to a new corrald across exec;
+    /// the file is not unlinked.
+    pub fn into_handover(mut self) -> io::Result<OwnedFd> {
+        self.inode = None;
+        self.listener.as_fd().try_clone_to_owned()
+    }
 }
 
 impl Drop for Listener {
@@ -197,14 +204,16 @@ fn lock_path(socket: &Path) -> PathBuf {
 }
 
 /// Serves the socket until `stop` turns true, then gives every connection a
-/// moment to write out what is queued for it.
+/// moment to finish what it was sent and write out its answers. New
+/// connections meanwhile wait in the socket's backlog. Returns the
+/// listener, still open, for an upgrade to pass on.
 pub async fn serve(
     listener: Listener,
     handle: Handle,
     max_frame: usize,
     access: Arc<Access>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Listener {
     let socket = listener.path().display().to_string();
     let mut connections = JoinSet::new();
     let mut next_session = 1u64;
@@ -234,11 +243,11 @@ pub async fn serve(
             _ = stop.changed() => break,
         }
     }
-    drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(2), drain).await.is_err() {
         tracing::warn!("some clients did not take their last responses in time");
     }
+    listener
 }
 
 /// One connection's caller and what it may do.
@@ -368,9 +377,18 @@ async fn connection(
     let failure =
         |id: u64, message: String| proto::Response { id, status: Status::Failure as i32, message, content: None };
     loop {
-        let frame = tokio::select! {
-            frame = reader.next() => frame,
-            _ = stop.changed() => break,
+        // Once stopping, a request the client already sent is still served;
+        // a connection quiet for a moment is closed.
+        let frame = if *stop.borrow() {
+            match tokio::time::timeout(std::time::Duration::from_millis(200), reader.next()).await {
+                Ok(frame) => frame,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                frame = reader.next() => frame,
+                _ = stop.changed() => continue,
+            }
         };
         match frame {
             None => break,

@@ -135,6 +135,14 @@ pub enum Msg {
     /// The service manager restarts corrald: leave the run loop with every
     /// worker running, for the next corrald to adopt.
     Handover,
+    /// The new binary passed its check: answer, and let corrald's main
+    /// loop stop the socket before the run loop ends.
+    UpgradeChecked {
+        binary: PathBuf,
+        reply: Reply,
+    },
+    /// The socket is quiet: end the run loop for the upgrade.
+    Release,
     /// Test builds only: block the run loop for good, so that the service
     /// manager's watchdog can be seen to fire.
     #[cfg(feature = "fault-injection")]
@@ -156,6 +164,11 @@ impl Handle {
 
     pub fn handover(&self) {
         let _ = self.tx.send(Msg::Handover);
+    }
+
+    /// Ends the run loop of an upgrade, once the socket is quiet.
+    pub fn release(&self) {
+        let _ = self.tx.send(Msg::Release);
     }
 
     #[cfg(feature = "fault-injection")]
@@ -204,6 +217,8 @@ struct Proc {
     started_at: SystemTime,
     started: Instant,
     tx: mpsc::UnboundedSender<ProcCmd>,
+    /// corrald's ends of its descriptors, by store name, for an upgrade.
+    keep: Vec<(String, OwnedFd)>,
 }
 
 struct Slot {
@@ -267,6 +282,20 @@ pub struct Supervisor {
     started: Instant,
     /// The runtime file needs rewriting.
     runtime_dirty: bool,
+    /// Where an accepted upgrade is announced to corrald's main loop.
+    upgrades: Option<mpsc::UnboundedSender<PathBuf>>,
+    upgrading: Option<PathBuf>,
+}
+
+/// How the run loop ended.
+pub enum Ending {
+    /// After a soft shutdown; clean when every worker drained.
+    Shutdown { clean: bool },
+    /// `systemctl restart`: the workers stay for the next corrald.
+    Handover,
+    /// Replace this corrald with `binary`, passing it the workers'
+    /// descriptors (by store name).
+    Upgrade { binary: PathBuf, fds: Vec<(String, OwnedFd)> },
 }
 
 impl Supervisor {
@@ -285,6 +314,8 @@ impl Supervisor {
             shutting_down: false,
             started: Instant::now(),
             runtime_dirty: false,
+            upgrades: None,
+            upgrading: None,
         };
         for g in config.groups.values() {
             sup.add_group(g.clone());
@@ -296,9 +327,15 @@ impl Supervisor {
         self.handle.clone()
     }
 
+    /// Accepted upgrades are sent here (the new binary's path); without a
+    /// receiver, upgrades are refused.
+    pub fn on_upgrade(&mut self, tx: mpsc::UnboundedSender<PathBuf>) {
+        self.upgrades = Some(tx);
+    }
+
     /// Starts the groups whose dependencies allow it, then serves until a
     /// shutdown completes. Returns whether every worker drained cleanly.
-    pub async fn run(mut self) -> bool {
+    pub async fn run(mut self) -> Ending {
         self.start_waiting_groups();
         // The keep-alive comes from this loop, so a wedged loop misses it.
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
@@ -308,7 +345,7 @@ impl Supervisor {
             let msg = tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => msg,
-                    None => return false,
+                    None => return Ending::Shutdown { clean: false },
                 },
                 _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
                     self.notifier.watchdog();
@@ -359,7 +396,7 @@ impl Supervisor {
                 }
                 Msg::Exit { clean } => {
                     self.persist();
-                    return clean;
+                    return Ending::Shutdown { clean };
                 }
                 Msg::Handover => {
                     self.notifier.stopping();
@@ -370,7 +407,22 @@ impl Supervisor {
                     );
                     self.runtime_dirty = true;
                     self.persist();
-                    return true;
+                    return Ending::Handover;
+                }
+                Msg::UpgradeChecked { binary, reply } => self.upgrade_checked(binary, reply),
+                Msg::Release => {
+                    if let Some(binary) = self.upgrading.take() {
+                        self.runtime_dirty = true;
+                        self.persist();
+                        let fds = self
+                            .groups
+                            .values_mut()
+                            .flat_map(|g| g.slots.values_mut())
+                            .filter_map(|s| s.proc.as_mut())
+                            .flat_map(|p| std::mem::take(&mut p.keep))
+                            .collect();
+                        return Ending::Upgrade { binary, fds };
+                    }
                 }
                 #[cfg(feature = "fault-injection")]
                 Msg::Wedge => {
@@ -381,6 +433,68 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Starts an upgrade: the new binary must pass `--check-config` on the
+    /// current config before anything is torn down.
+    fn upgrade(&mut self, binary: &str, reply: Reply) {
+        if self.upgrades.is_none() {
+            reply.failure("this corrald cannot be upgraded in place".into(), None);
+            return;
+        }
+        if self.upgrading.is_some() {
+            reply.failure("an upgrade is already in progress".into(), None);
+            return;
+        }
+        let binary = if binary.is_empty() {
+            match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    reply.failure(format!("cannot find the running binary: {e}"), None);
+                    return;
+                }
+            }
+        } else {
+            PathBuf::from(binary)
+        };
+        let (config, handle) = (self.config.path.clone(), self.handle());
+        tokio::spawn(async move {
+            let check = tokio::process::Command::new(&binary)
+                .arg("--check-config")
+                .arg(&config)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let refused = |why: String| format!("upgrade refused, the running corrald stays: {why}");
+            match tokio::time::timeout(Duration::from_secs(10), check).await {
+                Ok(Ok(out)) if out.status.success() => handle.send(Msg::UpgradeChecked { binary, reply }),
+                Ok(Ok(out)) => reply.failure(
+                    refused(format!(
+                        "{} --check-config {} failed ({}): {}",
+                        binary.display(),
+                        config.display(),
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )),
+                    None,
+                ),
+                Ok(Err(e)) => reply.failure(refused(format!("cannot run {}: {e}", binary.display())), None),
+                Err(_) => reply.failure(refused(format!("{} did not answer within 10s", binary.display())), None),
+            }
+        });
+    }
+
+    fn upgrade_checked(&mut self, binary: PathBuf, reply: Reply) {
+        if self.shutting_down {
+            reply.failure("corrald is shutting down".into(), None);
+            return;
+        }
+        let Some(upgrades) = &self.upgrades else { return };
+        let workers = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count();
+        tracing::info!(binary = %binary.display(), workers, "upgrading in place");
+        reply.ok(format!("upgrading to {}: the socket and {workers} workers carry over", binary.display()), None);
+        let _ = upgrades.send(binary.clone());
+        self.upgrading = Some(binary);
     }
 
     /// Rewrites the runtime file when the set of worker processes changed.
@@ -457,7 +571,7 @@ impl Supervisor {
             let plumbing =
                 process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
             match process::adopt(&group.config, &w.id, key, w.generation, events, adoptee, plumbing) {
-                Ok(tx) => {
+                Ok((tx, keep)) => {
                     slot.proc = Some(Proc {
                         generation: w.generation,
                         start_time: w.start_time,
@@ -466,6 +580,7 @@ impl Supervisor {
                         started_at: process::started_at(w.start_time).unwrap_or_else(SystemTime::now),
                         started: Instant::now(),
                         tx,
+                        keep,
                     });
                     slot.state = SlotState::Ready;
                     group.waiting = false;
@@ -674,6 +789,7 @@ impl Supervisor {
                     started_at: spawned.started_at,
                     started: Instant::now(),
                     tx: spawned.tx,
+                    keep: spawned.keep,
                 });
                 slot.state = SlotState::Starting;
                 self.runtime_dirty = true;
@@ -1004,6 +1120,7 @@ impl Supervisor {
             Command::Limit(req) => self.limit(&req.target, &req.properties, reply),
             // The audit trail belongs to the command socket, which answers this itself.
             Command::AuditReopen(_) => reply.failure("audit reopen is served by the command socket".into(), None),
+            Command::Upgrade(req) => self.upgrade(&req.binary, reply),
         }
     }
 

@@ -63,7 +63,12 @@ pub struct Spawned {
     pub tx: mpsc::UnboundedSender<ProcCmd>,
     /// Present when the process waits in the gate for its placement.
     pub gate: Option<Gate>,
+    pub keep: Kept,
 }
+
+/// Copies of corrald's ends of a worker's descriptors, by store name, to
+/// pass to a new corrald on an upgrade.
+pub type Kept = Vec<(String, OwnedFd)>;
 
 /// The first argument that makes corrald act as the exec gate.
 pub const GATE_ARG: &str = "--corral-exec-gate";
@@ -283,12 +288,15 @@ pub fn spawn(
     let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: output.dropped });
+    let mut keep = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         output.store.store_fds(&fd_name(generation, "out"), &[stdout.as_fd()]);
+        keep.push((fd_name(generation, "out"), stdout.as_fd().try_clone_to_owned()?));
         output.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
     }
     if let Some(stderr) = child.stderr.take() {
         output.store.store_fds(&fd_name(generation, "err"), &[stderr.as_fd()]);
+        keep.push((fd_name(generation, "err"), stderr.as_fd().try_clone_to_owned()?));
         output.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
     }
     let started_at = SystemTime::now();
@@ -296,6 +304,7 @@ pub fn spawn(
         Some((ours, theirs)) => {
             drop(theirs);
             output.store.store_fds(&fd_name(generation, "chan"), &[ours.as_fd()]);
+            keep.push((fd_name(generation, "chan"), ours.as_fd().try_clone_to_owned()?));
             ours.set_nonblocking(true)?;
             Some(UnixStream::from_std(ours)?)
         }
@@ -314,7 +323,7 @@ pub fn spawn(
         events,
     };
     tokio::spawn(task.run(Exit::Child(child), stream, rx));
-    Ok(Spawned { pid, started_at, tx, gate })
+    Ok(Spawned { pid, started_at, tx, gate, keep })
 }
 
 /// A worker process of an earlier corrald, and the descriptors it left in
@@ -337,8 +346,14 @@ pub fn adopt(
     events: mpsc::UnboundedSender<Msg>,
     adoptee: Adoptee,
     plumbing: Plumbing<'_>,
-) -> io::Result<mpsc::UnboundedSender<ProcCmd>> {
+) -> io::Result<(mpsc::UnboundedSender<ProcCmd>, Kept)> {
     let pid = adoptee.pid;
+    let mut keep = Vec::new();
+    for (fd, what) in [(&adoptee.channel, "chan"), (&adoptee.stdout, "out"), (&adoptee.stderr, "err")] {
+        if let Some(fd) = fd {
+            keep.push((fd_name(generation, what), fd.try_clone()?));
+        }
+    }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
     let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
     if raw < 0 {
@@ -348,7 +363,7 @@ pub fn adopt(
     let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
     // SAFETY: the AsyncFd owns the pidfd, which stays open until it drops.
     let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    let exit = Exit::Adopted(pidfd);
+    let exit = Exit::Adopted(pidfd, Pid::from_raw(pid as i32));
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
     for (fd, stream, policy, what) in
@@ -389,23 +404,30 @@ pub fn adopt(
         events,
     };
     tokio::spawn(task.run(exit, stream, rx));
-    Ok(tx)
+    Ok((tx, keep))
 }
 
 /// How a worker's end is seen: as our child (with its exit status), or,
 /// for an adopted one, through a pidfd that becomes readable when it exits.
 enum Exit {
     Child(Child),
-    Adopted(tokio::io::unix::AsyncFd<OwnedFd>),
+    Adopted(tokio::io::unix::AsyncFd<OwnedFd>, Pid),
 }
 
 impl Exit {
     async fn wait(&mut self) -> io::Result<Option<ExitStatus>> {
         match self {
             Exit::Child(child) => child.wait().await.map(Some),
-            Exit::Adopted(pidfd) => {
+            Exit::Adopted(pidfd, pid) => {
                 let _ = pidfd.readable().await?;
-                Ok(None)
+                // Still our child after an in-place upgrade: reap it, and
+                // learn how it ended. Otherwise its parent was the earlier
+                // corrald, and the status went with it.
+                match nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw(code << 8))),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => Ok(Some(ExitStatus::from_raw(sig as i32))),
+                    _ => Ok(None),
+                }
             }
         }
     }

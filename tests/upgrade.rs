@@ -1,0 +1,97 @@
+//! `corralctl upgrade`: corrald replaces itself in place (exec), passing the
+//! socket and the workers' descriptors, without systemd. The real-systemd
+//! suite covers the service side.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use corral::ctl::Client;
+use corral::proto::{self, request::Command as Cmd, Status};
+
+const WEB: &str = "[groups.web]\ncommand = \"{demo}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"300\", \"--log\", \"{log}\"]\ncount = 3\nstop_mode = \"protocol\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_socket_the_workers_and_every_response() {
+    let mut c = Corrald::new(WEB);
+    c.start();
+    c.wait_ready("web", 3).await;
+    let before = c.pids("web").await;
+    let old = c.status().await;
+
+    // A client asking for status in a tight loop, a new connection each time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let looping = {
+        let (socket, stop, answered, failed) = (c.socket.clone(), stop.clone(), answered.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let result = async {
+                    let mut client = Client::connect(&socket).await?;
+                    client.call(Cmd::Status(proto::StatusRequest {}), |_| {}).await
+                }
+                .await;
+                match result {
+                    Ok(r) if r.status() == Status::Ok => answered.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        errors.push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        })
+    };
+
+    let (ok, out) = run(CORRALCTL, &["--socket", c.socket.to_str().unwrap(), "upgrade"]);
+    assert!(ok, "{out}\n{}", c.stderr_tail());
+    assert!(out.contains("upgrading to"), "{out}");
+    // The new corrald says so when it has taken the workers over.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !c.stderr().contains("adopted the workers of an earlier corrald") {
+        assert!(std::time::Instant::now() < deadline, "no new corrald:\n{}", c.stderr_tail());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let new = c.status().await;
+    let seen_before = answered.load(Ordering::Relaxed);
+    // Let the loop run against the new corrald too.
+    while answered.load(Ordering::Relaxed) < seen_before + 20 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors = looping.await.unwrap();
+    assert!(errors.is_empty(), "refused or lost: {errors:?}\n{}", c.stderr_tail());
+    assert_eq!(new.pid, old.pid, "replaced in place: same pid");
+    assert_eq!(c.pids("web").await, before, "no worker was restarted");
+
+    // The worker channels came across: a soft stop drains every unit of work.
+    let (_, last) = c.call(stop_all()).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    let work = c.work_log();
+    assert!(work.unfinished().is_empty(), "{:?}", work.unfinished());
+    assert_eq!(work.exits.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_binary_that_fails_its_check_is_refused_and_nothing_changes() {
+    let mut c = Corrald::new(WEB);
+    c.start();
+    c.wait_ready("web", 3).await;
+    let before = c.pids("web").await;
+    let old = c.status().await;
+    let (ok, out) = run(CORRALCTL, &["--socket", c.socket.to_str().unwrap(), "upgrade", "--binary", "/bin/false"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("upgrade refused, the running corrald stays"), "{out}");
+    let now = c.status().await;
+    assert_eq!(now.pid, old.pid);
+    assert!(now.uptime_ms >= old.uptime_ms, "the same corrald still serves");
+    assert_eq!(c.pids("web").await, before);
+    c.shutdown_ok().await;
+}
+
+fn stop_all() -> Cmd {
+    stop("", false)
+}
