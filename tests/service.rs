@@ -525,3 +525,50 @@ fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
     let left = systemctl(&["list-units", "--all", "--no-legend", "--plain", "corral-*"]);
     assert_eq!(left.trim(), "", "scopes left behind");
 }
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn an_upgrade_of_the_service_keeps_its_pid_and_workers_and_is_audited() {
+    let _i = Installed::new(&group("web", 4, &[], ""));
+    systemctl(&["start", "corrald.service"]);
+    let main_pid = show("corrald.service", "MainPID");
+    let before = worker_pids();
+
+    // corralctl status in a tight loop throughout the upgrade.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut answered, mut errors) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match run(CORRALCTL, &["status"]) {
+                    (true, _) => answered += 1,
+                    (false, out) => errors.push(out),
+                }
+            }
+            (answered, errors)
+        })
+    };
+    let answer = ctl(&["upgrade"]).pop().unwrap();
+    assert_eq!(answer["status"], "OK", "{answer}");
+    wait_for("the new corrald to adopt the workers", || {
+        let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
+        log.contains("adopted the workers of an earlier corrald").then_some(())
+    });
+    supervisor_status();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, errors) = looping.join().unwrap();
+    assert!(errors.is_empty(), "refused or lost during the upgrade: {errors:?}");
+    assert!(answered > 0);
+    assert_eq!(show("corrald.service", "MainPID"), main_pid, "replaced in place");
+    assert_eq!(show("corrald.service", "ActiveState"), "active");
+    assert_eq!(worker_pids(), before, "no worker restarted");
+    let audit = journal(&[&format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID), "CORRAL_AUDIT_COMMAND=Upgrade"]);
+    let results: Vec<&str> = audit.iter().filter_map(|e| e["CORRAL_AUDIT_RESULT"].as_str()).collect();
+    assert_eq!(results, ["accepted", "ok"], "{audit:?}");
+
+    let (ok, out) = run(CORRALCTL, &["upgrade", "--binary", "/bin/false"]);
+    assert!(!ok && out.contains("upgrade refused"), "{out}");
+    assert_eq!(show("corrald.service", "MainPID"), main_pid);
+    assert_eq!(worker_pids(), before);
+}
