@@ -7,7 +7,7 @@
 //! the moment the process exits.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::AtomicU64;
@@ -289,40 +289,31 @@ pub fn spawn(
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: output.dropped });
     let mut keep = Vec::new();
+    // Into the service manager's store, and a copy kept for an upgrade.
+    let mut hand_over = |what: &str, fd: BorrowedFd<'_>| -> io::Result<()> {
+        output.store.store_fds(&fd_name(generation, what), &[fd]);
+        keep.push((fd_name(generation, what), fd.try_clone_to_owned()?));
+        Ok(())
+    };
     if let Some(stdout) = child.stdout.take() {
-        output.store.store_fds(&fd_name(generation, "out"), &[stdout.as_fd()]);
-        keep.push((fd_name(generation, "out"), stdout.as_fd().try_clone_to_owned()?));
+        hand_over("out", stdout.as_fd())?;
         output.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
     }
     if let Some(stderr) = child.stderr.take() {
-        output.store.store_fds(&fd_name(generation, "err"), &[stderr.as_fd()]);
-        keep.push((fd_name(generation, "err"), stderr.as_fd().try_clone_to_owned()?));
+        hand_over("err", stderr.as_fd())?;
         output.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
     }
     let started_at = SystemTime::now();
     let stream = match channel {
         Some((ours, theirs)) => {
             drop(theirs);
-            output.store.store_fds(&fd_name(generation, "chan"), &[ours.as_fd()]);
-            keep.push((fd_name(generation, "chan"), ours.as_fd().try_clone_to_owned()?));
+            hand_over("chan", ours.as_fd())?;
             ours.set_nonblocking(true)?;
             Some(UnixStream::from_std(ours)?)
         }
         None => None,
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = ProcessTask {
-        worker_id: worker_id.to_string(),
-        pid: Pid::from_raw(pid as i32),
-        stop_mode: cfg.stop_mode,
-        stop_signal: cfg.stop_signal,
-        stop_timeout: cfg.stop_timeout,
-        stop_timeout_action: cfg.stop_timeout_action,
-        key,
-        generation,
-        events,
-    };
-    tokio::spawn(task.run(Exit::Child(child), stream, rx));
+    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, Exit::Child(child), stream);
     Ok(Spawned { pid, started_at, tx, gate, keep })
 }
 
@@ -391,19 +382,7 @@ pub fn adopt(
             None
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = ProcessTask {
-        worker_id: worker_id.to_string(),
-        pid: Pid::from_raw(pid as i32),
-        stop_mode: cfg.stop_mode,
-        stop_signal: cfg.stop_signal,
-        stop_timeout: cfg.stop_timeout,
-        stop_timeout_action: cfg.stop_timeout_action,
-        key,
-        generation,
-        events,
-    };
-    tokio::spawn(task.run(exit, stream, rx));
+    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream);
     Ok((tx, keep))
 }
 
@@ -472,6 +451,35 @@ struct SoftStopState {
 }
 
 impl ProcessTask {
+    /// Spawns the task that owns the process from now on; returns the way
+    /// to command it.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        cfg: &GroupConfig,
+        worker_id: &str,
+        pid: u32,
+        key: SlotKey,
+        generation: u64,
+        events: mpsc::UnboundedSender<Msg>,
+        exit: Exit,
+        stream: Option<UnixStream>,
+    ) -> mpsc::UnboundedSender<ProcCmd> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = ProcessTask {
+            worker_id: worker_id.to_string(),
+            pid: Pid::from_raw(pid as i32),
+            stop_mode: cfg.stop_mode,
+            stop_signal: cfg.stop_signal,
+            stop_timeout: cfg.stop_timeout,
+            stop_timeout_action: cfg.stop_timeout_action,
+            key,
+            generation,
+            events,
+        };
+        tokio::spawn(task.run(exit, stream, rx));
+        tx
+    }
+
     fn report(&self, event: ProcEvent) {
         let _ = self.events.send(Msg::Process { key: self.key.clone(), generation: self.generation, event });
     }
