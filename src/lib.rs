@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod frame;
 pub mod journal;
+pub mod sanitise;
 pub mod supervisor;
 pub mod systemd;
 pub mod worker;

@@ -11,7 +11,6 @@
 //! The journal never holds a command up; what it misses is counted.
 
 pub mod chain;
-pub mod sanitise;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -24,7 +23,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::journal::{Entry, Output, Source};
-use sanitise::sanitise;
+use crate::sanitise::sanitise;
 
 /// The version of the JSON record layout (docs/audit-schema.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -357,7 +356,7 @@ impl Auditor {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitise::{sanitise, sanitise_bytes};
+    use crate::sanitise::{sanitise, sanitise_bytes};
     use super::*;
     use proptest::prelude::*;
 

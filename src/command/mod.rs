@@ -31,7 +31,7 @@ use crate::audit::{Actor, Auditor, Outcome, Record};
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
 use crate::supervisor::{Handle, Reply};
-use authorise::Policy;
+use authorise::{Described, Policy};
 use peer::{Peer, UserNames};
 
 /// What every connection checks before a request reaches the supervisor.
@@ -279,15 +279,14 @@ impl Session {
         }
     }
 
-    async fn record(&mut self, request_id: u64, command: &Command, result: Outcome, reason: String) -> Record {
-        let d = authorise::describe(command);
+    async fn record(&mut self, request_id: u64, d: &Described, result: Outcome, reason: String) -> Record {
         Record {
             session: self.id,
             request_id,
-            group: d.group,
-            worker: d.worker,
+            group: d.group.clone(),
+            worker: d.worker.clone(),
             command: d.command.to_string(),
-            arguments: d.arguments,
+            arguments: d.arguments.clone(),
             actor: self.actor().await,
             socket: self.socket.clone(),
             result,
@@ -299,21 +298,22 @@ impl Session {
     /// audited before it is let through; with `pending`, its final answer
     /// will be audited too.
     async fn admit(&mut self, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
+        let described = authorise::describe(command);
         if let Err(why) = self.access.policy.check(&self.peer) {
             tracing::warn!(session = self.id, uid = self.peer.uid, "request refused: {why}");
             if let Some(auditor) = self.access.auditor.clone() {
-                let record = self.record(id, command, Outcome::Denied, why.clone()).await;
+                let record = self.record(id, &described, Outcome::Denied, why.clone()).await;
                 if let Err(e) = write_record(auditor, record).await {
                     tracing::error!("the refusal could not be audited: {e}");
                 }
             }
             return Err(format!("denied: {why}"));
         }
-        if !authorise::describe(command).privileged {
+        if !described.privileged {
             return Ok(());
         }
         let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
-        let record = self.record(id, command, Outcome::Accepted, String::new()).await;
+        let record = self.record(id, &described, Outcome::Accepted, String::new()).await;
         write_record(auditor, record.clone())
             .await
             .map_err(|e| format!("refused, nothing was done: the audit record could not be written: {e}"))?;

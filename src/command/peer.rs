@@ -21,6 +21,8 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::net::UnixStream;
 
+use crate::supervisor::start_time;
+
 /// Linux's option number; libc does not export it for every target yet.
 const SO_PEERPIDFD: nix::libc::c_int = 77;
 
@@ -95,14 +97,6 @@ fn read_comm(pid: u32) -> Option<String> {
     let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
     let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
     Some(String::from_utf8_lossy(comm).into_owned())
-}
-
-/// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot
-/// (parsed after the `)` that ends comm, which may hold spaces).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Now, in the clock ticks /proc/<pid>/stat counts start times in.

@@ -11,8 +11,8 @@
 mod fanout;
 mod orchestrate;
 mod process;
-mod runtime;
-mod state;
+pub mod runtime;
+pub mod state;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -394,26 +394,20 @@ impl Supervisor {
                         self.groups.remove(&name);
                     }
                 }
-                Msg::Exit { clean } => {
-                    self.persist();
-                    return Ending::Shutdown { clean };
-                }
+                // The runtime file is current: every change was persisted
+                // at the top of the loop before this message was taken.
+                Msg::Exit { clean } => return Ending::Shutdown { clean },
                 Msg::Handover => {
                     self.notifier.stopping();
-                    let running = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some());
                     tracing::info!(
-                        workers = running.count(),
+                        workers = self.running(),
                         "restart: leaving the workers running for the next corrald"
                     );
-                    self.runtime_dirty = true;
-                    self.persist();
                     return Ending::Handover;
                 }
                 Msg::UpgradeChecked { binary, reply } => self.upgrade_checked(binary, reply),
                 Msg::Release => {
                     if let Some(binary) = self.upgrading.take() {
-                        self.runtime_dirty = true;
-                        self.persist();
                         let fds = self
                             .groups
                             .values_mut()
@@ -489,12 +483,17 @@ impl Supervisor {
             reply.failure("corrald is shutting down".into(), None);
             return;
         }
+        let workers = self.running();
         let Some(upgrades) = &self.upgrades else { return };
-        let workers = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count();
         tracing::info!(binary = %binary.display(), workers, "upgrading in place");
         reply.ok(format!("upgrading to {}: the socket and {workers} workers carry over", binary.display()), None);
         let _ = upgrades.send(binary.clone());
         self.upgrading = Some(binary);
+    }
+
+    /// How many worker processes are running.
+    fn running(&self) -> usize {
+        self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count()
     }
 
     /// Rewrites the runtime file when the set of worker processes changed.
@@ -653,8 +652,7 @@ impl Supervisor {
             settled &= group_settled;
         }
         let mut status = if self.shutting_down {
-            let left = self.groups.values().flat_map(|g| g.slots.values()).filter(|s| s.proc.is_some()).count();
-            format!("shutting down: {left} workers left")
+            format!("shutting down: {} workers left", self.running())
         } else if self.systemd.is_some() {
             format!("{ready}/{desired} workers ready in {scopes} {}", if scopes == 1 { "scope" } else { "scopes" })
         } else {

@@ -214,7 +214,7 @@ pub fn spawn(
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
     gated: bool,
-    output: Plumbing<'_>,
+    plumbing: Plumbing<'_>,
 ) -> io::Result<Spawned> {
     let (mut cmd, gate) = if gated {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -287,21 +287,21 @@ pub fn spawn(
     });
     let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
     let origin =
-        Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: output.dropped });
+        Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
     let mut keep = Vec::new();
     // Into the service manager's store, and a copy kept for an upgrade.
     let mut hand_over = |what: &str, fd: BorrowedFd<'_>| -> io::Result<()> {
-        output.store.store_fds(&fd_name(generation, what), &[fd]);
+        plumbing.store.store_fds(&fd_name(generation, what), &[fd]);
         keep.push((fd_name(generation, what), fd.try_clone_to_owned()?));
         Ok(())
     };
     if let Some(stdout) = child.stdout.take() {
         hand_over("out", stdout.as_fd())?;
-        output.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
+        plumbing.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
     }
     if let Some(stderr) = child.stderr.take() {
         hand_over("err", stderr.as_fd())?;
-        output.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
+        plumbing.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
     }
     let started_at = SystemTime::now();
     let stream = match channel {
@@ -326,9 +326,9 @@ pub struct Adoptee {
     pub stderr: Option<OwnedFd>,
 }
 
-/// Takes over a running worker: watches its exit through a pidfd (it is
-/// no longer our child, so its exit status is lost), talks to it over its
-/// stored channel and reads its stored output pipes.
+/// Takes over a running worker: watches its exit through a pidfd (see
+/// [`Exit::Adopted`] for what is known of it), talks to it over its stored
+/// channel and reads its stored output pipes.
 pub fn adopt(
     cfg: &GroupConfig,
     worker_id: &str,

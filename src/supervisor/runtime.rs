@@ -42,16 +42,21 @@ pub fn load(path: &Path) -> Vec<RuntimeWorker> {
             return Vec::new();
         }
     };
-    match serde_json::from_slice::<Runtime>(&text) {
-        Ok(r) if r.version == VERSION => r.workers,
-        Ok(r) => {
-            tracing::warn!("{}: version {} is not {VERSION}; no workers are adopted", path.display(), r.version);
-            Vec::new()
-        }
+    match parse(&text) {
+        Ok(workers) => workers,
         Err(e) => {
-            tracing::warn!("{} is not a corral runtime file ({e}); no workers are adopted", path.display());
+            tracing::warn!("{}: {e}; no workers are adopted", path.display());
             Vec::new()
         }
+    }
+}
+
+/// Parses a runtime file's bytes.
+pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
+    match serde_json::from_slice::<Runtime>(text) {
+        Ok(r) if r.version == VERSION => Ok(r.workers),
+        Ok(r) => Err(format!("version {} is not {VERSION}", r.version)),
+        Err(e) => Err(format!("not a corral runtime file ({e})")),
     }
 }
 

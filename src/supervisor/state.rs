@@ -63,12 +63,18 @@ pub fn write_atomically<T: serde::Serialize>(path: &Path, state: &T, durable: bo
 
 pub fn load(path: &Path) -> Result<SavedState, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read state from {}: {e}", path.display()))?;
-    let state: SavedState =
-        serde_json::from_slice(&text).map_err(|e| format!("{} is not a corral state file: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a state file's bytes. Errors never quote the file: it may be one
+/// the caller could not read themselves.
+pub fn parse(text: &[u8]) -> Result<SavedState, String> {
+    let state: SavedState = serde_json::from_slice(text).map_err(|e| {
+        format!("not a corral state file ({:?} error at line {} column {})", e.classify(), e.line(), e.column())
+    })?;
     if state.version != STATE_VERSION {
         return Err(format!(
-            "{}: state version {} is not supported (this corrald reads version {STATE_VERSION})",
-            path.display(),
+            "state version {} is not supported (this corrald reads version {STATE_VERSION})",
             state.version
         ));
     }

@@ -1,4 +1,5 @@
-//! Making outsider-controlled text safe to put in an audit record.
+//! Making outsider-controlled text safe to show: in an audit record, in a
+//! response a client prints, in a log line.
 //!
 //! A target name, a user name, a process name or a reason can come from
 //! anyone who can reach the socket or name a process. Rendered raw, a
