@@ -14,7 +14,6 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 
 use crate::audit::AuditConfig;
-use crate::command::authorise::Policy;
 use crate::journal::StreamPolicy;
 
 /// Where corrald listens and corralctl connects when no socket is named:
@@ -74,11 +73,27 @@ pub struct Config {
     /// are dropped.
     pub output_buffer: usize,
     pub audit: AuditConfig,
-    /// Who may send commands, beyond the socket's file mode.
-    pub policy: Policy,
+    /// Who may send which commands, beyond the socket's file mode.
+    pub access: AccessLists,
     /// A group granted the socket (mode 0660 instead of 0600).
     pub socket_group: Option<String>,
     pub groups: BTreeMap<String, GroupConfig>,
+}
+
+/// Who may use the command socket, tier by tier. The checking lives in
+/// `command::authorise`; this is only what the operator wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLists {
+    /// May connect at all (the read tier: status, workers). `None`: whoever
+    /// the socket's file mode lets in.
+    pub allowed_uids: Option<Vec<u32>>,
+    pub allowed_gids: Option<Vec<u32>>,
+    /// May change the fleet (the operate tier).
+    pub operate_uids: Vec<u32>,
+    pub operate_gids: Vec<u32>,
+    /// May do what amounts to root (the admin tier).
+    pub admin_uids: Vec<u32>,
+    pub admin_gids: Vec<u32>,
 }
 
 /// Whether workers are placed in systemd scopes.
@@ -189,6 +204,14 @@ struct RawConfig {
     audit_failure: AuditFailure,
     command_allowed_uids: Option<Vec<u32>>,
     command_allowed_gids: Option<Vec<u32>>,
+    #[serde(default)]
+    command_operate_uids: Vec<u32>,
+    #[serde(default)]
+    command_operate_gids: Vec<u32>,
+    #[serde(default)]
+    command_admin_uids: Vec<u32>,
+    #[serde(default)]
+    command_admin_gids: Vec<u32>,
     command_socket_group: Option<String>,
     #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
@@ -517,7 +540,14 @@ impl Config {
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             audit,
-            policy: Policy { uids: raw.command_allowed_uids, gids: raw.command_allowed_gids },
+            access: AccessLists {
+                allowed_uids: raw.command_allowed_uids,
+                allowed_gids: raw.command_allowed_gids,
+                operate_uids: raw.command_operate_uids,
+                operate_gids: raw.command_operate_gids,
+                admin_uids: raw.command_admin_uids,
+                admin_gids: raw.command_admin_gids,
+            },
             socket_group: raw.command_socket_group,
             output_buffer: usize::try_from(output_buffer).unwrap_or(usize::MAX),
             scopes: raw.scopes,

@@ -1355,7 +1355,7 @@ impl Supervisor {
             }
         }
         if new.audit != self.config.audit
-            || new.policy != self.config.policy
+            || new.access != self.config.access
             || new.socket_group != self.config.socket_group
         {
             summary.notes.push("audit and access settings take effect when corrald restarts".into());
