@@ -75,9 +75,46 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who may send which commands, beyond the socket's file mode.
     pub access: AccessLists,
+    pub limits: Limits,
     /// A group granted the socket (mode 0660 instead of 0600).
     pub socket_group: Option<String>,
     pub groups: BTreeMap<String, GroupConfig>,
+}
+
+/// Bounds on everything a client (or a file) can make corrald grow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_workers: u32,
+    pub max_group_workers: u32,
+    pub max_groups: u32,
+    pub max_connections: u32,
+    pub max_connections_per_uid: u32,
+    pub admin_connection_reserve: u32,
+    pub max_requests_in_flight: u32,
+    pub max_queued_response_bytes: usize,
+    pub max_response_size: usize,
+    pub frame_timeout: Duration,
+    pub max_state_file_size: usize,
+    pub max_audit_argument: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_workers: 4096,
+            max_group_workers: 1024,
+            max_groups: 256,
+            max_connections: 256,
+            max_connections_per_uid: 32,
+            admin_connection_reserve: 16,
+            max_requests_in_flight: 64,
+            max_queued_response_bytes: 4 << 20,
+            max_response_size: 16 << 20,
+            frame_timeout: Duration::from_secs(10),
+            max_state_file_size: 4 << 20,
+            max_audit_argument: 256,
+        }
+    }
 }
 
 /// Who may use the command socket, tier by tier. The checking lives in
@@ -364,7 +401,7 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
 /// Group names become worker ids (`<group>-<n>`) and, later, unit names, so
 /// they are kept to characters every one of those accepts, and must not end
 /// in `-<digits>`, which would make `web-1` both a group and a worker id.
-fn check_group_name(name: &str) -> Result<(), String> {
+pub fn check_group_name(name: &str) -> Result<(), String> {
     let valid_chars = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -540,6 +577,7 @@ impl Config {
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             audit,
+            limits: Limits::default(),
             access: AccessLists {
                 allowed_uids: raw.command_allowed_uids,
                 allowed_gids: raw.command_allowed_gids,

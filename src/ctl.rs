@@ -24,11 +24,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 use crate::frame;
 use crate::proto::{request, response, FailureKind, Request, Response, Status};
 
-/// The largest response frame the client accepts. Larger than what corrald
-/// accepts for requests, because a status or worker list of a big deployment
-/// legitimately grows with the number of workers; it still bounds what a
-/// confused peer can make us buffer.
-const MAX_RESPONSE_FRAME: usize = 16 * 1024 * 1024;
+/// The largest response frame the client accepts: corrald's default
+/// `limits.max_response_size`, which it never exceeds (a larger answer is
+/// replaced by a FAILURE saying so, and worker listings come in parts).
+pub const MAX_RESPONSE_FRAME: usize = 16 * 1024 * 1024;
 
 /// Why a request got no final answer.
 ///
@@ -53,6 +52,13 @@ pub enum CtlError {
         .path.display()
     )]
     PermissionDenied { path: PathBuf },
+    /// The process serving the socket is neither root nor this user.
+    #[error(
+        "the process serving {} runs as uid {uid}, neither root nor you: not trusting it (has someone else \
+         created the socket's directory?)",
+        .path.display()
+    )]
+    Untrusted { path: PathBuf, uid: u32 },
     #[error("cannot connect to {}: {source}", .path.display())]
     Connect { path: PathBuf, source: io::Error },
     #[error("cannot send to corrald: {0}")]
@@ -108,9 +114,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the socket at `path`.
+    /// Connects to the socket at `path`, and trusts what answers only if
+    /// it runs as root or as this very user: a socket in a directory
+    /// someone else could write to might be theirs, and their "OK" for a
+    /// stop that never happened would be believed.
     pub async fn connect(path: &Path) -> Result<Client, CtlError> {
         let stream = UnixStream::connect(path).await.map_err(|err| CtlError::connect(path, err))?;
+        let server = stream.peer_cred().map_err(|err| CtlError::connect(path, err))?.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if server != 0 && server != me {
+            return Err(CtlError::Untrusted { path: path.to_path_buf(), uid: server });
+        }
         Ok(Client { framed: Framed::new(stream, frame::codec(MAX_RESPONSE_FRAME)), next_id: 1 })
     }
 

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod command;
 pub mod config;
+pub mod files;
 pub mod ctl;
 pub mod frame;
 pub mod journal;

@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use corral::config;
 use corral::ctl::{self, Client};
 use corral::proto::{self, request, response, Response, Status};
+use corral::sanitise::sanitise;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -85,10 +86,18 @@ enum Cmd {
     },
     /// Re-read corrald's configuration file
     Reload,
-    /// Save corrald's state to a file (written by corrald)
-    SaveState { path: PathBuf },
-    /// Load corrald's state from a file (read by corrald)
-    LoadState { path: PathBuf },
+    /// Save corrald's state (scales, stopped workers), written by corrald
+    SaveState {
+        /// A name, kept in corrald's state directory; or (admins only) a path
+        #[arg(value_name = "NAME|PATH")]
+        path: PathBuf,
+    },
+    /// Load corrald's state, read by corrald
+    LoadState {
+        /// A name saved earlier; or (admins only) a path
+        #[arg(value_name = "NAME|PATH")]
+        path: PathBuf,
+    },
     /// Stop every worker softly, then stop corrald
     Shutdown,
     /// The audit trail
@@ -186,6 +195,15 @@ fn wire_path(path: &Path) -> Result<String, String> {
     absolute.into_os_string().into_string().map_err(|p| format!("{} is not valid UTF-8", Path::new(&p).display()))
 }
 
+/// A state file is a plain name (corrald keeps it in its state directory)
+/// or a path, which is sent absolute.
+fn state_name(path: &Path) -> Result<String, String> {
+    match path.to_str() {
+        Some(name) if !name.contains('/') => Ok(name.to_string()),
+        _ => wire_path(path),
+    }
+}
+
 fn to_request(cmd: Cmd) -> Result<request::Command, String> {
     Ok(match cmd {
         Cmd::Status => request::Command::Status(proto::StatusRequest {}),
@@ -202,8 +220,8 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::Scale { group, count } => request::Command::Scale(proto::Scale { group, count }),
         Cmd::Limit { target, properties } => request::Command::Limit(proto::Limit { target, properties }),
         Cmd::Reload => request::Command::ReloadConfig(proto::ReloadConfig {}),
-        Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState { path: wire_path(&path)? }),
-        Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: wire_path(&path)? }),
+        Cmd::SaveState { path } => request::Command::SaveState(proto::SaveState { path: state_name(&path)? }),
+        Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: state_name(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
         Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
         Cmd::Upgrade { binary } => request::Command::Upgrade(proto::Upgrade {
@@ -222,6 +240,8 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
 /// reader's choice and not reported at all.
 struct Output {
     json: bool,
+    /// Parts of a worker listing that came before its final answer.
+    workers: Vec<proto::WorkerInfo>,
     /// A live bar replaces the plain progress lines only on a terminal, where
     /// it can redraw in place; logs and pipes get one line per response.
     tty: bool,
@@ -233,7 +253,7 @@ struct Output {
 
 impl Output {
     fn new(json: bool) -> Output {
-        Output { json, tty: io::stdout().is_terminal(), bar: None, closed: false, error: None }
+        Output { json, workers: Vec::new(), tty: io::stdout().is_terminal(), bar: None, closed: false, error: None }
     }
 
     fn write(&mut self, text: &str) {
@@ -250,6 +270,12 @@ impl Output {
     }
 
     fn progress(&mut self, resp: &Response) {
+        // A long listing comes in parts; it is shown (or printed as JSON)
+        // whole, with the final answer.
+        if let Some(response::Content::Workers(list)) = &resp.content {
+            self.workers.extend(list.workers.iter().cloned());
+            return;
+        }
         if self.json {
             self.write_json(resp);
             return;
@@ -257,16 +283,16 @@ impl Output {
         let Some(response::Content::Progress(p)) = &resp.content else {
             if !resp.message.is_empty() {
                 match &self.bar {
-                    Some(bar) => bar.set_message(resp.message.clone()),
-                    None => self.write(&format!("{}\n", resp.message)),
+                    Some(bar) => bar.set_message(shown(&resp.message)),
+                    None => self.write(&format!("{}\n", shown(&resp.message))),
                 }
             }
             return;
         };
         let event = match (p.worker.is_empty(), p.event.is_empty()) {
-            (false, false) => format!("{}: {}", p.worker, p.event),
-            (false, true) => p.worker.clone(),
-            (true, _) => p.event.clone(),
+            (false, false) => format!("{}: {}", shown(&p.worker), shown(&p.event)),
+            (false, true) => shown(&p.worker),
+            (true, _) => shown(&p.event),
         };
         if !self.tty {
             let line = format!(
@@ -291,6 +317,17 @@ impl Output {
     }
 
     fn finish(&mut self, resp: &Response) {
+        let mut whole;
+        let resp = match &resp.content {
+            Some(response::Content::Workers(last)) if !self.workers.is_empty() => {
+                whole = resp.clone();
+                let mut workers = std::mem::take(&mut self.workers);
+                workers.extend(last.workers.iter().cloned());
+                whole.content = Some(response::Content::Workers(proto::WorkerList { workers }));
+                &whole
+            }
+            _ => resp,
+        };
         if self.json {
             self.write_json(resp);
             return;
@@ -318,16 +355,16 @@ impl Output {
             if resp.message.is_empty() {
                 text.push_str(&format!("{status}\n"));
             } else {
-                text.push_str(&format!("{status}: {}\n", resp.message));
+                text.push_str(&format!("{status}: {}\n", shown(&resp.message)));
             }
         }
         if let Some(response::Content::Outcome(outcome)) = &resp.content {
             for f in &outcome.failures {
                 let kind = ctl::failure_kind_name(f.kind);
                 if f.detail.is_empty() {
-                    text.push_str(&format!("  {}: {kind}\n", f.worker));
+                    text.push_str(&format!("  {}: {kind}\n", shown(&f.worker)));
                 } else {
-                    text.push_str(&format!("  {}: {kind} ({})\n", f.worker, f.detail));
+                    text.push_str(&format!("  {}: {kind} ({})\n", shown(&f.worker), shown(&f.detail)));
                 }
             }
         }
@@ -335,7 +372,7 @@ impl Output {
     }
 
     fn write_json(&mut self, resp: &Response) {
-        let line = format!("{}\n", ctl::response_to_json(resp));
+        let line = format!("{}\n", json_safe(&ctl::response_to_json(resp).to_string()));
         self.write(&line);
     }
 }
@@ -355,15 +392,15 @@ fn new_bar() -> ProgressBar {
 }
 
 fn status_text(s: &proto::SupervisorStatus) -> String {
-    let version = if s.version.is_empty() { String::new() } else { format!(" {}", s.version) };
+    let version = if s.version.is_empty() { String::new() } else { format!(" {}", shown(&s.version)) };
     let mut text = format!(
         "corrald{version}, pid {}, up {}\nsocket: {}\nconfig: {}\nscopes: {}\noutput: {}, {} lines dropped\naudit: {} records missed by the journal\n\n",
         s.pid,
         age(Duration::from_millis(s.uptime_ms)),
-        s.socket_path,
-        s.config_path,
+        shown(&s.socket_path),
+        shown(&s.config_path),
         if s.scopes_active { "active" } else { "inactive" },
-        dash_if(s.output_sink.is_empty(), || s.output_sink.clone()),
+        dash_if(s.output_sink.is_empty(), || shown(&s.output_sink)),
         s.output_dropped,
         s.audit_journal_missed,
     );
@@ -372,14 +409,14 @@ fn status_text(s: &proto::SupervisorStatus) -> String {
         .iter()
         .map(|g| {
             vec![
-                g.name.clone(),
-                g.state.clone(),
+                shown(&g.name),
+                shown(&g.state),
                 g.desired.to_string(),
                 g.running.to_string(),
                 g.ready.to_string(),
                 g.stopped.to_string(),
                 g.failed.to_string(),
-                g.reason.clone(),
+                shown(&g.reason),
             ]
         })
         .collect();
@@ -394,10 +431,10 @@ fn workers_text(list: &proto::WorkerList) -> String {
         .iter()
         .map(|w| {
             vec![
-                w.id.clone(),
-                w.group.clone(),
+                shown(&w.id),
+                shown(&w.group),
                 dash_if(w.pid == 0, || w.pid.to_string()),
-                w.state.clone(),
+                shown(&w.state),
                 dash_if(w.started_at_ms == 0, || {
                     let started = UNIX_EPOCH + Duration::from_millis(w.started_at_ms);
                     // A start time in the future (clocks of corrald and
@@ -406,11 +443,37 @@ fn workers_text(list: &proto::WorkerList) -> String {
                 }),
                 w.restarts.to_string(),
                 w.output_dropped.to_string(),
-                dash_if(w.last_exit.is_empty(), || w.last_exit.clone()),
+                dash_if(w.last_exit.is_empty(), || shown(&w.last_exit)),
             ]
         })
         .collect();
     table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "DROPPED", "LAST EXIT"], rows)
+}
+
+/// Text from corrald as it may reach a terminal: corrald escapes what it
+/// echoes, but whatever answers on the socket is not trusted to have done
+/// so. Each line is escaped on its own, so multi-line answers keep their
+/// lines.
+fn shown(text: &str) -> String {
+    text.split('\n').map(sanitise).collect::<Vec<_>>().join("\n")
+}
+
+/// JSON with every character the sanitiser would escape written as a
+/// `\u` escape: the same JSON to a parser, nothing a terminal acts on.
+fn json_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        let hidden = if c.is_ascii() { c == '\u{7f}' } else { sanitise(c.encode_utf8(&mut [0; 4])) != c.to_string() };
+        if hidden {
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn dash_if(empty: bool, value: impl FnOnce() -> String) -> String {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,12 +13,13 @@ use tokio::sync::watch;
 
 use corral::audit::Auditor;
 use corral::command::peer::UserNames;
+use corral::command::authorise::Policy;
 use corral::command::{self, Access, Listener};
 use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::proto;
-use corral::supervisor::{run_gate, Ending, Reply, Supervisor, GATE_ARG};
+use corral::supervisor::{handshake_line, run_gate, Ending, Replies, Reply, Supervisor, GATE_ARG};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
@@ -27,11 +27,15 @@ use corral::systemd::{self, Bus, Systemd};
 #[command(version, about = "The corral supervisor: runs worker groups and serves the command socket")]
 struct Args {
     /// The TOML config to run.
-    #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["check_config", "handover_protocol"])]
     config: Option<PathBuf>,
     /// Check a config file, print a summary and exit (0 when valid).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Print the hand-over protocol this corrald speaks and exit: what an
+    /// upgrade asks of a new binary before it execs it.
+    #[arg(long = "handover-protocol", conflicts_with_all = ["config", "check_config"])]
+    handover_protocol: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,10 @@ fn main() -> ExitCode {
         run_gate(&argv[2..]);
     }
     let args = Args::parse();
+    if args.handover_protocol {
+        println!("{}", handshake_line());
+        return ExitCode::SUCCESS;
+    }
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
             Ok(c) => {
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
     let notifier = Notifier::from_env();
     let output = Output::start(config.output_buffer);
     init_logging(&output);
+    raise_fd_limit();
     if output.sink() == Sink::Stderr {
         tracing::info!(
             "no journal at {JOURNAL_SOCKET}: worker output goes to stderr, each line prefixed by its worker"
@@ -131,6 +140,22 @@ fn passed_descriptors() -> Result<(Option<OwnedFd>, HashMap<String, OwnedFd>), S
         ));
     }
     Ok((sockets.pop(), stored))
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: each
+/// worker and each client holds some, and the soft limit systemd leaves
+/// (1024) would cap the fleet at a few hundred workers. The hard limit
+/// stays what the unit (LimitNOFILE=) or the administrator set.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("cannot raise the open file limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
+    }
 }
 
 /// Whether stderr is the journal's stream for this service (systemd sets
@@ -206,8 +231,8 @@ async fn run(
     notifier: Notifier,
     output: Output,
 ) -> ExitCode {
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&config.state_directory) {
-        eprintln!("corrald: cannot create state directory {}: {e}", config.state_directory.display());
+    if let Err(e) = corral::files::private_dir(&config.state_directory, 0o750) {
+        eprintln!("corrald: state_directory: {e}");
         return ExitCode::FAILURE;
     }
     let socket_group = match &config.socket_group {
@@ -260,7 +285,8 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    let config_policy = corral::command::authorise::Policy { uids: config.access.allowed_uids.clone(), gids: config.access.allowed_gids.clone() };
+    let policy = Policy::new(config.access.clone(), nix::unistd::geteuid().as_raw());
+    let limits = config.limits.clone();
     let manager = systemd.clone();
     let config_path = config.path.clone();
     let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());
@@ -269,7 +295,7 @@ async fn run(
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let access = Arc::new(Access { policy: config_policy, auditor: auditor.clone(), names: UserNames::default() });
+    let access = Arc::new(Access { policy, auditor: auditor.clone(), names: UserNames::default(), limits });
     let server = tokio::spawn(command::serve(listener, handle.clone(), max_frame, access, stop_rx));
 
     #[cfg(feature = "fault-injection")]
@@ -293,7 +319,7 @@ async fn run(
             return;
         };
         // Responses to signal-initiated requests go nowhere but the log.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<proto::Response>();
+        let (tx, mut rx) = Replies::channel();
         let command = |c| proto::Request { id: 0, command: Some(c) };
         loop {
             tokio::select! {
@@ -307,9 +333,9 @@ async fn run(
                             continue;
                         }
                     }
-                    signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone()));
+                    signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, 0, tx.clone()));
                 }
-                _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, tx.clone())),
+                _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, 0, tx.clone())),
                 _ = hup.recv() => {
                     if let Some(auditor) = auditor.clone() {
                         match tokio::task::spawn_blocking(move || auditor.reopen()).await {
@@ -318,7 +344,7 @@ async fn run(
                             Err(e) => tracing::error!("reopening the audit logs failed: {e}"),
                         }
                     }
-                    signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, tx.clone()));
+                    signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, 0, tx.clone()));
                 }
                 Some(event) = async { systemd_events.as_mut()?.recv().await }, if systemd_events.is_some() => {
                     let systemd::Event::RequestStop { unit } = event;
@@ -326,14 +352,14 @@ async fn run(
                         Some(target) => {
                             tracing::info!(%unit, "systemd asks to stop the scope: draining its workers");
                             let stop = proto::request::Command::Stop(proto::Stop { target, hard: false });
-                            signals.request(command(stop), Reply::new(0, tx.clone()));
+                            signals.request(command(stop), Reply::new(0, 0, tx.clone()));
                         }
                         None => tracing::warn!(%unit, "RequestStop for a unit that is not corral's"),
                     }
                 }
                 Some(r) = rx.recv() => {
-                    if r.status() != proto::Status::Processing {
-                        tracing::info!("{}", r.message);
+                    if r.response.status() != proto::Status::Processing {
+                        tracing::info!("{}", r.response.message);
                     }
                 }
             }

@@ -10,28 +10,34 @@
 
 pub mod authorise;
 pub mod peer;
+pub mod validate;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use nix::fcntl::{Flock, FlockArg};
 use prost::Message;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::audit::{Actor, Auditor, Outcome, Record};
+use crate::config::Limits;
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
-use crate::supervisor::{Handle, Reply};
-use authorise::{Described, Policy};
+use crate::sanitise::sanitise;
+use crate::supervisor::{Handle, Outgoing, Replies, Reply, ReplyQueue};
+use authorise::{Described, Policy, Tier};
 use peer::{Peer, UserNames};
 
 /// What every connection checks before a request reaches the supervisor.
@@ -39,6 +45,7 @@ pub struct Access {
     pub policy: Policy,
     pub auditor: Option<Arc<Auditor>>,
     pub names: UserNames,
+    pub limits: Limits,
 }
 
 /// Why the socket could not be bound. Each names the path.
@@ -50,6 +57,8 @@ pub enum BindError {
     Live(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotSocket(PathBuf),
+    #[error("socket directory: {0}")]
+    Directory(String),
     #[error("cannot serve the socket passed by the service manager: {0}")]
     Activation(String),
     #[error("cannot bind {path}: {what}: {source}")]
@@ -88,12 +97,17 @@ impl Listener {
                     .map_err(|e| io_err("give the parent directory to command_socket_group")(e.into()))?;
             }
         }
+        // Whoever may write to the directory could swap in a socket of
+        // their own between our runs (and clients would talk to it), or
+        // plant the lock: refuse it, as one another user made for us.
+        crate::files::check_private_dir(parent).map_err(BindError::Directory)?;
         let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io_err("open lock file"))?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
@@ -203,6 +217,7 @@ fn lock_path(socket: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+
 /// Serves the socket until `stop` turns true, then gives every connection a
 /// moment to finish what it was sent and write out its answers. New
 /// connections meanwhile wait in the socket's backlog. Returns the
@@ -216,11 +231,16 @@ pub async fn serve(
 ) -> Listener {
     let socket = listener.path().display().to_string();
     let mut connections = JoinSet::new();
+    let seats = Arc::new(Mutex::new(Seats::default()));
     let mut next_session = 1u64;
+    let mut accept_errors = Throttle::new("accept on the command socket failed");
+    let mut refusals = Throttle::new("connection refused");
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
             accepted = listener.listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
                     let session = next_session;
                     next_session += 1;
                     let peer = match peer::identify(&stream) {
@@ -230,13 +250,25 @@ pub async fn serve(
                             continue;
                         }
                     };
+                    let admin = access.policy.tier(&peer) == Ok(Tier::Admin);
+                    let seat = match Seats::take(&seats, peer.uid, admin, &access.limits) {
+                        Ok(seat) => seat,
+                        Err(why) => {
+                            refusals.warn(&format!("uid {}: {why}", peer.uid));
+                            refuse(&stream, why);
+                            continue;
+                        }
+                    };
                     let ctx = Session { id: session, peer, socket: socket.clone(), access: access.clone(), user: None };
-                    connections.spawn(connection(stream, ctx, handle.clone(), max_frame, stop.clone()));
+                    connections.spawn(connection(stream, ctx, handle.clone(), max_frame, stop.clone(), seat));
                 }
                 Err(e) => {
-                    // EMFILE and friends: log, and keep serving the clients we have.
-                    tracing::warn!("accept on the command socket failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // EMFILE and friends: the clients we have go on; new
+                    // ones wait in the backlog while we back off, and the
+                    // log gets one line per period, not one per attempt.
+                    accept_errors.warn(&e.to_string());
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::time::sleep(backoff).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -244,10 +276,111 @@ pub async fn serve(
         }
     }
     let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(2), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), drain).await.is_err() {
         tracing::warn!("some clients did not take their last responses in time");
     }
     listener
+}
+
+/// Logs a recurring problem once, then at most once per period with how
+/// many times it happened meanwhile, so a flood cannot flood the log.
+struct Throttle {
+    what: &'static str,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    fn new(what: &'static str) -> Throttle {
+        Throttle { what, last: None, suppressed: 0 }
+    }
+
+    fn warn(&mut self, detail: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < Self::PERIOD) {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        self.last = Some(std::time::Instant::now());
+        if suppressed > 0 {
+            tracing::warn!("{}: {detail} (and {suppressed} more times in the last {}s)", self.what, Self::PERIOD.as_secs());
+        } else {
+            tracing::warn!("{}: {detail}", self.what);
+        }
+    }
+}
+
+/// Connections in use, in all and by uid.
+#[derive(Default)]
+struct Seats {
+    total: u32,
+    by_uid: HashMap<u32, u32>,
+}
+
+/// One connection's place, given back when the connection ends.
+struct Seat {
+    seats: Arc<Mutex<Seats>>,
+    uid: u32,
+}
+
+impl Seats {
+    /// The last `admin_connection_reserve` places are kept for admins, so
+    /// root can always get in to repair things while others flood the
+    /// socket; no one uid may hold more than its share.
+    fn take(seats: &Arc<Mutex<Seats>>, uid: u32, admin: bool, limits: &Limits) -> Result<Seat, String> {
+        let mut s = seats.lock().unwrap_or_else(|e| e.into_inner());
+        let max = limits.max_connections;
+        if s.total >= max {
+            return Err(format!("corrald serves at most {max} connections at once (limits.max_connections)"));
+        }
+        if !admin {
+            let open = max.saturating_sub(limits.admin_connection_reserve);
+            if s.total >= open {
+                return Err(format!(
+                    "{} of {max} connections are in use; the rest are reserved for admins (limits.admin_connection_reserve)",
+                    s.total
+                ));
+            }
+            let mine = s.by_uid.get(&uid).copied().unwrap_or(0);
+            if mine >= limits.max_connections_per_uid {
+                return Err(format!(
+                    "uid {uid} already has {mine} connections open (limits.max_connections_per_uid)"
+                ));
+            }
+        }
+        s.total += 1;
+        *s.by_uid.entry(uid).or_default() += 1;
+        Ok(Seat { seats: seats.clone(), uid })
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut s = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                s.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Tells a refused client why, if its socket takes the few bytes at once;
+/// a refusal never waits on the client.
+fn refuse(stream: &UnixStream, why: String) {
+    let response = failure(0, format!("connection refused: {why}"));
+    let body = response.encode_to_vec();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let _ = stream.try_write(&frame);
+}
+
+fn failure(id: u64, message: String) -> proto::Response {
+    proto::Response { id, status: Status::Failure as i32, message, content: None }
 }
 
 /// One connection's caller and what it may do.
@@ -261,9 +394,10 @@ struct Session {
     user: Option<Option<String>>,
 }
 
-/// Audited requests still running, by request id, waiting for their final
-/// answer to be recorded.
-type Pending = Arc<Mutex<HashMap<u64, VecDeque<Record>>>>;
+/// Audited requests still running, by the connection's sequence number
+/// for them (not the client's id, which the client chooses), waiting for
+/// their final answer to be recorded.
+type Pending = Arc<Mutex<HashMap<u64, Record>>>;
 
 impl Session {
     async fn actor(&mut self) -> Actor {
@@ -295,19 +429,22 @@ impl Session {
     }
 
     /// Lets a request through, or says why not. A privileged one is
-    /// audited before it is let through; with `pending`, its final answer
-    /// will be audited too.
-    async fn admit(&mut self, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
+    /// audited before it is let through, and its record is kept under
+    /// `seq` for its final answer to be audited too.
+    async fn admit(&mut self, seq: u64, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
         let described = authorise::describe(command);
-        if let Err(why) = self.access.policy.check(&self.peer) {
-            tracing::warn!(session = self.id, uid = self.peer.uid, "request refused: {why}");
-            if let Some(auditor) = self.access.auditor.clone() {
+        let checked = validate::check(command, &self.access.limits)
+            .map_err(|why| format!("refused: {why}"))
+            .and_then(|()| self.access.policy.check(&self.peer, &described).map_err(|why| format!("denied: {why}")));
+        if let Err(why) = checked {
+            tracing::warn!(session = self.id, uid = self.peer.uid, "request {}", sanitise(&why));
+            if let (true, Some(auditor)) = (described.privileged, self.access.auditor.clone()) {
                 let record = self.record(id, &described, Outcome::Denied, why.clone()).await;
                 if let Err(e) = write_record(auditor, record).await {
                     tracing::error!("the refusal could not be audited: {e}");
                 }
             }
-            return Err(format!("denied: {why}"));
+            return Err(why);
         }
         if !described.privileged {
             return Ok(());
@@ -317,7 +454,7 @@ impl Session {
         write_record(auditor, record.clone())
             .await
             .map_err(|e| format!("refused, nothing was done: the audit record could not be written: {e}"))?;
-        pending.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().push_back(record);
+        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, record);
         Ok(())
     }
 }
@@ -330,11 +467,8 @@ async fn write_record(auditor: Arc<Auditor>, record: Record) -> Result<(), Strin
 }
 
 /// Records the outcome of an audited request as its final answer goes out.
-async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, response: &proto::Response) {
-    if response.status() == Status::Processing {
-        return;
-    }
-    let started = pending.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&response.id).and_then(VecDeque::pop_front);
+async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &proto::Response) {
+    let started = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     let (Some(auditor), Some(mut record)) = (auditor.clone(), started) else { return };
     record.result = if response.status() == Status::Ok { Outcome::Ok } else { Outcome::Failed };
     record.reason = response.message.clone();
@@ -343,74 +477,162 @@ async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, response
     }
 }
 
+/// The ids of one connection's requests that have no final answer yet,
+/// and a wake-up for the reader when answers have gone out.
+#[derive(Default)]
+struct Flow {
+    in_flight: Mutex<HashSet<u64>>,
+    wake: Notify,
+}
+
+impl Flow {
+    fn in_flight(&self) -> MutexGuard<'_, HashSet<u64>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A frame codec that remembers when the frame it is still waiting for
+/// began, so a client that sends half a frame and stalls can be cut off.
+struct Timed {
+    codec: LengthDelimitedCodec,
+    started: Option<Instant>,
+}
+
+impl Decoder for Timed {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        let frame = self.codec.decode(src)?;
+        if src.is_empty() {
+            self.started = None;
+        } else if frame.is_some() || self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        Ok(frame)
+    }
+}
+
+/// A response the client can take: one over the size limit is replaced by
+/// a short one saying so (a final answer stays final, as a FAILURE).
+fn fit(response: proto::Response, max: usize) -> proto::Response {
+    let len = response.encoded_len();
+    if len <= max {
+        return response;
+    }
+    let status = if response.status() == Status::Processing { Status::Processing } else { Status::Failure };
+    let message = format!(
+        "the response ({len} bytes) is over the response size limit ({max} bytes, limits.max_response_size) and was \
+         left out; the request itself was carried out"
+    );
+    proto::Response { id: response.id, status: status as i32, message, content: None }
+}
+
+/// Sends the answers of one connection in order, auditing each final
+/// answer before it goes out. Returns the most bytes that waited at once.
+async fn write_responses(
+    mut queue: ReplyQueue,
+    mut writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    flow: Arc<Flow>,
+    auditor: Option<Arc<Auditor>>,
+    pending: Pending,
+    max_response: usize,
+) -> usize {
+    let mut connected = true;
+    let mut peak = 0;
+    while let Some(Outgoing { seq, response }) = queue.recv().await {
+        peak = peak.max(queue.queued() + response.encoded_len());
+        let mut response = fit(response, max_response);
+        if response.status() != Status::Processing && seq != 0 {
+            audit_final(&auditor, &pending, seq, &response).await;
+            flow.in_flight().remove(&response.id);
+        }
+        if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
+            status.audit_journal_missed = auditor.journal_missed();
+        }
+        // A client that hangs up does not end the work it asked for, nor
+        // its audit: outcomes are still recorded after the connection is gone.
+        if connected && writer.send(frame::encode(&response)).await.is_err() {
+            connected = false;
+        }
+        flow.wake.notify_one();
+    }
+    peak
+}
+
 async fn connection(
     stream: UnixStream,
     mut session: Session,
     handle: Handle,
     max_frame: usize,
     mut stop: watch::Receiver<bool>,
+    _seat: Seat,
 ) {
+    let limits = session.access.limits.clone();
     let (read, write) = stream.into_split();
-    let mut reader = FramedRead::new(read, frame::codec(max_frame));
-    let mut writer = FramedWrite::new(write, frame::codec(max_frame));
-    let (tx, mut rx) = mpsc::unbounded_channel::<proto::Response>();
+    let mut reader = FramedRead::new(read, Timed { codec: frame::codec(max_frame), started: None });
+    let writer = FramedWrite::new(write, frame::codec(limits.max_response_size));
+    let (tx, queue) = Replies::channel();
     let pending: Pending = Arc::default();
-
-    let auditor = session.access.auditor.clone();
-    let writer_pending = pending.clone();
-    // A client that hangs up does not end the work it asked for, nor its
-    // audit: outcomes are still recorded after the connection is gone.
-    let writer_task = tokio::spawn(async move {
-        let mut connected = true;
-        while let Some(mut response) = rx.recv().await {
-            audit_final(&auditor, &writer_pending, &response).await;
-            if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
-                status.audit_journal_missed = auditor.journal_missed();
+    let flow = Arc::new(Flow::default());
+    let writer_task = tokio::spawn(write_responses(
+        queue,
+        writer,
+        flow.clone(),
+        session.access.auditor.clone(),
+        pending.clone(),
+        limits.max_response_size,
+    ));
+    let session_id = session.id;
+    let mut next_seq = 1u64;
+    let max_in_flight = limits.max_requests_in_flight as usize;
+    loop {
+        // Backpressure: a client whose answers are not taken is not read
+        // from, so what it can make corrald hold is bounded.
+        while flow.in_flight().len() >= max_in_flight || tx.queued() >= limits.max_queued_response_bytes {
+            tokio::select! {
+                _ = flow.wake.notified() => {}
+                _ = stop.changed() => {}
             }
-            if connected && writer.send(frame::encode(&response)).await.is_err() {
-                connected = false;
+            if *stop.borrow() {
+                break;
             }
         }
-    });
-    let session_id = session.id;
-
-    let failure =
-        |id: u64, message: String| proto::Response { id, status: Status::Failure as i32, message, content: None };
-    loop {
         // Once stopping, a request the client already sent is still served;
         // a connection quiet for a moment is closed.
         let frame = if *stop.borrow() {
-            match tokio::time::timeout(std::time::Duration::from_millis(200), reader.next()).await {
+            match tokio::time::timeout(Duration::from_millis(200), reader.next()).await {
                 Ok(frame) => frame,
                 Err(_) => break,
             }
         } else {
+            let deadline = match reader.decoder().started {
+                Some(started) => started + limits.frame_timeout,
+                None => Instant::now() + limits.frame_timeout,
+            };
             tokio::select! {
                 frame = reader.next() => frame,
                 _ = stop.changed() => continue,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if reader.decoder().started.is_some_and(|s| s.elapsed() >= limits.frame_timeout) {
+                        let why = format!(
+                            "a frame was left unfinished for {} (limits.frame_timeout); closing the connection",
+                            humantime::format_duration(limits.frame_timeout)
+                        );
+                        tracing::debug!(session = session_id, "{why}");
+                        tx.send(0, failure(0, why));
+                        break;
+                    }
+                    continue;
+                }
             }
         };
-        match frame {
+        let request = match frame {
             None => break,
             Some(Ok(bytes)) => match proto::Request::decode(bytes) {
-                Ok(request) if request.command.is_none() => {
-                    let _ = tx.send(failure(request.id, "unknown or missing command".into()));
-                }
-                Ok(request) => {
-                    tracing::trace!(session = session_id, id = request.id, "request");
-                    let command = request.command.as_ref().expect("checked above");
-                    if let Err(why) = session.admit(request.id, command, &pending).await {
-                        let _ = tx.send(failure(request.id, why));
-                        continue;
-                    }
-                    let reply = Reply::new(request.id, tx.clone());
-                    match command {
-                        Command::AuditReopen(_) => reopen_audit(&session.access.auditor, reply).await,
-                        _ => handle.request(request, reply),
-                    }
-                }
+                Ok(request) => request,
                 Err(e) => {
-                    let _ = tx.send(failure(0, format!("undecodable request: {e}; closing the connection")));
+                    tx.send(0, failure(0, format!("undecodable request: {e}; closing the connection")));
                     break;
                 }
             },
@@ -423,13 +645,53 @@ async fn connection(
                     "truncated frame (the connection ended inside it)".to_string()
                 };
                 tracing::debug!(session = session_id, "{what}");
-                let _ = tx.send(failure(0, format!("{what}; closing the connection")));
+                tx.send(0, failure(0, format!("{what}; closing the connection")));
                 break;
             }
+        };
+        let id = request.id;
+        if id == 0 {
+            let why = "request id 0 is reserved for errors of the connection itself; closing the connection";
+            tx.send(0, failure(0, why.into()));
+            break;
+        }
+        let Some(command) = request.command.as_ref() else {
+            tx.send(0, failure(id, "unknown or missing command".into()));
+            continue;
+        };
+        if flow.in_flight().contains(&id) {
+            let why = format!("request id {id} is already in flight on this connection; refused, nothing was done");
+            tx.send(0, failure(id, why));
+            continue;
+        }
+        tracing::trace!(session = session_id, id, "request");
+        let seq = next_seq;
+        next_seq += 1;
+        if let Err(why) = session.admit(seq, id, command, &pending).await {
+            tx.send(0, failure(id, why));
+            continue;
+        }
+        flow.in_flight().insert(id);
+        let reply = Reply::new(id, seq, tx.clone());
+        match command {
+            Command::AuditReopen(_) => reopen_audit(&session.access.auditor, reply).await,
+            _ => handle.request(request, reply),
         }
     }
     // Responses to requests still in flight keep flowing until the
     // supervisor drops its senders; then the writer ends and the socket closes.
     drop(tx);
-    let _ = writer_task.await;
+    let peak = writer_task.await.unwrap_or(0);
+    // A client that made answers pile up leaves freed memory behind in the
+    // allocator's arenas; give it back rather than keep the peak for good.
+    if peak > RETURN_MEMORY_AFTER {
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe { nix::libc::malloc_trim(0) }
+        })
+        .await;
+    }
 }
+
+/// Queued answers past which a closing connection's memory is handed back.
+const RETURN_MEMORY_AFTER: usize = 1 << 20;

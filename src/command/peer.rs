@@ -23,8 +23,9 @@ use tokio::net::UnixStream;
 
 use crate::supervisor::start_time;
 
-/// Linux's option number; libc does not export it for every target yet.
+/// Linux's option numbers; libc does not export them for every target yet.
 const SO_PEERPIDFD: nix::libc::c_int = 77;
+const SO_PEERGROUPS: nix::libc::c_int = 59;
 
 /// How long a user-name lookup may take before the name is left out.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,6 +34,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups at connect time (SO_PEERGROUPS); empty when the
+    /// kernel cannot say, which only ever takes access away.
+    pub groups: Vec<u32>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
 }
@@ -42,7 +46,39 @@ pub fn identify(stream: &UnixStream) -> std::io::Result<Peer> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
     let comm = pid.and_then(|pid| comm_of(stream.as_raw_fd(), pid));
-    Ok(Peer { uid: cred.uid(), gid: cred.gid(), pid, comm })
+    let groups = peer_groups(stream.as_raw_fd());
+    Ok(Peer { uid: cred.uid(), gid: cred.gid(), groups, pid, comm })
+}
+
+/// The peer's supplementary groups as they were when it connected.
+fn peer_groups(socket: RawFd) -> Vec<u32> {
+    // Linux caps a process at 65536 groups; ask for a size that covers
+    // common cases, then once more with the size the kernel reports.
+    let mut groups: Vec<nix::libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<nix::libc::gid_t>()) as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the buffer,
+        // which is that long, and updates `len`.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                socket,
+                nix::libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<nix::libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(nix::libc::ERANGE) || count > 65536 {
+            return Vec::new();
+        }
+        groups.resize(count, 0);
+    }
+    Vec::new()
 }
 
 fn comm_of(socket: RawFd, pid: u32) -> Option<String> {

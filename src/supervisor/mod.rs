@@ -13,20 +13,23 @@ mod orchestrate;
 mod process;
 pub mod runtime;
 pub mod state;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode, StopMode};
 use crate::journal::Output;
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
+use crate::sanitise::sanitise;
 use crate::systemd::notify::Notifier;
 use crate::systemd::{self, Placement, Systemd};
 use fanout::{OpEvent, OpSink};
@@ -34,25 +37,82 @@ use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
 pub use process::{run_gate, start_time, GATE_ARG};
+pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 
-/// Where the responses to one connection's requests go.
-pub type Replies = mpsc::UnboundedSender<proto::Response>;
+/// A response on its way to a connection's writer, with the sequence
+/// number the connection gave the request it answers (0: a request the
+/// connection refused itself, which it does not track).
+pub struct Outgoing {
+    pub seq: u64,
+    pub response: proto::Response,
+}
+
+/// Where the responses to one connection's requests go. Never blocks the
+/// sender (the actor must not wait on a client); instead it counts the
+/// bytes waiting, so the connection can stop reading a client that does
+/// not read its answers.
+#[derive(Clone)]
+pub struct Replies {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The receiving end of [`Replies`], for the connection's writer.
+pub struct ReplyQueue {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Replies {
+    pub fn channel() -> (Replies, ReplyQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Replies { tx, queued: queued.clone() }, ReplyQueue { rx, queued })
+    }
+
+    /// Bytes of responses sent and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn send(&self, seq: u64, response: proto::Response) {
+        let len = response.encoded_len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        // A client that hung up no longer wants the answer; the work goes on.
+        if self.tx.send(Outgoing { seq, response }).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ReplyQueue {
+    /// The next response; its bytes no longer count as waiting.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let outgoing = self.rx.recv().await?;
+        self.queued.fetch_sub(outgoing.response.encoded_len(), Ordering::Relaxed);
+        Some(outgoing)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
 
 /// Answers one request: any number of `PROCESSING`, then one final answer.
 #[derive(Clone)]
 pub struct Reply {
     id: u64,
+    seq: u64,
     tx: Replies,
 }
 
 impl Reply {
-    pub fn new(id: u64, tx: Replies) -> Reply {
-        Reply { id, tx }
+    pub fn new(id: u64, seq: u64, tx: Replies) -> Reply {
+        Reply { id, seq, tx }
     }
 
     fn send(&self, status: Status, message: String, content: Option<Content>) {
-        // A client that hung up no longer wants the answer; the work goes on.
-        let _ = self.tx.send(proto::Response { id: self.id, status: status as i32, message, content });
+        self.tx.send(self.seq, proto::Response { id: self.id, status: status as i32, message, content });
     }
 
     pub fn processing(&self, message: String, content: Option<Content>) {
@@ -143,6 +203,12 @@ pub enum Msg {
     },
     /// The socket is quiet: end the run loop for the upgrade.
     Release,
+    /// A state file was read for a `load-state`.
+    ApplyState {
+        saved: state::SavedState,
+        path: PathBuf,
+        reply: Reply,
+    },
     /// Test builds only: block the run loop for good, so that the service
     /// manager's watchdog can be seen to fire.
     #[cfg(feature = "fault-injection")]
@@ -406,6 +472,13 @@ impl Supervisor {
                     return Ending::Handover;
                 }
                 Msg::UpgradeChecked { binary, reply } => self.upgrade_checked(binary, reply),
+                Msg::ApplyState { saved, path, reply } => {
+                    if self.shutting_down {
+                        reply.failure("corrald is shutting down".into(), None);
+                    } else {
+                        self.apply_state(saved, &path, reply);
+                    }
+                }
                 Msg::Release => {
                     if let Some(binary) = self.upgrading.take() {
                         let fds = self
@@ -429,8 +502,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts an upgrade: the new binary must pass `--check-config` on the
-    /// current config before anything is torn down.
+    /// Starts an upgrade: the new binary must pass [`upgrade::preflight`]
+    /// before anything is torn down.
     fn upgrade(&mut self, binary: &str, reply: Reply) {
         if self.upgrades.is_none() {
             reply.failure("this corrald cannot be upgraded in place".into(), None);
@@ -453,27 +526,9 @@ impl Supervisor {
         };
         let (config, handle) = (self.config.path.clone(), self.handle());
         tokio::spawn(async move {
-            let check = tokio::process::Command::new(&binary)
-                .arg("--check-config")
-                .arg(&config)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            let refused = |why: String| format!("upgrade refused, the running corrald stays: {why}");
-            match tokio::time::timeout(Duration::from_secs(10), check).await {
-                Ok(Ok(out)) if out.status.success() => handle.send(Msg::UpgradeChecked { binary, reply }),
-                Ok(Ok(out)) => reply.failure(
-                    refused(format!(
-                        "{} --check-config {} failed ({}): {}",
-                        binary.display(),
-                        config.display(),
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )),
-                    None,
-                ),
-                Ok(Err(e)) => reply.failure(refused(format!("cannot run {}: {e}", binary.display())), None),
-                Err(_) => reply.failure(refused(format!("{} did not answer within 10s", binary.display())), None),
+            match upgrade::preflight(&binary, &config).await {
+                Ok(binary) => handle.send(Msg::UpgradeChecked { binary, reply }),
+                Err(why) => reply.failure(format!("upgrade refused, the running corrald stays: {why}"), None),
             }
         });
     }
@@ -486,7 +541,8 @@ impl Supervisor {
         let workers = self.running();
         let Some(upgrades) = &self.upgrades else { return };
         tracing::info!(binary = %binary.display(), workers, "upgrading in place");
-        reply.ok(format!("upgrading to {}: the socket and {workers} workers carry over", binary.display()), None);
+        let shown = crate::files::shown(&binary);
+        reply.ok(format!("upgrading to {shown}: the socket and {workers} workers carry over"), None);
         let _ = upgrades.send(binary.clone());
         self.upgrading = Some(binary);
     }
@@ -532,7 +588,12 @@ impl Supervisor {
     pub fn adopt(&mut self, mut stored: HashMap<String, OwnedFd>) {
         let path = runtime::path(&self.config.state_directory);
         let mut adopted = 0;
-        for w in runtime::load(&path) {
+        let limits = self.config.limits.clone();
+        for (n, w) in runtime::load(&path, limits.max_state_file_size).into_iter().enumerate() {
+            if n >= limits.max_workers as usize || w.index > limits.max_group_workers {
+                tracing::warn!(worker = %w.id, pid = w.pid, "beyond corrald's worker limits; not adopted");
+                continue;
+            }
             let mut take = |what: &str| stored.remove(&process::fd_name(w.generation, what));
             let adoptee =
                 process::Adoptee { pid: w.pid, channel: take("chan"), stdout: take("out"), stderr: take("err") };
@@ -546,9 +607,13 @@ impl Supervisor {
                 forget(self);
                 continue;
             }
-            if let Some(scope) = &w.scope {
-                if !in_scope(w.pid, scope) {
-                    tracing::warn!(worker = %w.id, pid = w.pid, "no longer in {scope}; not adopted");
+            // The scope checked is the one this worker's slot must be in,
+            // not whatever the file names.
+            if let (Some(file_scope), Some(group)) = (&w.scope, self.groups.get(&w.group)) {
+                let key = SlotKey { group: w.group.clone(), index: w.index };
+                let scope = scope_unit(&group.config, &key);
+                if *file_scope != scope || !in_scope(w.pid, &scope) {
+                    tracing::warn!(worker = %w.id, pid = w.pid, "not in the scope its slot belongs in; not adopted");
                     forget(self);
                     continue;
                 }
@@ -804,7 +869,15 @@ impl Supervisor {
             Err(e) => {
                 tracing::warn!(worker = %key.id(), command = %config.command, "failed to start: {e}");
                 slot.last_exit = format!("failed to start: {e}");
-                self.after_exit(key, false, Duration::ZERO);
+                // Out of descriptors, processes or memory is corrald's
+                // plight, not the worker's: it is retried with backoff but
+                // never counts toward the start limit, so a passing flood
+                // cannot fail a group for good.
+                let transient = matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EAGAIN | nix::libc::ENOMEM)
+                );
+                self.after_exit(key, false, Duration::ZERO, !transient);
             }
         }
     }
@@ -852,7 +925,7 @@ impl Supervisor {
                     let detail = format!("{description} before it was ready");
                     let _ = w.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, detail))));
                 }
-                self.after_exit(&key, clean, ran_for);
+                self.after_exit(&key, clean, ran_for, true);
             }
         }
     }
@@ -860,7 +933,7 @@ impl Supervisor {
     /// Decides what follows an exit (or a failed start): nothing when it was
     /// asked to stop, otherwise the restart policy with exponential backoff,
     /// bounded by the group's start limit.
-    fn after_exit(&mut self, key: &SlotKey, clean: bool, ran_for: Duration) {
+    fn after_exit(&mut self, key: &SlotKey, clean: bool, ran_for: Duration, counts: bool) {
         let shutting_down = self.shutting_down;
         let Some(group) = self.groups.get_mut(&key.group) else { return };
         let cfg = group.config.clone();
@@ -882,7 +955,9 @@ impl Supervisor {
             RestartPolicy::OnFailure => !clean,
             RestartPolicy::Never => false,
         };
-        if !restart || group_failed {
+        // A start that failed for want of resources is retried whatever the
+        // policy: the worker never ran.
+        if group_failed || (counts && !restart) {
             slot.state = if clean { SlotState::Stopped } else { SlotState::Failed };
             return;
         }
@@ -890,7 +965,7 @@ impl Supervisor {
         while group.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > cfg.start_limit_interval) {
             group.recent_restarts.pop_front();
         }
-        if group.recent_restarts.len() as u32 >= cfg.start_limit_burst {
+        if counts && group.recent_restarts.len() as u32 >= cfg.start_limit_burst {
             let reason = format!(
                 "start limit hit: {} restarts within {}",
                 cfg.start_limit_burst,
@@ -908,7 +983,9 @@ impl Supervisor {
             }
             return;
         }
-        group.recent_restarts.push_back(now);
+        if counts {
+            group.recent_restarts.push_back(now);
+        }
         slot.consecutive_failures =
             if ran_for >= cfg.restart_backoff_max { 1 } else { slot.consecutive_failures.saturating_add(1) };
         let exponent = slot.consecutive_failures.saturating_sub(1).min(20);
@@ -1042,7 +1119,7 @@ impl Supervisor {
                 }
             }
         }
-        Err(format!("no group or worker named {target:?}"))
+        Err(format!("no group or worker named \"{}\"", sanitise(target)))
     }
 
     fn on_request(&mut self, request: proto::Request, reply: Reply) {
@@ -1057,7 +1134,20 @@ impl Supervisor {
         match command {
             Command::Status(_) => reply.ok(String::new(), Some(Content::SupervisorStatus(self.status()))),
             Command::ListWorkers(req) => match self.workers(&req.group) {
-                Ok(list) => reply.ok(String::new(), Some(Content::Workers(list))),
+                Ok(mut list) => {
+                    // A big fleet's listing comes in parts, so no one answer
+                    // outgrows what a client must accept; the final one
+                    // carries the last part.
+                    let mut parts: Vec<Vec<proto::WorkerInfo>> = Vec::new();
+                    while list.workers.len() > WORKERS_PER_RESPONSE {
+                        let rest = list.workers.split_off(WORKERS_PER_RESPONSE);
+                        parts.push(std::mem::replace(&mut list.workers, rest));
+                    }
+                    for workers in parts {
+                        reply.processing(String::new(), Some(Content::Workers(proto::WorkerList { workers })));
+                    }
+                    reply.ok(String::new(), Some(Content::Workers(list)))
+                }
                 Err(e) => reply.failure(e, None),
             },
             Command::Stop(req) => match self.resolve(&req.target) {
@@ -1101,19 +1191,38 @@ impl Supervisor {
             Command::ReloadConfig(_) => self.reload(reply),
             Command::SaveState(req) => {
                 let state = self.dynamic_state();
+                let path = match self.state_file(&req.path) {
+                    Ok(path) => path,
+                    Err(e) => return reply.failure(e, None),
+                };
                 tokio::spawn(async move {
-                    let path = PathBuf::from(&req.path);
+                    let shown = crate::files::shown(&path);
                     match tokio::task::spawn_blocking(move || state::save(&path, &state)).await {
-                        Ok(Ok(())) => reply.ok(format!("state saved to {}", req.path), None),
+                        Ok(Ok(())) => reply.ok(format!("state saved to {shown}"), None),
                         Ok(Err(e)) => reply.failure(e, None),
                         Err(e) => reply.failure(format!("saving state failed: {e}"), None),
                     }
                 });
             }
-            Command::LoadState(req) => match state::load(std::path::Path::new(&req.path)) {
-                Ok(saved) => self.apply_state(saved, &req.path, reply),
-                Err(e) => reply.failure(e, None),
-            },
+            Command::LoadState(req) => {
+                let path = match self.state_file(&req.path) {
+                    Ok(path) => path,
+                    Err(e) => return reply.failure(e, None),
+                };
+                // Read off the actor: the file may be slow or large.
+                let (handle, max) = (self.handle(), self.config.limits.max_state_file_size);
+                tokio::spawn(async move {
+                    let read = {
+                        let path = path.clone();
+                        tokio::task::spawn_blocking(move || state::load(&path, max)).await
+                    };
+                    match read {
+                        Ok(Ok(saved)) => handle.send(Msg::ApplyState { saved, path, reply }),
+                        Ok(Err(e)) => reply.failure(e, None),
+                        Err(e) => reply.failure(format!("loading state failed: {e}"), None),
+                    }
+                });
+            }
             Command::Shutdown(_) => self.shutdown(reply),
             Command::Limit(req) => self.limit(&req.target, &req.properties, reply),
             // The audit trail belongs to the command socket, which answers this itself.
@@ -1200,7 +1309,7 @@ impl Supervisor {
         let keys = self.resolve("").unwrap_or_default();
         let layers = self.stop_layers(keys);
         let timeout = self.request_timeout(&layers);
-        orchestrate::shutdown(self.handle(), reply, layers, timeout);
+        orchestrate::shutdown(self.handle(), reply, layers, timeout, self.running());
     }
 
     /// Splits slots into layers to stop one after another: groups that
@@ -1271,8 +1380,27 @@ impl Supervisor {
     }
 
     fn scale(&mut self, name: &str, count: u32, reply: Reply) {
+        let limits = &self.config.limits;
+        if count > limits.max_group_workers {
+            let why = format!(
+                "cannot scale to {count}: the limit is {} workers per group (limits.max_group_workers)",
+                limits.max_group_workers
+            );
+            return reply.failure(why, None);
+        }
+        let others: u64 =
+            self.groups.iter().filter(|(n, g)| n.as_str() != name && !g.removing).map(|(_, g)| u64::from(g.desired)).sum();
+        if others + u64::from(count) > u64::from(limits.max_workers) {
+            let why = format!(
+                "cannot scale {name} to {count}: the fleet would have {} workers, over the limit of {} \
+                 (limits.max_workers)",
+                others + u64::from(count),
+                limits.max_workers
+            );
+            return reply.failure(why, None);
+        }
         let Some(group) = self.groups.get_mut(name) else {
-            reply.failure(format!("no group named {name:?}"), None);
+            reply.failure(format!("no group named {}", sanitise(name)), None);
             return;
         };
         let old = group.desired;
@@ -1380,6 +1508,19 @@ impl Supervisor {
         self.start_waiting_groups();
     }
 
+    /// Where a state file named in a request lives: a plain name in the
+    /// `saved` directory under the state directory (the only form below
+    /// the admin tier), a path as given.
+    fn state_file(&self, name: &str) -> Result<PathBuf, String> {
+        if name.contains('/') {
+            let path = PathBuf::from(name);
+            return if path.is_absolute() { Ok(path) } else { Err("a state path must be absolute".into()) };
+        }
+        let dir = self.config.state_directory.join("saved");
+        crate::files::private_dir(&dir, 0o700)?;
+        Ok(dir.join(name))
+    }
+
     fn dynamic_state(&self) -> state::SavedState {
         state::SavedState {
             version: state::STATE_VERSION,
@@ -1400,7 +1541,30 @@ impl Supervisor {
         }
     }
 
-    fn apply_state(&mut self, saved: state::SavedState, path: &str, reply: Reply) {
+    fn apply_state(&mut self, saved: state::SavedState, path: &std::path::Path, reply: Reply) {
+        let shown = crate::files::shown(path);
+        let limits = &self.config.limits;
+        if let Some((name, g)) = saved.groups.iter().find(|(_, g)| g.scale > limits.max_group_workers) {
+            let why = format!(
+                "{shown}: group {name} is scaled to {}, over the limit of {} workers per group \
+                 (limits.max_group_workers); nothing changed",
+                g.scale, limits.max_group_workers
+            );
+            return reply.failure(why, None);
+        }
+        let total: u64 = self
+            .groups
+            .iter()
+            .filter(|(_, g)| !g.removing)
+            .map(|(name, g)| u64::from(saved.groups.get(name).map_or(g.desired, |s| s.scale)))
+            .sum();
+        if total > u64::from(limits.max_workers) {
+            let why = format!(
+                "{shown} would make {total} workers, over the limit of {} (limits.max_workers); nothing changed",
+                limits.max_workers
+            );
+            return reply.failure(why, None);
+        }
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();
         let mut unknown = Vec::new();
@@ -1439,7 +1603,7 @@ impl Supervisor {
         if !unknown.is_empty() {
             summary.notes.push(format!("groups not in the config were ignored: {}", unknown.join(", ")));
         }
-        summary.notes.push(format!("state loaded from {path}"));
+        summary.notes.push(format!("state loaded from {shown}"));
         let ready_timeout = self.ready_timeout(&to_start);
         let stop_timeout = self.request_timeout(std::slice::from_ref(&to_stop));
         let plan = orchestrate::ReloadPlan { to_stop, to_start, to_await: Vec::new(), removed: Vec::new(), summary };
@@ -1498,7 +1662,7 @@ impl Supervisor {
 
     fn workers(&self, only: &str) -> Result<proto::WorkerList, String> {
         if !only.is_empty() && !self.groups.contains_key(only) {
-            return Err(format!("no group named {only:?}"));
+            return Err(format!("no group named \"{}\"", sanitise(only)));
         }
         let workers = self
             .groups
@@ -1525,6 +1689,9 @@ impl Supervisor {
         Ok(proto::WorkerList { workers })
     }
 }
+
+/// How many workers one listing response carries at most: a few dozen KiB.
+const WORKERS_PER_RESPONSE: usize = 256;
 
 /// The scope a worker of this group is placed in.
 fn scope_unit(config: &GroupConfig, key: &SlotKey) -> String {

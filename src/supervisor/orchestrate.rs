@@ -169,7 +169,7 @@ pub fn reload(
 
 /// Drains every worker, kills whatever would not drain (a supervisor that
 /// exits must not leave orphans behind), answers, then ends the run loop.
-pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout: Duration) {
+pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout: Duration, running: usize) {
     let all: Vec<SlotKey> = layers.iter().flatten().cloned().collect();
     let total = all.len();
     tokio::spawn(async move {
@@ -192,7 +192,12 @@ pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout
                 }
             }
         }
-        fan.finish(format!("drained {total} workers; corrald exits"));
+        let drained = match running {
+            0 => "no worker was running".to_string(),
+            1 => "drained 1 worker".to_string(),
+            n => format!("drained {n} workers"),
+        };
+        fan.finish(format!("{drained}; corrald exits"));
         handle.send(Msg::Exit { clean });
     });
 }

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files;
+use crate::sanitise::sanitise;
+
 const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Default)]
@@ -33,12 +36,14 @@ pub fn path(state_directory: &Path) -> PathBuf {
 
 /// The last corrald's workers; none when there is no file (a clean exit
 /// leaves an empty list) or it cannot be read, which is said.
-pub fn load(path: &Path) -> Vec<RuntimeWorker> {
-    let text = match std::fs::read(path) {
+pub fn load(path: &Path, max: usize) -> Vec<RuntimeWorker> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let text = match files::read_bounded(path, max) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::warn!("cannot read {}: {e}; no workers are adopted", path.display());
+            tracing::warn!("{e}; no workers are adopted");
             return Vec::new();
         }
     };
@@ -51,19 +56,43 @@ pub fn load(path: &Path) -> Vec<RuntimeWorker> {
     }
 }
 
-/// Parses a runtime file's bytes.
+/// Parses a runtime file's bytes, refusing the whole file if any entry is
+/// not one corrald could have written: a worker is signalled by its pid
+/// only if everything about it adds up.
 pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
-    match serde_json::from_slice::<Runtime>(text) {
-        Ok(r) if r.version == VERSION => Ok(r.workers),
-        Ok(r) => Err(format!("version {} is not {VERSION}", r.version)),
-        Err(e) => Err(format!("not a corral runtime file ({e})")),
+    let runtime = match serde_json::from_slice::<Runtime>(text) {
+        Ok(r) if r.version == VERSION => r,
+        Ok(r) => return Err(format!("version {} is not {VERSION}", r.version)),
+        Err(e) => {
+            return Err(format!(
+                "not a corral runtime file ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        }
+    };
+    for w in &runtime.workers {
+        let consistent = crate::config::check_group_name(&w.group).is_ok()
+            && w.index >= 1
+            && w.id == format!("{}-{}", w.group, w.index)
+            && w.pid > 1
+            && i32::try_from(w.pid).is_ok()
+            && w.scope.as_ref().is_none_or(|s| crate::systemd::target_of_scope(s).is_some());
+        if !consistent {
+            return Err(format!("entry {:?} is not a worker corrald could have written", sanitise(&w.id)));
+        }
     }
+    Ok(runtime.workers)
 }
 
 /// Not synced: it must survive corrald, and workers do not survive the
 /// machine.
 pub fn save(path: &Path, workers: Vec<RuntimeWorker>) {
-    if let Err(e) = super::state::write_atomically(path, &Runtime { version: VERSION, workers }, false) {
+    let written = serde_json::to_vec(&Runtime { version: VERSION, workers })
+        .map_err(|e| format!("cannot encode {}: {e}", path.display()))
+        .and_then(|text| files::write_atomically(path, &text, false));
+    if let Err(e) = written {
         tracing::warn!("{e}: a restarted corrald could not adopt the workers");
     }
 }

@@ -3,10 +3,12 @@
 //! what the operator has since changed, so it survives a restart of corrald.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::files;
+use crate::sanitise::sanitise;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -26,44 +28,17 @@ pub struct SavedGroup {
 }
 
 /// Writes the state so that a reader sees the old file or the new one,
-/// never a part: a temporary file beside it, synced, then renamed over it.
+/// never a part, and never through a planted link (see [`crate::files`]).
 pub fn save(path: &Path, state: &SavedState) -> Result<(), String> {
-    write_atomically(path, state, true)
-}
-
-/// The atomic write behind [`save`]. Without `durable` nothing is synced:
-/// for files that only need to survive corrald, not the machine.
-pub fn write_atomically<T: serde::Serialize>(path: &Path, state: &T, durable: bool) -> Result<(), String> {
-    let fail = |what: &str, e: std::io::Error| format!("cannot save state to {}: {what}: {e}", path.display());
-    if !path.is_absolute() {
-        return Err(format!("state path {} must be absolute", path.display()));
-    }
-    let dir = path.parent().ok_or_else(|| format!("state path {} has no directory", path.display()))?;
-    let name = path.file_name().ok_or_else(|| format!("state path {} names no file", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let mut text = serde_json::to_vec_pretty(state).map_err(|e| format!("cannot encode state: {e}"))?;
     text.push(b'\n');
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
-        file.write_all(&text).map_err(|e| fail("write", e))?;
-        if durable {
-            file.sync_all().map_err(|e| fail("sync", e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| fail("rename", e))?;
-        if durable {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync directory", e))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    files::write_atomically(path, &text, true)
 }
 
-pub fn load(path: &Path) -> Result<SavedState, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read state from {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Reads a state file of at most `max` bytes.
+pub fn load(path: &Path, max: usize) -> Result<SavedState, String> {
+    let text = files::read_bounded(path, max)?;
+    parse(&text).map_err(|e| format!("{}: {e}", files::shown(path)))
 }
 
 /// Parses a state file's bytes. Errors never quote the file: it may be one
@@ -78,7 +53,22 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
             state.version
         ));
     }
+    for (name, group) in &state.groups {
+        crate::config::check_group_name(name).map_err(|e| format!("in the state file: {}", sanitise(&e)))?;
+        for id in &group.stopped_workers {
+            let index = id.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('-'));
+            if !index.and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| i >= 1) {
+                return Err(format!("in the state file: {} is not a worker of group {name}", shown(id)));
+            }
+        }
+    }
     Ok(state)
+}
+
+/// A value from the file as messages show it: escaped, and short.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(48).collect();
+    format!("{:?}", sanitise(&cut))
 }
 
 /// What a reload (or a state load) changed, for the operator.
