@@ -9,8 +9,8 @@
 pub mod audit;
 pub mod command;
 pub mod config;
-pub mod files;
 pub mod ctl;
+pub mod files;
 pub mod frame;
 pub mod journal;
 pub mod sanitise;

@@ -101,17 +101,20 @@ async fn records_are_written_before_and_after_a_command_in_both_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_outside_the_allow_list_is_refused_and_audited_as_denied() {
+    require_root("the refused caller is another user");
     let mut c = Corrald::new("");
     let text = c.dir.path().join("audit.log");
     let json = c.dir.path().join("audit.jsonl");
-    let other = nix::unistd::getuid().as_raw() + 1;
+    let (outsider, _) = OUTSIDER;
+    let listed = outsider - 1;
     c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{other}]\n{WEB}"
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{listed}]\n{}{WEB}",
+        c.share_with_outsider()
     ));
     c.start();
-    let list = c.call(Cmd::ListWorkers(proto::ListWorkers { group: String::new() })).await.1;
-    assert_eq!(list.status(), Status::Failure, "even a listing is refused: {list:?}");
-    assert!(list.message.contains("not in command_allowed_uids"), "{list:?}");
+    let (ok, out) = c.ctl_as(OUTSIDER, &["workers"]);
+    assert!(!ok, "even a listing is refused: {out}");
+    assert!(out.contains("not in command_allowed_uids"), "{out}");
     // The workers, seen from outside: corrald's children.
     let corrald = c.child.as_ref().unwrap().id().to_string();
     let children = || {
@@ -121,16 +124,18 @@ async fn a_caller_outside_the_allow_list_is_refused_and_audited_as_denied() {
     };
     let before = children();
     assert_eq!(before.len(), 2, "{before:?}");
-    let (_, last) = c.call(stop("web", false)).await;
-    assert_eq!(last.status(), Status::Failure);
-    assert!(last.message.starts_with("denied: uid "), "{last:?}");
+    let (ok, out) = c.ctl_as(OUTSIDER, &["stop", "web"]);
+    assert!(!ok);
+    assert!(out.contains("FAILURE: denied: uid 65534"), "{out}");
     let text_lines = lines(&text);
     assert_eq!(text_lines.len(), 2, "{text_lines:?}");
     assert!(text_lines[1].contains("AUDIT\tStop(target=web, hard=false)"), "{}", text_lines[1]);
+    assert!(text_lines[1].contains("\tactor_uid=65534\t"), "{}", text_lines[1]);
     assert!(text_lines[1].contains("\tresult=denied\treason=uid "), "{}", text_lines[1]);
     let records = json_lines(&json);
     assert_eq!(records.last().unwrap()["result"], "denied");
     assert_eq!(children(), before, "the refused stop must not have touched the workers");
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,8 +49,14 @@ async fn workers_get_a_clean_environment_with_their_identity() {
 async fn a_group_runs_as_its_configured_user() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (CI runs as root) to switch users");
     let mut c = Corrald::new("");
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = c.dir.path().join("id.out");
+    // The worker writes where nobody may; corrald's own directory stays
+    // writable by root alone (corrald refuses a socket directory others
+    // could write to).
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = c.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = shared.join("id.out");
     c.write_config(&format!(
         "[groups.low]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"(id -u; id -g; id -G; echo END) > {out}.tmp; mv {out}.tmp {out}; exec sleep 600\"]\n\
          user = \"nobody\"\ngroup = \"nogroup\"\nstop_mode = \"signal\"\nready_after = \"10ms\"\n",

@@ -12,8 +12,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use corral::audit::Auditor;
-use corral::command::peer::UserNames;
 use corral::command::authorise::Policy;
+use corral::command::peer::UserNames;
 use corral::command::{self, Access, Listener};
 use corral::config::Config;
 use corral::config::{BusChoice, Scopes};

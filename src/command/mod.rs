@@ -217,7 +217,6 @@ fn lock_path(socket: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-
 /// Serves the socket until `stop` turns true, then gives every connection a
 /// moment to finish what it was sent and write out its answers. New
 /// connections meanwhile wait in the socket's backlog. Returns the
@@ -305,7 +304,11 @@ impl Throttle {
         let suppressed = std::mem::take(&mut self.suppressed);
         self.last = Some(std::time::Instant::now());
         if suppressed > 0 {
-            tracing::warn!("{}: {detail} (and {suppressed} more times in the last {}s)", self.what, Self::PERIOD.as_secs());
+            tracing::warn!(
+                "{}: {detail} (and {suppressed} more times in the last {}s)",
+                self.what,
+                Self::PERIOD.as_secs()
+            );
         } else {
             tracing::warn!("{}: {detail}", self.what);
         }
@@ -345,9 +348,7 @@ impl Seats {
             }
             let mine = s.by_uid.get(&uid).copied().unwrap_or(0);
             if mine >= limits.max_connections_per_uid {
-                return Err(format!(
-                    "uid {uid} already has {mine} connections open (limits.max_connections_per_uid)"
-                ));
+                return Err(format!("uid {uid} already has {mine} connections open (limits.max_connections_per_uid)"));
             }
         }
         s.total += 1;
@@ -428,23 +429,23 @@ impl Session {
         }
     }
 
-    /// Lets a request through, or says why not. A privileged one is
-    /// audited before it is let through, and its record is kept under
+    /// Lets a request through, or says why not (and audits the refusal). A
+    /// privileged one is audited before it is let through, and its record is kept under
     /// `seq` for its final answer to be audited too.
     async fn admit(&mut self, seq: u64, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
         let described = authorise::describe(command);
         let checked = validate::check(command, &self.access.limits)
-            .map_err(|why| format!("refused: {why}"))
-            .and_then(|()| self.access.policy.check(&self.peer, &described).map_err(|why| format!("denied: {why}")));
-        if let Err(why) = checked {
-            tracing::warn!(session = self.id, uid = self.peer.uid, "request {}", sanitise(&why));
-            if let (true, Some(auditor)) = (described.privileged, self.access.auditor.clone()) {
+            .map_err(|why| ("refused", why))
+            .and_then(|()| self.access.policy.check(&self.peer, &described).map(drop).map_err(|why| ("denied", why)));
+        if let Err((kind, why)) = checked {
+            tracing::warn!(session = self.id, uid = self.peer.uid, "request {kind}: {}", sanitise(&why));
+            if let Some(auditor) = self.access.auditor.clone() {
                 let record = self.record(id, &described, Outcome::Denied, why.clone()).await;
                 if let Err(e) = write_record(auditor, record).await {
                     tracing::error!("the refusal could not be audited: {e}");
                 }
             }
-            return Err(why);
+            return Err(format!("{kind}: {why}"));
         }
         if !described.privileged {
             return Ok(());

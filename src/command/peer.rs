@@ -60,13 +60,7 @@ fn peer_groups(socket: RawFd) -> Vec<u32> {
         // SAFETY: getsockopt writes at most `len` bytes into the buffer,
         // which is that long, and updates `len`.
         let rc = unsafe {
-            nix::libc::getsockopt(
-                socket,
-                nix::libc::SOL_SOCKET,
-                SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
+            nix::libc::getsockopt(socket, nix::libc::SOL_SOCKET, SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len)
         };
         let count = len as usize / std::mem::size_of::<nix::libc::gid_t>();
         if rc == 0 {

@@ -1388,8 +1388,12 @@ impl Supervisor {
             );
             return reply.failure(why, None);
         }
-        let others: u64 =
-            self.groups.iter().filter(|(n, g)| n.as_str() != name && !g.removing).map(|(_, g)| u64::from(g.desired)).sum();
+        let others: u64 = self
+            .groups
+            .iter()
+            .filter(|(n, g)| n.as_str() != name && !g.removing)
+            .map(|(_, g)| u64::from(g.desired))
+            .sum();
         if others + u64::from(count) > u64::from(limits.max_workers) {
             let why = format!(
                 "cannot scale {name} to {count}: the fleet would have {} workers, over the limit of {} \

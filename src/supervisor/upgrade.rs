@@ -63,12 +63,7 @@ pub async fn preflight(binary: &Path, config: &Path) -> Result<PathBuf, String> 
     let config_arg = config.as_os_str();
     let (ok, out, err) = probe(&path, &[std::ffi::OsStr::new("--check-config"), config_arg]).await?;
     if !ok {
-        return Err(format!(
-            "{} --check-config {} failed{}",
-            shown(&path),
-            shown(config),
-            excerpt(&out, &err)
-        ));
+        return Err(format!("{} --check-config {} failed{}", shown(&path), shown(config), excerpt(&out, &err)));
     }
     Ok(path)
 }

@@ -269,6 +269,37 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The uid and gid of the outside caller in tests of who may do what:
+/// nobody and nogroup on Debian.
+pub const OUTSIDER: (u32, u32) = (65534, 65534);
+
+/// Tests that act as another user need root to become one; CI runs as root.
+pub fn require_root(why: &str) {
+    assert!(nix::unistd::geteuid().is_root(), "this test must run as root: {why} (CI runs the tests as root)");
+}
+
+impl Corrald {
+    /// The config line that grants the outsider's group the socket; the
+    /// test's directory is opened for traversal so the outsider can reach it.
+    pub fn share_with_outsider(&self) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        "command_socket_group = \"nogroup\"\n".to_string()
+    }
+
+    /// Runs corralctl on this corrald's socket as `uid`/`gid` with no
+    /// supplementary groups: whether it exited 0, and its output.
+    pub fn ctl_as(&self, (uid, gid): (u32, u32), args: &[&str]) -> (bool, String) {
+        require_root("running corralctl as another user");
+        let (uid, gid) = (uid.to_string(), gid.to_string());
+        let mut all = vec!["--reuid", &uid, "--regid", &gid, "--clear-groups", CORRALCTL, "--socket"];
+        let socket = path_str(&self.socket);
+        all.push(&socket);
+        all.extend_from_slice(args);
+        run("setpriv", &all)
+    }
+}
+
 /// Runs a command to its end: whether it succeeded, and its stdout then stderr.
 pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
