@@ -356,8 +356,8 @@ impl Auditor {
 
 #[cfg(test)]
 mod tests {
-    use crate::sanitise::{sanitise, sanitise_bytes};
     use super::*;
+    use crate::sanitise::{sanitise, sanitise_bytes};
     use proptest::prelude::*;
 
     /// Text built from the characters that break logs and terminals, mixed

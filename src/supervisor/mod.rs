@@ -1459,6 +1459,8 @@ impl Supervisor {
                     "failed"
                 } else if g.waiting {
                     "waiting"
+                } else if running == 0 && g.slots.values().any(|s| s.state == SlotState::Backoff) {
+                    "restarting"
                 } else if running == 0 && g.desired > 0 {
                     "stopped"
                 } else {
