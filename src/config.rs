@@ -753,7 +753,8 @@ impl Config {
             return Err(too_large());
         }
         let config = Config::parse(&text, path)?;
-        config.check_host()?;
+        // Named as the caller named it, like the errors of parse.
+        config.check_host().map_err(|e| err(e.message))?;
         Ok(config)
     }
 
