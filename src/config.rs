@@ -7,14 +7,40 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Read;
+use std::ops::RangeInclusive;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use nix::unistd::Gid;
 use serde::{Deserialize, Deserializer};
 
 use crate::audit::AuditConfig;
 use crate::journal::StreamPolicy;
+use crate::sanitise::sanitise;
+use crate::systemd::properties;
+
+/// The largest config file read: far beyond any real fleet, and it bounds
+/// what a wrong path (a log, a device) can make corrald read and parse.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// The longest string the file may give (a command, an argument, an
+/// environment entry, a path, a name): PATH_MAX, and a bound on what every
+/// worker's start copies.
+pub const MAX_STRING: usize = 4096;
+
+/// The most arguments, and the most environment entries, a group may have.
+pub const MAX_LIST: usize = 1024;
+
+/// The longest socket path: `sockaddr_un.sun_path` is 108 bytes on Linux,
+/// one of them the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The PATH a worker gets when its group's environment sets none, as systemd
+/// gives services.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where corrald listens and corralctl connects when no socket is named:
 /// `/run/corral/corrald.sock` for root, else under `$XDG_RUNTIME_DIR/corral/`,
@@ -51,9 +77,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Every part of a message can carry text from the file or its name (a key,
+/// a value, a TOML error quoting them), so all of it is escaped here, where
+/// no error can miss it.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.message)
+        write!(f, "{}: {}", sanitise(&self.file.to_string_lossy()), sanitise(&self.message))
     }
 }
 
@@ -75,26 +104,48 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who may send which commands, beyond the socket's file mode.
     pub access: AccessLists,
-    pub limits: Limits,
     /// A group granted the socket (mode 0660 instead of 0600).
     pub socket_group: Option<String>,
+    pub limits: Limits,
     pub groups: BTreeMap<String, GroupConfig>,
 }
 
 /// Bounds on everything a client (or a file) can make corrald grow.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Workers in all groups together, however they came to be (config
+    /// counts, `scale`, `load-state`). Default 4096; 1 to 65536.
     pub max_workers: u32,
+    /// Workers in one group. Default 1024; 1 to 65536.
     pub max_group_workers: u32,
+    /// Default 256; 1 to 4096.
     pub max_groups: u32,
+    /// Concurrent command-socket connections. Default 256; 8 to 65536.
     pub max_connections: u32,
+    /// Concurrent connections of one uid; admin-tier callers are exempt.
+    /// Default 32; 1 to 65536.
     pub max_connections_per_uid: u32,
+    /// Connections only admin-tier callers may use, so a flood cannot lock
+    /// the operator out. Default 16; at least 1 and less than
+    /// `max_connections`.
     pub admin_connection_reserve: u32,
+    /// Requests of one connection being served at once. Default 64; 1 to
+    /// 1024.
     pub max_requests_in_flight: u32,
+    /// Response bytes waiting for one connection to read them. Default 4M;
+    /// 64K to 1G.
     pub max_queued_response_bytes: usize,
+    /// The largest response frame corrald sends. Default 16M; 64K to 16M
+    /// (what clients must accept: `ctl::MAX_RESPONSE_FRAME`),
+    /// and not less than `max_frame_size`.
     pub max_response_size: usize,
+    /// A frame once started must be complete within this. Default 10s;
+    /// 100ms to 10min.
     pub frame_timeout: Duration,
+    /// The largest state file (and `workers.json`) read. Default 4M; 64K to
+    /// 1G.
     pub max_state_file_size: usize,
+    /// Bytes of one argument an audit record keeps. Default 256; 32 to 64K.
     pub max_audit_argument: usize,
 }
 
@@ -219,6 +270,14 @@ pub struct GroupConfig {
     pub stderr: StreamPolicy,
 }
 
+impl GroupConfig {
+    /// The PATH the group's workers get, and so where a bare command name is
+    /// looked up: the group's own, else [`DEFAULT_PATH`].
+    pub fn search_path(&self) -> &str {
+        self.environment.get("PATH").map_or(DEFAULT_PATH, String::as_str)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -251,7 +310,133 @@ struct RawConfig {
     command_admin_gids: Vec<u32>,
     command_socket_group: Option<String>,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_workers: Option<u32>,
+    max_group_workers: Option<u32>,
+    max_groups: Option<u32>,
+    max_connections: Option<u32>,
+    max_connections_per_uid: Option<u32>,
+    admin_connection_reserve: Option<u32>,
+    max_requests_in_flight: Option<u32>,
+    max_queued_response_bytes: Option<Scalar>,
+    max_response_size: Option<Scalar>,
+    #[serde(default, deserialize_with = "some_duration")]
+    frame_timeout: Option<Duration>,
+    max_state_file_size: Option<Scalar>,
+    max_audit_argument: Option<Scalar>,
+}
+
+impl RawLimits {
+    /// Fills in defaults and checks ranges; an error is a whole message
+    /// naming the key.
+    fn resolve(self, max_frame_size: usize) -> Result<Limits, String> {
+        let d = Limits::default();
+        let max_connections = count("max_connections", self.max_connections, d.max_connections, 8..=65536)?;
+        let max_response_size =
+            size("max_response_size", self.max_response_size, d.max_response_size, 64 << 10..=16 << 20)?;
+        if max_response_size < max_frame_size {
+            return Err(format!(
+                "key `limits.max_response_size`: {max_response_size} bytes is less than max_frame_size \
+                 ({max_frame_size} bytes): a response must be able to carry what a request can"
+            ));
+        }
+        let frame_timeout = self.frame_timeout.unwrap_or(d.frame_timeout);
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&frame_timeout) {
+            return Err(format!(
+                "key `limits.frame_timeout`: {} is out of range (100ms to 10min)",
+                humantime::format_duration(frame_timeout)
+            ));
+        }
+        Ok(Limits {
+            max_workers: count("max_workers", self.max_workers, d.max_workers, 1..=65536)?,
+            max_group_workers: count("max_group_workers", self.max_group_workers, d.max_group_workers, 1..=65536)?,
+            max_groups: count("max_groups", self.max_groups, d.max_groups, 1..=4096)?,
+            max_connections,
+            max_connections_per_uid: count(
+                "max_connections_per_uid",
+                self.max_connections_per_uid,
+                d.max_connections_per_uid,
+                1..=65536,
+            )?,
+            admin_connection_reserve: count(
+                "admin_connection_reserve",
+                self.admin_connection_reserve,
+                d.admin_connection_reserve,
+                1..=max_connections - 1,
+            )
+            .map_err(|m| format!("{m}; it must be less than max_connections ({max_connections})"))?,
+            max_requests_in_flight: count(
+                "max_requests_in_flight",
+                self.max_requests_in_flight,
+                d.max_requests_in_flight,
+                1..=1024,
+            )?,
+            max_queued_response_bytes: size(
+                "max_queued_response_bytes",
+                self.max_queued_response_bytes,
+                d.max_queued_response_bytes,
+                64 << 10..=1 << 30,
+            )?,
+            max_response_size,
+            frame_timeout,
+            max_state_file_size: size(
+                "max_state_file_size",
+                self.max_state_file_size,
+                d.max_state_file_size,
+                64 << 10..=1 << 30,
+            )?,
+            max_audit_argument: size(
+                "max_audit_argument",
+                self.max_audit_argument,
+                d.max_audit_argument,
+                32..=64 << 10,
+            )?,
+        })
+    }
+}
+
+/// A `limits` count, or its default.
+fn count(key: &str, value: Option<u32>, default: u32, range: RangeInclusive<u32>) -> Result<u32, String> {
+    let n = value.unwrap_or(default);
+    if !range.contains(&n) {
+        return Err(format!("key `limits.{key}`: {n} is out of range ({} to {})", range.start(), range.end()));
+    }
+    Ok(n)
+}
+
+/// A `limits` size, written as bytes or with systemd's suffixes, or its
+/// default.
+fn size(key: &str, value: Option<Scalar>, default: usize, range: RangeInclusive<usize>) -> Result<usize, String> {
+    let n = match value {
+        None => return Ok(default),
+        Some(Scalar::Number(n)) => n,
+        Some(Scalar::Text(t)) => properties::bytes(&t).map_err(|m| format!("key `limits.{key}`: {m}"))?,
+    };
+    match usize::try_from(n) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "key `limits.{key}`: {n} bytes is out of range ({} to {})",
+            size_text(*range.start()),
+            size_text(*range.end())
+        )),
+    }
+}
+
+/// A size the way the file may write it: "64K" when exact, else bytes.
+fn size_text(n: usize) -> String {
+    for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{suffix}", n >> shift);
+        }
+    }
+    n.to_string()
 }
 
 #[derive(Deserialize)]
@@ -379,6 +564,11 @@ fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     })
 }
 
+/// [`duration`] for a key that may be left out.
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// Durations as humans write them: "250ms", "5s", "1m 30s".
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -419,16 +609,159 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The checks of one group that need nothing but the file. Errors are whole
+/// messages naming the key.
+fn check_group(name: &str, g: &RawGroup, limits: &Limits) -> Result<(), String> {
+    let key = |k: &str| format!("groups.{name}.{k}");
+    if g.command.is_empty() {
+        return Err(format!("key `{}`: must not be empty", key("command")));
+    }
+    if g.count > limits.max_group_workers {
+        return Err(format!(
+            "key `{}`: {} is more than max_group_workers ({}); `limits.max_group_workers` raises it",
+            key("count"),
+            g.count,
+            limits.max_group_workers
+        ));
+    }
+    if g.args.len() > MAX_LIST {
+        return Err(format!("key `{}`: {} arguments, more than {MAX_LIST}", key("args"), g.args.len()));
+    }
+    for (i, arg) in g.args.iter().enumerate() {
+        check_text(&key(&format!("args[{i}]")), arg.as_bytes())?;
+    }
+    if g.environment.len() > MAX_LIST {
+        return Err(format!("key `{}`: {} variables, more than {MAX_LIST}", key("environment"), g.environment.len()));
+    }
+    for (var, value) in &g.environment {
+        if var.is_empty() || var.contains('=') {
+            return Err(format!("key `{}`: invalid variable name {var:?}", key("environment")));
+        }
+        check_text(&key("environment"), var.as_bytes())?;
+        check_text(&key(&format!("environment.{var}")), value.as_bytes())?;
+    }
+    for (k, id) in [("user", &g.user), ("group", &g.group)] {
+        if let Some(id) = id {
+            if id.is_empty() {
+                return Err(format!("key `{}`: must not be empty", key(k)));
+            }
+            check_text(&key(k), id.as_bytes())?;
+        }
+    }
+    if g.after.len() > limits.max_groups as usize {
+        return Err(format!(
+            "key `{}`: {} entries, more than max_groups ({})",
+            key("after"),
+            g.after.len(),
+            limits.max_groups
+        ));
+    }
+    if matches!(g.stop_signal, Signal::SIGKILL | Signal::SIGSTOP) {
+        return Err(format!(
+            "key `{}`: {} cannot be caught, so a soft stop would be a kill or a freeze (SIGKILL is what \
+             stop_timeout_action = \"kill\" sends once the soft stop has had its time)",
+            key("stop_signal"),
+            g.stop_signal
+        ));
+    }
+    if g.restart_backoff_initial.is_zero() {
+        return Err(format!("key `{}`: must be greater than zero", key("restart_backoff_initial")));
+    }
+    if g.restart_backoff_max < g.restart_backoff_initial {
+        return Err(format!("key `{}`: must not be less than restart_backoff_initial", key("restart_backoff_max")));
+    }
+    if g.start_limit_burst == 0 {
+        return Err(format!("key `{}`: must be at least 1", key("start_limit_burst")));
+    }
+    if g.max_unavailable == 0 {
+        return Err(format!("key `{}`: must be at least 1", key("max_unavailable")));
+    }
+    Ok(())
+}
+
+/// Strings the file gives end up in argv, environ and system calls, which
+/// end a string at its first NUL: one inside would silently cut it.
+fn check_text(key: &str, text: &[u8]) -> Result<(), String> {
+    if text.len() > MAX_STRING {
+        return Err(format!("key `{key}`: {} bytes long, more than {MAX_STRING}", text.len()));
+    }
+    if text.contains(&0) {
+        return Err(format!("key `{key}`: contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn check_socket_path(socket: &Path) -> Result<(), String> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "key `socket`: {} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            socket.display()
+        ));
+    }
+    check_text("socket", socket.as_os_str().as_bytes())
+}
+
+/// An error from the user database is an error too: a group that cannot be
+/// looked up now cannot be relied on at a worker's start either.
+fn lookup_group(name: &str) -> Result<Gid, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("no group named {name:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+/// Finds the file a worker's exec would run: a path as it is, a bare name
+/// the way execvp searches the worker's PATH (an empty entry or a relative
+/// one is taken from the working directory the worker starts in).
+fn find_command(g: &GroupConfig) -> Result<(), String> {
+    if g.command.contains('/') {
+        return executable(Path::new(&g.command));
+    }
+    let here = g.working_directory.clone().unwrap_or_default();
+    if g.search_path().split(':').any(|dir| executable(&here.join(dir).join(&g.command)).is_ok()) {
+        return Ok(());
+    }
+    Err(format!("no executable {:?} in the workers' PATH ({})", g.command, g.search_path()))
+}
+
+/// A regular file this process may execute; for root that is any file
+/// with an execute bit.
+fn executable(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("{} is not executable: {}", path.display(), e.desc()))
+}
+
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads a config file and checks it against this host: what `parse`
+    /// checks, and that its users, groups, commands and directories exist.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError { file: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        Config::parse(&text, path)
+        let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let too_large = || err(format!("the file is larger than {MAX_CONFIG_FILE} bytes, the most a config may be"));
+        if file.metadata().map_err(|e| err(format!("cannot read: {e}")))?.len() > MAX_CONFIG_FILE {
+            return Err(too_large());
+        }
+        // The size can change after the check, and a pipe has none.
+        let mut text = String::new();
+        file.take(MAX_CONFIG_FILE + 1).read_to_string(&mut text).map_err(|e| err(format!("cannot read: {e}")))?;
+        if text.len() as u64 > MAX_CONFIG_FILE {
+            return Err(too_large());
+        }
+        let config = Config::parse(&text, path)?;
+        // Named as the caller named it, like the errors of parse.
+        config.check_host().map_err(|e| err(e.message))?;
+        Ok(config)
     }
 
     /// Parses config text; `path` names the file in errors and anchors
-    /// relative paths.
+    /// relative paths. Everything that needs no look at the host is checked
+    /// here, and nothing here touches the filesystem or the user database.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError { file: path.to_path_buf(), message };
         let de = toml::Deserializer::new(text);
@@ -450,42 +783,33 @@ impl Config {
             }
         })?;
 
+        let max_frame_size = raw.max_frame_size.unwrap_or(crate::frame::MAX_COMMAND_FRAME);
+        if !(64..=64 * 1024 * 1024).contains(&max_frame_size) {
+            return Err(err("key `max_frame_size`: must be between 64 and 67108864 bytes".into()));
+        }
+        let limits = raw.limits.resolve(max_frame_size).map_err(err)?;
+        if raw.groups.len() > limits.max_groups as usize {
+            return Err(err(format!(
+                "key `groups`: {} groups is more than max_groups ({}); `limits.max_groups` raises it",
+                raw.groups.len(),
+                limits.max_groups
+            )));
+        }
+
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let mut groups = BTreeMap::new();
         for (name, g) in raw.groups {
             let key = |k: &str| format!("groups.{name}.{k}");
             check_group_name(&name).map_err(|m| err(format!("key `groups.{name}`: {m}")))?;
-            if g.command.is_empty() {
-                return Err(err(format!("key `{}`: must not be empty", key("command"))));
-            }
-            if g.restart_backoff_initial.is_zero() {
-                return Err(err(format!("key `{}`: must be greater than zero", key("restart_backoff_initial"))));
-            }
-            if g.restart_backoff_max < g.restart_backoff_initial {
-                return Err(err(format!(
-                    "key `{}`: must not be less than restart_backoff_initial",
-                    key("restart_backoff_max")
-                )));
-            }
-            if g.start_limit_burst == 0 {
-                return Err(err(format!("key `{}`: must be at least 1", key("start_limit_burst"))));
-            }
-            if g.max_unavailable == 0 {
-                return Err(err(format!("key `{}`: must be at least 1", key("max_unavailable"))));
-            }
-            for var in g.environment.keys() {
-                if var.is_empty() || var.contains('=') || var.contains('\0') {
-                    return Err(err(format!("key `{}`: invalid variable name {var:?}", key("environment"))));
-                }
-            }
+            check_group(&name, &g, &limits).map_err(err)?;
             let mut resources = Vec::new();
             for (k, v) in &g.resources {
                 let text = match v {
                     Scalar::Number(n) => n.to_string(),
                     Scalar::Text(t) => t.clone(),
                 };
-                let prop = crate::systemd::properties::parse(k, &text)
+                let prop = properties::parse(k, &text)
                     .map_err(|m| err(format!("key `{}`: {m}", key(&format!("resources.{k}")))))?;
                 resources.push(prop);
             }
@@ -496,6 +820,11 @@ impl Config {
             } else {
                 g.command
             };
+            check_text(&key("command"), command.as_bytes()).map_err(err)?;
+            let working_directory = g.working_directory.map(absolute);
+            if let Some(dir) = &working_directory {
+                check_text(&key("working_directory"), dir.as_os_str().as_bytes()).map_err(err)?;
+            }
             groups.insert(
                 name.clone(),
                 GroupConfig {
@@ -503,7 +832,7 @@ impl Config {
                     command,
                     args: g.args,
                     environment: g.environment,
-                    working_directory: g.working_directory.map(absolute),
+                    working_directory,
                     count: g.count,
                     restart: g.restart,
                     restart_backoff_initial: g.restart_backoff_initial,
@@ -527,6 +856,14 @@ impl Config {
                 },
             );
         }
+        let workers: u64 = groups.values().map(|g| u64::from(g.count)).sum();
+        if workers > u64::from(limits.max_workers) {
+            return Err(err(format!(
+                "key `limits.max_workers`: the groups' counts add up to {workers} workers, more than max_workers \
+                 ({}); raise it or lower a count",
+                limits.max_workers
+            )));
+        }
         for g in groups.values() {
             for dep in &g.after {
                 if !groups.contains_key(dep) {
@@ -538,12 +875,9 @@ impl Config {
             return Err(err(format!("key `groups.{cycle}.after`: groups start after each other in a cycle")));
         }
 
-        let max_frame_size = raw.max_frame_size.unwrap_or(crate::frame::MAX_COMMAND_FRAME);
-        if !(64..=64 * 1024 * 1024).contains(&max_frame_size) {
-            return Err(err("key `max_frame_size`: must be between 64 and 67108864 bytes".into()));
-        }
         let slice = raw.slice.unwrap_or_else(|| "corral.slice".into());
         let slice_ok = slice.len() > 6
+            && slice.len() <= 255
             && slice.ends_with(".slice")
             && slice.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '\\'));
         if !slice_ok {
@@ -552,9 +886,7 @@ impl Config {
         let output_buffer = match raw.output_buffer {
             None => 16 * 1024 * 1024,
             Some(Scalar::Number(n)) => n,
-            Some(Scalar::Text(t)) => {
-                crate::systemd::properties::bytes(&t).map_err(|m| err(format!("key `output_buffer`: {m}")))?
-            }
+            Some(Scalar::Text(t)) => properties::bytes(&t).map_err(|m| err(format!("key `output_buffer`: {m}")))?,
         };
         if output_buffer < 64 * 1024 {
             return Err(err("key `output_buffer`: must be at least 64K".into()));
@@ -563,7 +895,12 @@ impl Config {
             if name.is_empty() {
                 return Err(err("key `command_socket_group`: must not be empty".into()));
             }
+            check_text("command_socket_group", name.as_bytes()).map_err(err)?;
         }
+        let socket = raw.socket.map(absolute).unwrap_or_else(default_socket_path);
+        check_socket_path(&socket).map_err(err)?;
+        let state_directory = raw.state_directory.map(absolute).unwrap_or_else(default_state_directory);
+        check_text("state_directory", state_directory.as_os_str().as_bytes()).map_err(err)?;
         let audit = AuditConfig {
             text_target: raw.audit_logs_target.map(absolute),
             json_target: raw.audit_logs_json_target.map(absolute),
@@ -571,13 +908,18 @@ impl Config {
             sync: raw.audit_sync,
             continue_on_failure: raw.audit_failure == AuditFailure::Continue,
         };
+        for (key, target) in [("audit_logs_target", &audit.text_target), ("audit_logs_json_target", &audit.json_target)]
+        {
+            if let Some(target) = target {
+                check_text(key, target.as_os_str().as_bytes()).map_err(err)?;
+            }
+        }
         if audit.text_target.is_some() && audit.text_target == audit.json_target {
             return Err(err("key `audit_logs_json_target`: must differ from audit_logs_target".into()));
         }
         Ok(Config {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             audit,
-            limits: Limits::default(),
             access: AccessLists {
                 allowed_uids: raw.command_allowed_uids,
                 allowed_gids: raw.command_allowed_gids,
@@ -591,11 +933,58 @@ impl Config {
             scopes: raw.scopes,
             bus: raw.bus,
             slice,
-            socket: raw.socket.map(absolute).unwrap_or_else(default_socket_path),
-            state_directory: raw.state_directory.map(absolute).unwrap_or_else(default_state_directory),
+            socket,
+            state_directory,
             max_frame_size,
+            limits,
             groups,
         })
+    }
+
+    /// Checks what only this host can answer, so that `--check-config`,
+    /// startup and reload refuse a config whose workers could never start:
+    /// users and groups exist, commands are executable files (bare names
+    /// found in the workers' PATH), working directories are directories, and
+    /// `command_socket_group` names a group.
+    pub fn check_host(&self) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError { file: self.path.clone(), message };
+        self.socket_gid()?;
+        for g in self.groups.values() {
+            let key = |k: &str| format!("groups.{}.{k}", g.name);
+            if let Some(name) = &g.user {
+                match nix::unistd::User::from_name(name) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(err(format!("key `{}`: no user named {name:?} on this host", key("user")))),
+                    Err(e) => return Err(err(format!("key `{}`: cannot look up user {name:?}: {e}", key("user")))),
+                }
+            }
+            if let Some(name) = &g.group {
+                lookup_group(name).map_err(|m| err(format!("key `{}`: {m}", key("group"))))?;
+            }
+            if let Some(dir) = &g.working_directory {
+                match std::fs::metadata(dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(err(format!(
+                            "key `{}`: {} is not a directory",
+                            key("working_directory"),
+                            dir.display()
+                        )))
+                    }
+                    Err(e) => return Err(err(format!("key `{}`: {}: {e}", key("working_directory"), dir.display()))),
+                }
+            }
+            find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
+        }
+        Ok(())
+    }
+
+    /// The group `command_socket_group` names, looked up on this host.
+    pub fn socket_gid(&self) -> Result<Option<Gid>, ConfigError> {
+        let Some(name) = &self.socket_group else { return Ok(None) };
+        lookup_group(name)
+            .map(Some)
+            .map_err(|m| ConfigError { file: self.path.clone(), message: format!("key `command_socket_group`: {m}") })
     }
 
     /// Group names in an order where every group comes after the groups it
@@ -704,5 +1093,281 @@ mod tests {
         assert_eq!(c.groups["db"].command, "sleep");
         let order = c.start_order();
         assert_eq!(order.last().unwrap(), "api");
+    }
+
+    /// Asserts that `text` is refused with a message naming the file and `key`.
+    #[track_caller]
+    fn refused(text: &str, key: &str) -> String {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/corral/test.toml: "), "{e}");
+        assert!(e.contains(&format!("key `{key}`")), "wanted key `{key}`: {e}");
+        e
+    }
+
+    #[test]
+    fn limits_default_and_take_sizes_and_durations() {
+        assert_eq!(parse("").unwrap().limits, Limits::default());
+        let c = parse(
+            "[limits]\nmax_workers = 10\nmax_queued_response_bytes = \"8M\"\nmax_response_size = 2097152\n\
+             frame_timeout = \"2s\"\nmax_audit_argument = \"1K\"\nadmin_connection_reserve = 255\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_workers, 10);
+        assert_eq!(c.limits.max_queued_response_bytes, 8 << 20);
+        assert_eq!(c.limits.max_response_size, 2 << 20);
+        assert_eq!(c.limits.frame_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_audit_argument, 1024);
+        assert_eq!(c.limits.admin_connection_reserve, 255);
+        assert_eq!(c.limits.max_group_workers, 1024);
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_key() {
+        let cases = [
+            ("max_workers = 0", "limits.max_workers", "1 to 65536"),
+            ("max_workers = 65537", "limits.max_workers", "1 to 65536"),
+            ("max_workers = 5000000000", "limits.max_workers", ""),
+            ("max_workers = -1", "limits.max_workers", ""),
+            ("max_group_workers = 0", "limits.max_group_workers", "1 to 65536"),
+            ("max_groups = 4097", "limits.max_groups", "1 to 4096"),
+            ("max_connections = 7", "limits.max_connections", "8 to 65536"),
+            ("max_connections_per_uid = 0", "limits.max_connections_per_uid", "1 to 65536"),
+            ("admin_connection_reserve = 0", "limits.admin_connection_reserve", "less than max_connections (256)"),
+            ("admin_connection_reserve = 256", "limits.admin_connection_reserve", "less than max_connections (256)"),
+            ("max_connections = 8", "limits.admin_connection_reserve", "less than max_connections (8)"),
+            ("max_requests_in_flight = 1025", "limits.max_requests_in_flight", "1 to 1024"),
+            ("max_queued_response_bytes = \"2G\"", "limits.max_queued_response_bytes", "64K to 1G"),
+            ("max_response_size = \"1K\"", "limits.max_response_size", "64K to 16M"),
+            ("max_response_size = \"17M\"", "limits.max_response_size", "64K to 16M"),
+            ("max_response_size = \"64K\"", "limits.max_response_size", "less than max_frame_size"),
+            ("max_state_file_size = \"infinity\"", "limits.max_state_file_size", "64K to 1G"),
+            ("max_state_file_size = \"4Q\"", "limits.max_state_file_size", "suffix"),
+            ("max_audit_argument = 31", "limits.max_audit_argument", "32 to 64K"),
+            ("frame_timeout = \"50ms\"", "limits.frame_timeout", "100ms to 10min"),
+            ("frame_timeout = \"11min\"", "limits.frame_timeout", "100ms to 10min"),
+            ("frame_timeout = \"soon\"", "limits.frame_timeout", "invalid duration"),
+            ("max_wokers = 1", "limits.max_wokers", "unknown field"),
+        ];
+        for (line, key, detail) in cases {
+            let e = refused(&format!("[limits]\n{line}\n"), key);
+            assert!(e.contains(detail), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_are_bounded_by_the_limits() {
+        let e = refused("[groups.web]\ncommand = \"x\"\ncount = 1025\n", "groups.web.count");
+        assert!(e.contains("max_group_workers (1024)") && e.contains("`limits.max_group_workers`"), "{e}");
+        parse("[limits]\nmax_group_workers = 2000\n[groups.web]\ncommand = \"x\"\ncount = 1025\n").unwrap();
+        let two = "[groups.a]\ncommand = \"x\"\ncount = 6\n[groups.b]\ncommand = \"x\"\ncount = 5\n";
+        let e = refused(&format!("[limits]\nmax_workers = 10\n{two}"), "limits.max_workers");
+        assert!(e.contains("add up to 11 workers"), "{e}");
+        parse(&format!("[limits]\nmax_workers = 11\n{two}")).unwrap();
+        let e = refused(&format!("[limits]\nmax_groups = 1\n{two}"), "groups");
+        assert!(e.contains("2 groups") && e.contains("`limits.max_groups`"), "{e}");
+        let e = refused(
+            "[limits]\nmax_groups = 2\n[groups.a]\ncommand = \"x\"\n\
+             [groups.b]\ncommand = \"x\"\nafter = [\"a\", \"a\", \"a\"]\n",
+            "groups.b.after",
+        );
+        assert!(e.contains("3 entries, more than max_groups (2)"), "{e}");
+    }
+
+    #[test]
+    fn strings_and_lists_from_the_file_are_bounded() {
+        let long = "x".repeat(MAX_STRING + 1);
+        let e = refused(&format!("[groups.web]\ncommand = \"x\"\nargs = [\"{long}\"]\n"), "groups.web.args[0]");
+        assert!(e.contains("4097 bytes long, more than 4096"), "{e}");
+        refused(&format!("[groups.web]\ncommand = \"{long}\"\n"), "groups.web.command");
+        refused(&format!("[groups.web]\ncommand = \"x\"\nuser = \"{long}\"\n"), "groups.web.user");
+        refused(&format!("[groups.web]\ncommand = \"x\"\ngroup = \"{long}\"\n"), "groups.web.group");
+        refused(
+            &format!("[groups.web]\ncommand = \"x\"\nworking_directory = \"/{long}\"\n"),
+            "groups.web.working_directory",
+        );
+        refused(
+            &format!("[groups.web]\ncommand = \"x\"\nenvironment = {{ A = \"{long}\" }}\n"),
+            "groups.web.environment.A",
+        );
+        refused(
+            &format!("[groups.web]\ncommand = \"x\"\nenvironment = {{ {long} = \"a\" }}\n"),
+            "groups.web.environment",
+        );
+        let args = vec!["\"a\""; MAX_LIST + 1].join(", ");
+        let e = refused(&format!("[groups.web]\ncommand = \"x\"\nargs = [{args}]\n"), "groups.web.args");
+        assert!(e.contains("1025 arguments"), "{e}");
+        let vars: Vec<String> = (0..=MAX_LIST).map(|i| format!("V{i} = \"a\"")).collect();
+        let e = refused(
+            &format!("[groups.web]\ncommand = \"x\"\nenvironment = {{ {} }}\n", vars.join(", ")),
+            "groups.web.environment",
+        );
+        assert!(e.contains("1025 variables"), "{e}");
+        refused("[groups.web]\ncommand = \"x\"\nuser = \"\"\n", "groups.web.user");
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_where_a_system_call_would_cut_them() {
+        let cases = [
+            ("command = \"/bin/tr\\u0000ue\"", "groups.web.command"),
+            ("command = \"x\"\nargs = [\"ok\", \"a\\u0000b\"]", "groups.web.args[1]"),
+            ("command = \"x\"\nenvironment = { \"A\\u0000B\" = \"1\" }", "groups.web.environment"),
+            ("command = \"x\"\nenvironment = { A = \"1\\u0000\" }", "groups.web.environment.A"),
+            ("command = \"x\"\nuser = \"ro\\u0000ot\"", "groups.web.user"),
+            ("command = \"x\"\ngroup = \"ro\\u0000ot\"", "groups.web.group"),
+            ("command = \"x\"\nworking_directory = \"/tmp\\u0000/x\"", "groups.web.working_directory"),
+        ];
+        for (lines, key) in cases {
+            let e = refused(&format!("[groups.web]\n{lines}\n"), key);
+            assert!(e.contains("NUL byte") || e.contains("invalid variable name"), "{lines}: {e}");
+        }
+        refused("socket = \"/run/a\\u0000b.sock\"\n", "socket");
+    }
+
+    #[test]
+    fn socket_path_must_fit_sun_path() {
+        let fits = format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        assert_eq!(parse(&format!("socket = \"{fits}\"\n")).unwrap().socket.as_os_str().len(), 107);
+        let e = refused(&format!("socket = \"{fits}s\"\n"), "socket");
+        assert!(e.contains("108 bytes long") && e.contains("at most 107"), "{e}");
+    }
+
+    #[test]
+    fn uncatchable_stop_signals_are_refused() {
+        for signal in ["SIGKILL", "KILL", "sigstop"] {
+            let e = refused(
+                &format!("[groups.web]\ncommand = \"x\"\nstop_signal = \"{signal}\"\n"),
+                "groups.web.stop_signal",
+            );
+            assert!(e.contains("cannot be caught"), "{e}");
+        }
+        parse("[groups.web]\ncommand = \"x\"\nstop_signal = \"SIGINT\"\n").unwrap();
+    }
+
+    #[test]
+    fn messages_carry_no_raw_control_characters() {
+        for text in [
+            "[groups.\"\\u001b[31mred\"]\ncommand = \"x\"\n",
+            "\"\\u001b]0;title\\u0007\" = 1\n",
+            "[groups.web]\ncommand = \"x\"\n\"\\u009b31m\" = 1\n",
+            "[groups.web]\ncommand = \"x\"\n[groups.web.resources]\n\"Memory\\u202eMax\" = 1\n",
+            "[limits]\nmax_state_file_size = \"1\\u001b[2J\"\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.chars().any(|c| c.is_control() || c == '\u{202e}'), "{e:?}");
+            assert!(["x1b", "u{1b}", "u{9b}", "u{202e}"].iter().any(|escaped| e.contains(escaped)), "{e:?}");
+        }
+        let e = refused("[groups.web]\ncommand = \"x\"\nstop_timeout = \"soon\"\n", "groups.web.stop_timeout");
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+    }
+
+    /// Loads `text` from a file in a fresh directory, as `--check-config`
+    /// does.
+    fn load(text: &str) -> (tempfile::TempDir, PathBuf, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = Config::load(&path);
+        (dir, path, result)
+    }
+
+    #[track_caller]
+    fn load_refused(text: &str, key: &str) -> String {
+        let (_dir, path, result) = load(text);
+        let e = result.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+        assert!(e.contains(&format!("key `{key}`")), "wanted key `{key}`: {e}");
+        e
+    }
+
+    #[test]
+    fn users_and_groups_must_exist_on_this_host() {
+        let (_dir, _, result) = load("[groups.web]\ncommand = \"/bin/true\"\nuser = \"root\"\ngroup = \"root\"\n");
+        result.unwrap();
+        let e = load_refused(
+            "[groups.web]\ncommand = \"/bin/true\"\nuser = \"corral-no-such-user-xyz\"\n",
+            "groups.web.user",
+        );
+        assert!(e.contains("no user named \"corral-no-such-user-xyz\""), "{e}");
+        let e = load_refused(
+            "[groups.web]\ncommand = \"/bin/true\"\ngroup = \"corral-no-such-group-xyz\"\n",
+            "groups.web.group",
+        );
+        assert!(e.contains("no group named \"corral-no-such-group-xyz\""), "{e}");
+        let e = load_refused("command_socket_group = \"corral-no-such-group-xyz\"\n", "command_socket_group");
+        assert!(e.contains("no group named"), "{e}");
+        let (_dir, _, result) = load("command_socket_group = \"root\"\n");
+        assert_eq!(result.unwrap().socket_gid().unwrap(), Some(Gid::from_raw(0)));
+    }
+
+    #[test]
+    fn commands_must_be_executable_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, _, result) = load("[groups.web]\ncommand = \"/bin/true\"\n[groups.db]\ncommand = \"sleep\"\n");
+        result.unwrap();
+        let e = load_refused("[groups.web]\ncommand = \"/corral/no/such/command\"\n", "groups.web.command");
+        assert!(e.contains("/corral/no/such/command: No such file"), "{e}");
+        let e = load_refused("[groups.web]\ncommand = \"/tmp\"\n", "groups.web.command");
+        assert!(e.contains("/tmp is not a regular file"), "{e}");
+        let e = load_refused("[groups.web]\ncommand = \"corral-no-such-command\"\n", "groups.web.command");
+        assert!(e.contains(&format!("no executable \"corral-no-such-command\" in the workers' PATH ({DEFAULT_PATH})")));
+
+        // Relative to the config's directory; an x bit makes it runnable.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("worker");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.path().join("corral.toml");
+        std::fs::write(&path, "[groups.web]\ncommand = \"worker\"\n[groups.rel]\ncommand = \"./worker\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("key `groups.rel.command`") && e.contains("is not executable"), "{e}");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o744)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("key `groups.web.command`: no executable \"worker\""), "{e}");
+
+        // A bare name is looked up in the PATH the worker will get.
+        let with_path = format!(
+            "[groups.web]\ncommand = \"worker\"\nenvironment = {{ PATH = \"/corral/none:{}\" }}\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, with_path).unwrap();
+        Config::load(&path).unwrap();
+        std::fs::write(&path, "[groups.web]\ncommand = \"worker\"\nenvironment = { PATH = \":/corral/none\" }\n")
+            .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("key `groups.web.command`"), "an empty entry is corrald's directory, not the config's: {e}");
+        let wd = format!(
+            "[groups.web]\ncommand = \"worker\"\nworking_directory = \"{}\"\n\
+             environment = {{ PATH = \":/corral/none\" }}\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, wd).unwrap();
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn working_directory_must_be_a_directory() {
+        let e = load_refused(
+            "[groups.web]\ncommand = \"/bin/true\"\nworking_directory = \"/corral/no/such/dir\"\n",
+            "groups.web.working_directory",
+        );
+        assert!(e.contains("No such file"), "{e}");
+        let e = load_refused(
+            "[groups.web]\ncommand = \"/bin/true\"\nworking_directory = \"/bin/true\"\n",
+            "groups.web.working_directory",
+        );
+        assert!(e.contains("/bin/true is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_file_too_large_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        // Sparse: refused on its size, never read.
+        std::fs::File::create(&path).unwrap().set_len(64 << 30).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: ", path.display())) && e.contains("larger than 1048576 bytes"), "{e}");
+        let padding = format!("# {}\n", "x".repeat(MAX_CONFIG_FILE as usize));
+        std::fs::write(&path, padding).unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("larger than 1048576 bytes"));
     }
 }

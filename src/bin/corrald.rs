@@ -235,19 +235,14 @@ async fn run(
         eprintln!("corrald: state_directory: {e}");
         return ExitCode::FAILURE;
     }
-    let socket_group = match &config.socket_group {
-        None => None,
-        Some(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Some(g.gid),
-            Ok(None) => {
-                eprintln!("corrald: {}: key `command_socket_group`: no group named {name:?}", config.path.display());
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("corrald: command_socket_group {name:?}: lookup failed: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    // Looked up again for its gid: Config::load found the group, but it can
+    // have gone since.
+    let socket_group = match config.socket_gid() {
+        Ok(gid) => gid,
+        Err(e) => {
+            eprintln!("corrald: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let auditor = if config.audit.text_target.is_some() || config.audit.json_target.is_some() || config.audit.journal {
         match Auditor::open(config.audit.clone(), Some(output.clone())) {

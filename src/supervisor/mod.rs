@@ -1492,6 +1492,11 @@ impl Supervisor {
         {
             summary.notes.push("audit and access settings take effect when corrald restarts".into());
         }
+        if new.limits != self.config.limits || new.max_frame_size != self.config.max_frame_size {
+            summary
+                .notes
+                .push("worker limits apply now; connection, frame and response limits when corrald restarts".into());
+        }
         if new.socket != self.config.socket {
             summary
                 .notes
@@ -1627,6 +1632,8 @@ impl Supervisor {
                     "failed"
                 } else if g.waiting {
                     "waiting"
+                } else if running == 0 && g.slots.values().any(|s| s.state == SlotState::Backoff) {
+                    "restarting"
                 } else if running == 0 && g.desired > 0 {
                     "stopped"
                 } else {

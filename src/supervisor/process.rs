@@ -32,9 +32,6 @@ use crate::journal::{Origin, Output, Stream};
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
 use crate::systemd::notify::Notifier;
 
-/// The PATH a worker gets when its group sets none, as systemd gives services.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// The descriptor number at which a protocol worker finds its channel.
 const WORKER_FD: i32 = 3;
 
@@ -232,8 +229,9 @@ pub fn spawn(
     let gate_fd = gate.as_ref().map(|(read, _)| read.as_raw_fd());
     cmd.args(&cfg.args)
         .env_clear()
-        .env("PATH", DEFAULT_PATH)
         .envs(&cfg.environment)
+        // The PATH `Config::check_host` found the command in.
+        .env("PATH", cfg.search_path())
         .env("CORRAL_GROUP", &cfg.name)
         .env("CORRAL_WORKER_ID", worker_id)
         .stdin(Stdio::null())

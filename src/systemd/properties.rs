@@ -34,14 +34,29 @@ impl Property {
 /// The keys corral accepts, as systemd names them in unit files.
 pub const KEYS: &[&str] = &["MemoryMax", "MemoryHigh", "CPUWeight", "CPUQuota", "TasksMax", "IOWeight", "AllowedCPUs"];
 
+/// The longest value accepted: far more than any real value needs, and it
+/// bounds the work a CPU list from a client can cause.
+pub const MAX_VALUE_LEN: usize = 4096;
+
+/// The highest CPU number `AllowedCPUs` accepts (systemd's CPU sets are
+/// sized for 8192 CPUs).
+pub const MAX_CPU: usize = 8191;
+
+/// The largest `CPUQuota`: 10000 CPUs' worth, far beyond any host, and
+/// 10^10 microseconds per second still fits comfortably in systemd's u64.
+pub const MAX_CPU_QUOTA_PERCENT: u64 = 1_000_000;
+
 /// Parses `key = value` as systemd would read it in a unit file.
 pub fn parse(key: &str, value: &str) -> Result<Property, String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!("the value of {key:?} is {} bytes long (at most {MAX_VALUE_LEN})", value.len()));
+    }
     let value = value.trim();
     let prop = |dbus_name, value| Ok(Property { dbus_name, value });
     match key {
         "MemoryMax" => prop("MemoryMax", Value::U64(bytes(value)?)),
         "MemoryHigh" => prop("MemoryHigh", Value::U64(bytes(value)?)),
-        "TasksMax" => prop("TasksMax", Value::U64(count_or_infinity(value)?)),
+        "TasksMax" => prop("TasksMax", Value::U64(tasks(value)?)),
         "CPUWeight" => prop("CPUWeight", Value::U64(weight(value)?)),
         "IOWeight" => prop("IOWeight", Value::U64(weight(value)?)),
         "CPUQuota" => prop("CPUQuotaPerSecUSec", Value::U64(quota(value)?)),
@@ -50,68 +65,91 @@ pub fn parse(key: &str, value: &str) -> Result<Property, String> {
     }
 }
 
-/// Sizes with systemd's suffixes, which are powers of 1024.
+/// A plain decimal number: only ASCII digits, because `u64::from_str` would
+/// also take a sign.
+fn number(text: &str) -> Option<Result<u64, ()>> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().map_err(|_| ()))
+}
+
+/// Sizes with systemd's suffixes (B, K, M, G, T, P, E, upper case as
+/// systemd takes them), which are powers of 1024; "infinity" is u64::MAX.
 pub(crate) fn bytes(text: &str) -> Result<u64, String> {
     if text == "infinity" {
         return Ok(u64::MAX);
     }
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("invalid size {text:?} (e.g. \"512M\", \"2G\", \"infinity\")"))?;
+    let too_large = || format!("size {text:?} is too large (at most 16E, or \"infinity\")");
+    let n = match number(digits) {
+        Some(n) => n.map_err(|()| too_large())?,
+        None => return Err(format!("invalid size {text:?} (e.g. \"512M\", \"2G\", \"infinity\")")),
+    };
     let shift = match unit {
         "" | "B" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(format!("invalid size suffix in {text:?} (K, M, G or T)")),
+        "P" => 50,
+        "E" => 60,
+        _ => return Err(format!("invalid size suffix in {text:?} (B, K, M, G, T, P or E)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+    n.checked_mul(1 << shift).ok_or_else(too_large)
 }
 
-fn count_or_infinity(text: &str) -> Result<u64, String> {
+/// systemd refuses a TasksMax of 0, and u64::MAX is how it spells
+/// "infinity", so only the word means that.
+fn tasks(text: &str) -> Result<u64, String> {
     if text == "infinity" {
         return Ok(u64::MAX);
     }
-    text.parse().map_err(|_| format!("invalid count {text:?} (a number or \"infinity\")"))
+    match number(text) {
+        Some(Ok(n)) if n > 0 && n < u64::MAX => Ok(n),
+        _ => Err(format!("invalid count {text:?} (1 to {} or \"infinity\")", u64::MAX - 1)),
+    }
 }
 
 fn weight(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(n) if (1..=10000).contains(&n) => Ok(n),
+    match number(text) {
+        Some(Ok(n)) if (1..=10000).contains(&n) => Ok(n),
         _ => Err(format!("invalid weight {text:?} (1 to 10000)")),
     }
 }
 
 /// `CPUQuota = "150%"` is 1.5 s of CPU time per second, in microseconds.
 fn quota(text: &str) -> Result<u64, String> {
-    let pct = text
-        .strip_suffix('%')
-        .and_then(|p| p.parse::<u64>().ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("invalid CPU quota {text:?} (a percentage such as \"50%\" or \"200%\")"))?;
-    Ok(pct * 10_000)
+    let bad = || {
+        format!("invalid CPU quota {text:?} (a whole percentage from 1% to {MAX_CPU_QUOTA_PERCENT}%, such as \"50%\")")
+    };
+    match text.strip_suffix('%').and_then(number) {
+        Some(Ok(pct)) if (1..=MAX_CPU_QUOTA_PERCENT).contains(&pct) => pct.checked_mul(10_000).ok_or_else(bad),
+        _ => Err(bad()),
+    }
 }
 
 /// "0-2,5" as a bit mask: bit n of byte n/8 set for each CPU n.
 fn cpu_set(text: &str) -> Result<Vec<u8>, String> {
-    let bad = || format!("invalid CPU list {text:?} (e.g. \"0-3,6\")");
+    let bad = || format!("invalid CPU list {text:?} (CPU numbers 0 to {MAX_CPU}, e.g. \"0-3,6\")");
+    let cpu = |t: &str| match number(t) {
+        Some(Ok(n)) if n <= MAX_CPU as u64 => Ok(n as usize),
+        _ => Err(bad()),
+    };
     let mut mask: Vec<u8> = Vec::new();
     for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {
-            Some((lo, hi)) => (lo.parse::<usize>().map_err(|_| bad())?, hi.parse::<usize>().map_err(|_| bad())?),
-            None => {
-                let n = part.parse::<usize>().map_err(|_| bad())?;
-                (n, n)
-            }
+            Some((lo, hi)) => (cpu(lo)?, cpu(hi)?),
+            None => (cpu(part)?, cpu(part)?),
         };
-        if lo > hi || hi >= 8192 {
+        if lo > hi {
             return Err(bad());
         }
-        for cpu in lo..=hi {
-            if mask.len() <= cpu / 8 {
-                mask.resize(cpu / 8 + 1, 0);
-            }
-            mask[cpu / 8] |= 1 << (cpu % 8);
+        if mask.len() <= hi / 8 {
+            mask.resize(hi / 8 + 1, 0);
+        }
+        for n in lo..=hi {
+            mask[n / 8] |= 1 << (n % 8);
         }
     }
     if mask.is_empty() {
@@ -153,5 +191,67 @@ mod tests {
         assert!(parse("CPUWeight", "0").is_err());
         assert!(parse("MemoryMax", "12X").unwrap_err().contains("suffix"));
         assert!(parse("MemoryMaxx", "1").unwrap_err().contains("unknown resource property"));
+    }
+
+    fn u64_of(key: &str, value: &str) -> Result<u64, String> {
+        parse(key, value).map(|p| match p.value {
+            Value::U64(v) => v,
+            Value::Bytes(_) => panic!("{key} is not a number"),
+        })
+    }
+
+    #[test]
+    fn sizes_take_every_systemd_suffix_and_never_wrap() {
+        assert_eq!(u64_of("MemoryMax", "7B"), Ok(7));
+        assert_eq!(u64_of("MemoryMax", "3P"), Ok(3 << 50));
+        assert_eq!(u64_of("MemoryMax", "15E"), Ok(15 << 60));
+        assert_eq!(u64_of("MemoryMax", " 1G "), Ok(1 << 30));
+        assert_eq!(u64_of("MemoryMax", &u64::MAX.to_string()), Ok(u64::MAX));
+        for too_large in ["16E", "16384P", "18446744073709551616", "99999999999999999999999K"] {
+            assert!(u64_of("MemoryMax", too_large).unwrap_err().contains("too large"), "{too_large}");
+        }
+        for junk in ["", "M", "+5M", "-5M", "5 M", "5M ", "1.5G", "5MB", "5m", "5k", "0x10", "5M5", "５M"] {
+            assert!(bytes(junk).is_err(), "{junk:?} accepted");
+        }
+    }
+
+    #[test]
+    fn quota_is_bounded_before_it_is_scaled() {
+        assert_eq!(u64_of("CPUQuota", "1%"), Ok(10_000));
+        assert_eq!(u64_of("CPUQuota", "1000000%"), Ok(10_000_000_000));
+        for bad in ["0%", "1000001%", "1844674407370956%", "18446744073709551615%", "+50%", "50", "%", "1.5%", "50 %"] {
+            assert!(u64_of("CPUQuota", bad).unwrap_err().contains("1% to 1000000%"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counts_and_weights_take_plain_numbers_only() {
+        assert_eq!(u64_of("TasksMax", "infinity"), Ok(u64::MAX));
+        assert_eq!(u64_of("TasksMax", "1"), Ok(1));
+        for bad in ["0", "+32", "-1", "18446744073709551615", "18446744073709551616", "", "32 "] {
+            assert!(tasks(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(u64_of("IOWeight", "10000"), Ok(10000));
+        for bad in ["0", "10001", "+100", "100000000000000000000", ""] {
+            assert!(u64_of("CPUWeight", bad).unwrap_err().contains("1 to 10000"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_lists_are_bounded_without_allocating_first() {
+        let mask = |v: &str| match parse("AllowedCPUs", v).map(|p| p.value) {
+            Ok(Value::Bytes(b)) => Ok(b),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(mask("8191").unwrap().len(), 1024);
+        assert_eq!(mask("0 2").unwrap(), vec![0b101]);
+        for bad in
+            ["8192", "0-99999999999", "0-99999999999999999999999", "3-1", "+1", "-1", "1-", "-", "", ",", "1-2-3"]
+        {
+            assert!(mask(bad).unwrap_err().contains("0 to 8191"), "{bad:?}");
+        }
+        let long = "0-8191,".repeat(MAX_VALUE_LEN / 7 + 1);
+        assert!(mask(&long).unwrap_err().contains("at most 4096"));
     }
 }
