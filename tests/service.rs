@@ -379,7 +379,7 @@ async fn a_non_root_callers_stop_is_audited_with_their_identity_in_every_sink() 
     std::fs::copy(CORRALCTL, &ctl).unwrap();
     let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
     c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{uid}, 0]\n\
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_operate_uids = [{uid}]\n\
          command_socket_group = \"{user}\"\n[groups.web]\ncommand = \"{{demo}}\"\nargs = [\"--log\", \"{{log}}\"]\n\
          count = 2\nstop_mode = \"protocol\"\n"
     ));
@@ -571,4 +571,54 @@ fn an_upgrade_of_the_service_keeps_its_pid_and_workers_and_is_audited() {
     assert!(!ok && out.contains("upgrade refused"), "{out}");
     assert_eq!(show("corrald.service", "MainPID"), main_pid);
     assert_eq!(worker_pids(), before);
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn an_upgrade_to_a_binary_that_dies_before_taking_over_ends_with_the_same_workers_adopted() {
+    let _i = Installed::new(&group("web", 4, &[], ""));
+    systemctl(&["start", "corrald.service"]);
+    let first = show("corrald.service", "MainPID");
+    let before = worker_pids();
+    // A successor that passes every pre-flight check (it hands them to the
+    // real corrald) and then dies instead of taking over.
+    let dying = "/usr/sbin/corrald-dies";
+    std::fs::write(
+        dying,
+        "#!/bin/sh\ncase \"$1\" in --config) echo 'corrald-dies: exiting before the takeover' >&2; exit 1;; esac\n\
+         exec /usr/bin/corrald \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(dying, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let answer = ctl(&["upgrade", "--binary", dying]).pop().unwrap();
+    assert_eq!(answer["status"], "OK", "{answer}");
+    wait_for("systemd to bring a corrald back after the successor died", || {
+        let back = show("corrald.service", "NRestarts") == "1"
+            && show("corrald.service", "ActiveState") == "active"
+            && show("corrald.service", "MainPID") != first;
+        back.then_some(())
+    });
+    let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
+    assert!(log.contains("corrald-dies: exiting before the takeover"), "{log}");
+    assert_eq!(worker_pids(), before, "the same four workers, adopted by the new corrald");
+    // Adopted means supervised: a soft stop reaches and drains each of them.
+    let outcome = ctl(&["stop", "web"]).pop().unwrap();
+    assert_eq!(outcome["status"], "OK", "{outcome}");
+    assert_eq!(outcome["outcome"]["succeeded"], 4, "{outcome}");
+    std::fs::remove_file(dying).unwrap();
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn the_shipped_unit_gives_corrald_the_open_file_limit_the_readme_states() {
+    let _i = Installed::new(&group("web", 1, &[], ""));
+    systemctl(&["start", "corrald.service"]);
+    assert_eq!(show("corrald.service", "LimitNOFILE"), "65536");
+    assert_eq!(show("corrald.service", "LimitNOFILESoft"), "65536");
+    let pid = show("corrald.service", "MainPID");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["65536", "65536"], "{line}");
 }
