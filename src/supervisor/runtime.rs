@@ -78,7 +78,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
             && w.id == format!("{}-{}", w.group, w.index)
             && w.pid > 1
             && i32::try_from(w.pid).is_ok()
-            && w.scope.as_ref().is_none_or(|s| crate::systemd::target_of_scope(s).is_some());
+            && w.scope.as_ref().map_or(true, |s| crate::systemd::target_of_scope(s).is_some());
         if !consistent {
             return Err(format!("entry {:?} is not a worker corrald could have written", sanitise(&w.id)));
         }
