@@ -196,8 +196,15 @@ async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn a_rejected_placement_never_runs_the_worker() {
-    // TasksMax=0 passes corral's parser but systemd refuses it.
-    let mut c = Corrald::new(&demo_group("bad", 1, "restart = \"never\"\n[groups.bad.resources]\nTasksMax = 0\n"));
+    // corral refuses bad property values itself (TasksMax = 0 no longer
+    // passes --check-config), so the refusal comes from systemd: the
+    // scope's slice is masked.
+    let slice = "corral-masked.slice";
+    assert!(run("systemctl", &["mask", slice]).0);
+    let mut c = Corrald::new(&format!(
+        "slice = \"{slice}\"\n{}",
+        demo_group("bad", 1, "restart = \"never\"\n")
+    ));
     c.start();
     let w = c
         .wait_workers("the placement to fail", |w| w.iter().any(|w| w.state == "failed" || w.state == "stopped"))
@@ -205,12 +212,13 @@ async fn a_rejected_placement_never_runs_the_worker() {
     let last_exit = &w[0].last_exit;
     assert!(last_exit.starts_with("never ran:"), "{last_exit}");
     assert!(last_exit.contains("corral-bad.scope"), "names the unit: {last_exit}");
-    assert!(last_exit.contains("TasksMax"), "names the property: {last_exit}");
+    assert!(last_exit.contains(slice), "names what systemd refused: {last_exit}");
     assert!(c.work_log().started.is_empty() && !c.log.exists(), "the worker's command ran");
     let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-bad*"]);
     assert_eq!(units.trim(), "");
 
     c.shutdown_ok().await;
+    assert!(run("systemctl", &["unmask", slice]).0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
