@@ -12,9 +12,9 @@
 
 pub mod chain;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -206,9 +206,10 @@ impl FileSink {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_dirs(parent)?;
         }
-        let file = OpenOptions::new().append(true).create(true).mode(0o640).open(path)?;
+        // Never through a symlink someone planted where the log goes.
+        let file = crate::files::open_append(path, 0o640)?;
         // The umask may have narrowed a new file; never touch the mode of
-        // something that is not a plain file (a FIFO, /dev/...).
+        // something that is not a plain file (/dev/null, /dev/full).
         let meta = file.metadata()?;
         if meta.is_file() && meta.permissions().mode() & 0o7777 != 0o640 {
             file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
