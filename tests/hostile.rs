@@ -380,7 +380,7 @@ async fn crash_huge_scales_and_hostile_state_files_are_refused_and_nothing_chang
     assert_eq!(code, Some(1), "a state file with a hostile group name must be refused: {out}{err}");
     assert!(out.contains("group name"), "the refusal should say what is wrong: {out}");
     assert_eq!(raw_chars(&(out.clone() + &err), HOSTILE_CHARS), Vec::<&str>::new(), "raw in {out:?}");
-    assert!(out.contains("1b]0;pwned"), "the name should be shown, escaped: {out:?}");
+    assert!(out.contains("u{1b}]0;pwned"), "the name should be shown, escaped: {out:?}");
     let (s, now) = (c.status().await, c.pids("web").await);
     unchanged(&c, "a state file with a hostile name", &s, &now);
 
@@ -637,10 +637,6 @@ async fn connections_per_uid_are_capped_root_still_gets_in_and_descriptors_come_
     );
     assert_eq!(helper.line("holding"), "holding");
     let held = fd_count(pid);
-    assert!(
-        held >= baseline + per_uid,
-        "descriptors while {per_uid} connections are held: {held} (baseline {baseline})"
-    );
 
     // Root is not capped per uid and still gets answers.
     let mut mine = Vec::new();
@@ -666,6 +662,10 @@ async fn connections_per_uid_are_capped_root_still_gets_in_and_descriptors_come_
         }
     })
     .await;
+    // The baseline may count a connection still closing; what is open now
+    // cannot, so the held connections are measured against it.
+    let settled = fd_count(pid);
+    assert!(held >= settled + per_uid, "descriptors while {per_uid} connections were held: {held}, after: {settled}");
     // The seats were given back, not only the descriptors.
     let (ok, out) = c.ctl_as(OUTSIDER, &["status"]);
     assert!(ok, "the outsider should get in again: {out}");
