@@ -103,8 +103,11 @@ fn assert_alive(c: &mut Corrald) {
 
 /// corralctl as root on this corrald's socket: exit code, stdout, stderr.
 fn ctl(c: &Corrald, args: &[&str]) -> (Option<i32>, String, String) {
-    let out =
-        run_bounded(Command::new(CORRALCTL).arg("--socket").arg(&c.socket).args(args).env_remove("CORRAL_SOCKET"));
+    ctl_at(&c.socket, args)
+}
+
+fn ctl_at(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = run_bounded(Command::new(CORRALCTL).arg("--socket").arg(socket).args(args).env_remove("CORRAL_SOCKET"));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -113,11 +116,38 @@ fn ctl(c: &Corrald, args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 /// Runs corrald on `config` where it is expected to refuse to start: its
-/// exit code and stderr.
-fn corrald_refuses(config: &Path) -> (Option<i32>, String) {
-    let out = run_bounded(Command::new(CORRALD).arg("--config").arg(config));
-    assert!(!out.status.success(), "corrald started on {}: {}", config.display(), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+/// exit code and stderr. A corrald that opens `socket` instead has started,
+/// and is stopped at once.
+fn corrald_refuses(config: &Path, socket: &Path) -> (Option<i32>, String) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(CORRALD)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .expect("spawn corrald"),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        let text = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+        assert!(
+            std::os::unix::net::UnixStream::connect(socket).is_err(),
+            "corrald started on {} and serves {}:\n{text}",
+            config.display(),
+            socket.display()
+        );
+        assert!(Instant::now() < deadline, "corrald neither started nor refused to:\n{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    assert!(!status.success(), "corrald exited 0 on {}: {text}", config.display());
+    (status.code(), text)
 }
 
 fn check_config(config: &Path) -> (Option<i32>, String) {
@@ -575,7 +605,7 @@ async fn a_state_directory_others_could_write_or_own_is_refused_at_start() {
     ] {
         chown(&state, owner);
         chmod(&state, mode);
-        let (code, err) = corrald_refuses(&c.config);
+        let (code, err) = corrald_refuses(&c.config, &c.socket);
         assert_eq!(code, Some(1), "{mode:o} {owner:?}: {err}");
         assert!(err.contains(&path_str(&state)) && err.contains(why), "mode {mode:04o} owner {owner:?}: {err}");
         assert!(!c.socket.exists(), "a refused corrald left its socket");
@@ -988,7 +1018,7 @@ async fn a_squatted_socket_directory_is_refused_and_corralctl_does_not_trust_a_s
 
     c.socket = squat.join("corrald.sock");
     c.write_config(&sleepers("web", 1));
-    let (code, err) = corrald_refuses(&c.config);
+    let (code, err) = corrald_refuses(&c.config, &c.socket);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&path_str(&squat)) && err.contains("uid 65534"), "should name the directory and owner: {err}");
     assert!(!c.socket.exists(), "a socket was bound in a squatted directory");
@@ -998,7 +1028,7 @@ async fn a_squatted_socket_directory_is_refused_and_corralctl_does_not_trust_a_s
     chmod(&shared, 0o777);
     c.socket = shared.join("corrald.sock");
     c.write_config(&sleepers("web", 1));
-    let (_, err) = corrald_refuses(&c.config);
+    let (_, err) = corrald_refuses(&c.config, &c.socket);
     assert!(err.contains(&path_str(&shared)) && err.contains("writable by group or others"), "{err}");
 
     // The squatter serves its own socket there and says OK to anything.
@@ -1074,6 +1104,88 @@ async fn an_upgrade_to_an_untrusted_or_foreign_binary_is_refused_and_corrald_sta
 // 10. Terminal escapes
 // ---------------------------------------------------------------------------
 
+/// A server run by root, so corralctl trusts it, that echoes `lie` raw in
+/// every field it can: what corralctl prints must be safe even so.
+async fn serve_lies(listener: tokio::net::UnixListener, lie: String) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        let lie = lie.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(body)) = read_frame_raw(&mut s).await {
+                let Ok(request) = proto::Request::decode(body.as_slice()) else { return };
+                let text = || lie.clone();
+                let answer = |status: Status, content| proto::Response {
+                    id: request.id,
+                    status: status as i32,
+                    message: lie.clone(),
+                    content,
+                };
+                let answers = match request.command {
+                    Some(Cmd::Status(_)) => vec![answer(
+                        Status::Ok,
+                        Some(Content::SupervisorStatus(proto::SupervisorStatus {
+                            pid: 1,
+                            config_path: text(),
+                            socket_path: text(),
+                            version: text(),
+                            output_sink: text(),
+                            groups: vec![proto::GroupStatus {
+                                name: text(),
+                                state: text(),
+                                reason: text(),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                    )],
+                    Some(Cmd::ListWorkers(_)) => {
+                        let worker = proto::WorkerInfo {
+                            id: text(),
+                            group: text(),
+                            pid: 7,
+                            state: text(),
+                            last_exit: text(),
+                            ..Default::default()
+                        };
+                        let list = |w: &proto::WorkerInfo| {
+                            Some(Content::Workers(proto::WorkerList { workers: vec![w.clone()] }))
+                        };
+                        vec![answer(Status::Processing, list(&worker)), answer(Status::Ok, list(&worker))]
+                    }
+                    _ => vec![
+                        answer(
+                            Status::Processing,
+                            Some(Content::Progress(proto::Progress {
+                                total: 1,
+                                worker: text(),
+                                event: text(),
+                                ..Default::default()
+                            })),
+                        ),
+                        answer(Status::Processing, None),
+                        answer(
+                            Status::Failure,
+                            Some(Content::Outcome(proto::Outcome {
+                                total: 1,
+                                succeeded: 0,
+                                failures: vec![proto::WorkerFailure {
+                                    worker: text(),
+                                    kind: proto::FailureKind::Failed as i32,
+                                    detail: text(),
+                                }],
+                            })),
+                        ),
+                    ],
+                };
+                for a in answers {
+                    if s.write_all(&framed(&a.encode_to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_escapes_in_requests_never_come_back_raw() {
     let mut c = Fleet::new(&sleepers("web", 1));
@@ -1134,6 +1246,33 @@ async fn terminal_escapes_in_requests_never_come_back_raw() {
             }
         }
     }
+    // corralctl does not count on the server having escaped anything.
+    let lies = c.dir.path().join("lies.sock");
+    let liar = tokio::spawn(serve_lies(tokio::net::UnixListener::bind(&lies).unwrap(), format!("lie {nasty} lie")));
+    for args in [
+        &["status"][..],
+        &["workers"],
+        &["stop", "web"],
+        &["--json", "status"],
+        &["--json", "workers"],
+        &["--json", "stop", "web"],
+    ] {
+        let (socket, owned) = (lies.clone(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        let (code, out, err) =
+            tokio::task::spawn_blocking(move || ctl_at(&socket, &owned.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .unwrap();
+        if !out.contains("lie") {
+            problems
+                .push(format!("corralctl {args:?} against a lying server: exit {code:?}, no answer shown: {out}{err}"));
+        }
+        let raw = raw_chars(&(out.clone() + &err), HOSTILE_CHARS);
+        if !raw.is_empty() {
+            problems.push(format!("corralctl {args:?} against a lying server: raw {raw:?} in {out:?}{err:?}"));
+        }
+    }
+    liar.abort();
+
     let log = c.stderr();
     for line in log.lines().filter(|l| !raw_chars(l, HOSTILE_CHARS).is_empty()) {
         problems.push(format!("corrald's log: raw {:?} in {line:?}", raw_chars(line, HOSTILE_CHARS)));
