@@ -66,8 +66,8 @@ impl DerefMut for Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         let Some(mut child) = self.0.child.take() else { return };
-        // Children first, as corrald would restart them; corrald after, so
-        // none is reparented before it is found.
+        // The workers are found while corrald is still their parent, and
+        // killed once corrald can no longer restart them.
         let workers = children_of(child.id());
         let _ = child.kill();
         let _ = child.wait();
@@ -735,7 +735,9 @@ async fn a_frame_left_half_sent_is_cut_off_after_frame_timeout() {
 /// never reads: 4 MiB of queued answers (limits.max_queued_response_bytes,
 /// counted encoded; decoded they take a few times that), 64 requests in
 /// flight (limits.max_requests_in_flight), the socket buffers, and the
-/// allocator's slack.
+/// allocator's slack. Status answers are small, so the in-flight bound is
+/// the one that stops the reading here; a `[limits]` table raising
+/// max_requests_in_flight would put the byte bound to the test instead.
 const FLOOD_GROWTH_KIB: u64 = 32 * 1024;
 /// How far above its baseline corrald may stay once the flooder is gone:
 /// freed memory is handed back (malloc_trim), but not to the page.
@@ -973,6 +975,7 @@ async fn a_duplicate_id_in_flight_is_refused_audited_once_and_id_0_closes_the_co
     assert_eq!(results, ["accepted", "ok"], "one request ran, so one pair of records: {records:#?}");
     assert_eq!(records[0]["session"], records[1]["session"]);
     assert!(records.iter().all(|r| r["command"] == "Stop" && r["worker"] == "web-1"), "{records:#?}");
+    assert_eq!(records[1]["reason"], finals[1].message, "the outcome records the first stop's answer");
     let text_lines: Vec<String> = std::fs::read_to_string(&text)
         .unwrap()
         .lines()
