@@ -9,7 +9,7 @@ mod common;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use common::*;
 use corral::ctl::Client;
 use corral::proto::{self, request::Command as Cmd, response::Content, Status};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// A group of demo workers that speak the worker protocol, with short units
@@ -44,64 +44,6 @@ fn assert_corrald_alive(c: &mut Corrald) {
     if let Some(status) = child.try_wait().expect("try_wait") {
         panic!("corrald exited with {status}: {}", c.stderr());
     }
-}
-
-// ---------------------------------------------------------------------------
-// Raw framing helpers
-// ---------------------------------------------------------------------------
-
-/// Reads one length-prefixed frame; `Ok(None)` on a clean EOF before any
-/// byte of a frame.
-async fn read_frame_raw(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = s.read(&mut len[got..]).await?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a length prefix"));
-        }
-        got += n;
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    assert!(n <= 16 * 1024 * 1024, "corrald sent a frame of {n} bytes");
-    let mut body = vec![0u8; n];
-    s.read_exact(&mut body).await?;
-    Ok(Some(body))
-}
-
-/// Reads one frame within the test's patience.
-async fn read_frame(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
-    tokio::time::timeout(PATIENCE, read_frame_raw(s))
-        .await
-        .expect("corrald sent nothing and did not close the connection in time")
-}
-
-async fn read_response(s: &mut UnixStream, what: &str) -> proto::Response {
-    let body = read_frame(s)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: reading a response failed: {e}"))
-        .unwrap_or_else(|| panic!("{what}: EOF instead of a response"));
-    proto::Response::decode(body.as_slice()).unwrap_or_else(|e| panic!("{what}: undecodable response: {e}"))
-}
-
-/// Asserts that corrald closed the connection: a clean EOF and no further frame.
-async fn expect_eof(s: &mut UnixStream, what: &str) {
-    match read_frame(s).await {
-        Ok(None) => {}
-        Ok(Some(body)) => {
-            panic!("{what}: expected EOF, got another frame: {:?}", proto::Response::decode(body.as_slice()))
-        }
-        Err(e) => panic!("{what}: expected a clean EOF, got {e}"),
-    }
-}
-
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
 }
 
 /// xorshift64*: deterministic bytes without a new dependency.
@@ -284,34 +226,6 @@ async fn truncated_frame_is_reported_as_truncated() {
 // Binding: one corrald per socket, stale sockets, modes
 // ---------------------------------------------------------------------------
 
-/// Kills a stray process if a test fails while it runs.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Waits, bounded, for a process to exit; kills it and fails on timeout.
-fn wait_child(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The process umask, read without changing it.
 fn umask() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -398,24 +312,6 @@ async fn second_corrald_refuses_and_keeps_first_serving() {
 // ---------------------------------------------------------------------------
 // The corralctl command line
 // ---------------------------------------------------------------------------
-
-/// Runs a command to completion within the test's patience.
-fn run_bounded(cmd: &mut Command) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    // Read the pipes on threads so a chatty child never blocks on a full pipe.
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        io::Read::read_to_end(&mut stdout, &mut v).map(|_| v)
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        io::Read::read_to_end(&mut stderr, &mut v).map(|_| v)
-    });
-    let status = wait_child(&mut child, &format!("{cmd:?}"));
-    Output { status, stdout: out.join().unwrap().unwrap(), stderr: err.join().unwrap().unwrap() }
-}
 
 fn corralctl(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = run_bounded(Command::new(CORRALCTL).arg("--socket").arg(socket).args(args).env_remove("CORRAL_SOCKET"));

@@ -4,12 +4,16 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use corral::ctl::Client;
 use corral::proto::{self, request::Command as Cmd, response::Content};
+use prost::Message;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
 
 pub const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
 pub const CORRALCTL: &str = env!("CARGO_BIN_EXE_corralctl");
@@ -120,11 +124,17 @@ impl Corrald {
         }
     }
 
+    /// Every worker, also when the listing came in parts (over 256 workers).
     pub async fn workers(&self) -> Vec<proto::WorkerInfo> {
-        match self.call(Cmd::ListWorkers(proto::ListWorkers { group: String::new() })).await.1.content {
-            Some(Content::Workers(w)) => w.workers,
-            other => panic!("list workers returned {other:?}"),
+        let (parts, last) = self.call(Cmd::ListWorkers(proto::ListWorkers { group: String::new() })).await;
+        let mut all = Vec::new();
+        for part in parts.into_iter().chain([last]) {
+            match part.content {
+                Some(Content::Workers(w)) => all.extend(w.workers),
+                other => panic!("list workers returned {other:?}"),
+            }
         }
+        all
     }
 
     pub async fn pids(&self, group: &str) -> BTreeMap<String, u32> {
@@ -325,4 +335,112 @@ pub fn status_pids(unit: &str) -> Vec<u32> {
         .collect();
     pids.sort();
     pids
+}
+
+// ---------------------------------------------------------------------------
+// Raw frames on the command socket, for clients that misbehave
+// ---------------------------------------------------------------------------
+
+/// Reads one length-prefixed frame; `Ok(None)` on a clean EOF before any
+/// byte of a frame.
+pub async fn read_frame_raw(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = s.read(&mut len[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a length prefix"));
+        }
+        got += n;
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    assert!(n <= 16 * 1024 * 1024, "corrald sent a frame of {n} bytes");
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+/// Reads one frame within the test's patience.
+pub async fn read_frame(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
+    tokio::time::timeout(PATIENCE, read_frame_raw(s))
+        .await
+        .expect("corrald sent nothing and did not close the connection in time")
+}
+
+pub async fn read_response(s: &mut tokio::net::UnixStream, what: &str) -> proto::Response {
+    let body = read_frame(s)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading a response failed: {e}"))
+        .unwrap_or_else(|| panic!("{what}: EOF instead of a response"));
+    proto::Response::decode(body.as_slice()).unwrap_or_else(|e| panic!("{what}: undecodable response: {e}"))
+}
+
+/// Asserts that corrald closed the connection: a clean EOF and no further frame.
+pub async fn expect_eof(s: &mut tokio::net::UnixStream, what: &str) {
+    match read_frame(s).await {
+        Ok(None) => {}
+        Ok(Some(body)) => {
+            panic!("{what}: expected EOF, got another frame: {:?}", proto::Response::decode(body.as_slice()))
+        }
+        Err(e) => panic!("{what}: expected a clean EOF, got {e}"),
+    }
+}
+
+pub fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Child processes, bounded
+// ---------------------------------------------------------------------------
+
+/// Kills a stray process if a test fails while it runs.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits, bounded, for a process to exit; kills it and fails on timeout.
+pub fn wait_child(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command to completion within the test's patience.
+pub fn run_bounded(cmd: &mut Command) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Read the pipes on threads so a chatty child never blocks on a full pipe.
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut stdout, &mut v).map(|_| v)
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut stderr, &mut v).map(|_| v)
+    });
+    let status = wait_child(&mut child, &format!("{cmd:?}"));
+    Output { status, stdout: out.join().unwrap().unwrap(), stderr: err.join().unwrap().unwrap() }
 }
