@@ -533,6 +533,7 @@ impl Config {
             journal: raw.audit_journal,
             sync: raw.audit_sync,
             continue_on_failure: raw.audit_failure == AuditFailure::Continue,
+            max_argument: crate::audit::DEFAULT_MAX_ARGUMENT,
         };
         if audit.text_target.is_some() && audit.text_target == audit.json_target {
             return Err(err("key `audit_logs_json_target`: must differ from audit_logs_target".into()));

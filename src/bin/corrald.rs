@@ -260,7 +260,10 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    let config_policy = corral::command::authorise::Policy { uids: config.access.allowed_uids.clone(), gids: config.access.allowed_gids.clone() };
+    let config_policy = corral::command::authorise::Policy {
+        uids: config.access.allowed_uids.clone(),
+        gids: config.access.allowed_gids.clone(),
+    };
     let manager = systemd.clone();
     let config_path = config.path.clone();
     let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());

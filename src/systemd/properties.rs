@@ -89,7 +89,7 @@ fn quota(text: &str) -> Result<u64, String> {
         .and_then(|p| p.parse::<u64>().ok())
         .filter(|p| *p > 0)
         .ok_or_else(|| format!("invalid CPU quota {text:?} (a percentage such as \"50%\" or \"200%\")"))?;
-    Ok(pct * 10_000)
+    pct.checked_mul(10_000).ok_or_else(|| format!("CPU quota {text:?} is too large"))
 }
 
 /// "0-2,5" as a bit mask: bit n of byte n/8 set for each CPU n.
@@ -153,5 +153,16 @@ mod tests {
         assert!(parse("CPUWeight", "0").is_err());
         assert!(parse("MemoryMax", "12X").unwrap_err().contains("suffix"));
         assert!(parse("MemoryMaxx", "1").unwrap_err().contains("unknown resource property"));
+    }
+
+    #[test]
+    fn a_quota_too_large_for_microseconds_is_refused_not_wrapped() {
+        // Found by the properties fuzz target: the conversion overflowed,
+        // a panic in corrald's loop with overflow checks and a tiny quota
+        // without them.
+        assert!(parse("CPUQuota", "2012000000000000010%").unwrap_err().contains("too large"));
+        assert!(parse("CPUQuota", "18446744073709551615%").unwrap_err().contains("too large"));
+        let largest = u64::MAX / 10_000;
+        assert_eq!(parse("CPUQuota", &format!("{largest}%")).unwrap().value, Value::U64(largest * 10_000));
     }
 }
