@@ -89,92 +89,186 @@ pub struct Record {
     pub reason: String,
 }
 
-fn or_dash(value: Option<&str>) -> String {
-    match value {
-        Some(v) if !v.is_empty() => sanitise(v),
-        _ => "-".into(),
+/// What `max_audit_argument` is unless the config says otherwise: bytes
+/// kept of each argument's value.
+pub const DEFAULT_MAX_ARGUMENT: usize = 256;
+
+/// Arguments a record keeps; the rest are counted.
+pub const MAX_ARGUMENTS: usize = 32;
+
+/// Bytes kept of the command, group, worker, socket and the actor's user
+/// and process names. Group names and worker ids are far shorter; only a
+/// request naming something that does not exist can reach this.
+pub const MAX_FIELD: usize = 256;
+
+/// Bytes kept of the reason: room for a long answer (a reload listing many
+/// groups), not for one that echoes a huge request.
+pub const MAX_REASON: usize = 2048;
+
+/// An argument's name (what precedes its first `=`) is kept whole when it is
+/// at most this long; otherwise the whole argument counts as its value.
+const MAX_ARGUMENT_NAME: usize = 64;
+
+/// The most bytes one rendered record takes, as a text line or a JSON line
+/// with its chain link, however large the request behind it was
+/// (docs/audit-schema.md). Worst case: every kept byte a control character,
+/// which the sanitiser turns into four (`\x01`) and JSON into five.
+pub fn max_record_len(max_argument: usize) -> usize {
+    40 * 1024 + 160 * max_argument
+}
+
+/// Starts every marker the record itself adds: the escape of U+2026 (`…`),
+/// which the sanitiser never produces since it leaves that character alone,
+/// so no caller can forge a marker.
+const MARKER: &str = "\\u{2026}";
+
+/// `text` sanitised; over `max` bytes, cut at a character boundary and
+/// marked with the full length and digest, so whoever holds the value can
+/// tell it is the one that was sent.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return sanitise(text);
     }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{MARKER}[truncated: {} bytes, sha256 {}]", sanitise(&text[..cut]), text.len(), chain::hash(text))
+}
+
+/// A `name=value` argument with its value bounded.
+fn bounded_argument(argument: &str, max_value: usize) -> String {
+    let name_end = argument.bytes().take(MAX_ARGUMENT_NAME + 1).position(|b| b == b'=').map_or(0, |i| i + 1);
+    let (name, value) = argument.split_at(name_end);
+    sanitise(name) + &bounded(value, max_value)
+}
+
+fn or_dash(value: Option<&str>) -> &str {
+    value.filter(|v| !v.is_empty()).unwrap_or("-")
+}
+
+/// A record as every sink shows it: each field a caller can influence
+/// sanitised and bounded. Text, JSON and journal all render from this, so
+/// none can show more, or less, than the others.
+pub struct Shown<'a> {
+    record: &'a Record,
+    group: Option<String>,
+    worker: Option<String>,
+    command: String,
+    arguments: Vec<String>,
+    user: Option<String>,
+    comm: Option<String>,
+    socket: String,
+    reason: String,
 }
 
 impl Record {
+    /// Keeps at most `max_argument` bytes of each argument's value and
+    /// [`MAX_ARGUMENTS`] arguments, [`MAX_FIELD`] bytes of the other names
+    /// and [`MAX_REASON`] of the reason.
+    pub fn shown(&self, max_argument: usize) -> Shown<'_> {
+        let field = |v: &str| bounded(v, MAX_FIELD);
+        let mut arguments: Vec<String> =
+            self.arguments.iter().take(MAX_ARGUMENTS).map(|a| bounded_argument(a, max_argument)).collect();
+        if self.arguments.len() > MAX_ARGUMENTS {
+            arguments.push(format!("{MARKER}[{} more arguments]", self.arguments.len() - MAX_ARGUMENTS));
+        }
+        Shown {
+            record: self,
+            group: self.group.as_deref().map(field),
+            worker: self.worker.as_deref().map(field),
+            command: field(&self.command),
+            arguments,
+            user: self.actor.user.as_deref().map(field),
+            comm: self.actor.comm.as_deref().map(field),
+            socket: field(&self.socket),
+            reason: bounded(&self.reason, MAX_REASON),
+        }
+    }
+}
+
+impl Shown<'_> {
     /// The text layout: `[session req group worker]\tAUDIT\tCommand(args)`
     /// then `key=value` fields, tab separated, always the same fields
     /// (`-` when absent). Inside the brackets spaces and brackets are
     /// escaped too, so the four slots stay four.
     pub fn text_line(&self, at: &str) -> String {
-        let slot = |v: Option<&str>| or_dash(v).replace(' ', "\\x20").replace('[', "\\x5b").replace(']', "\\x5d");
-        let args: Vec<String> = self.arguments.iter().map(|a| sanitise(a)).collect();
-        let pid = self.actor.pid.map(|p| p.to_string());
+        let slot = |v: &Option<String>| {
+            or_dash(v.as_deref()).replace(' ', "\\x20").replace('[', "\\x5b").replace(']', "\\x5d")
+        };
+        let r = self.record;
+        let pid = r.actor.pid.map(|p| p.to_string());
         format!(
             "[{} {} {} {}]\tAUDIT\t{}({})\tat={at}\tactor_uid={}\tactor_gid={}\tactor_pid={}\tactor_user={}\tactor_comm={}\tsocket={}\tresult={}\treason={}",
-            self.session,
-            self.request_id,
-            slot(self.group.as_deref()),
-            slot(self.worker.as_deref()),
-            sanitise(&self.command),
-            args.join(", "),
-            self.actor.uid,
-            self.actor.gid,
+            r.session,
+            r.request_id,
+            slot(&self.group),
+            slot(&self.worker),
+            self.command,
+            self.arguments.join(", "),
+            r.actor.uid,
+            r.actor.gid,
             or_dash(pid.as_deref()),
-            or_dash(self.actor.user.as_deref()),
-            or_dash(self.actor.comm.as_deref()),
+            or_dash(self.user.as_deref()),
+            or_dash(self.comm.as_deref()),
             or_dash(Some(&self.socket)),
-            self.result.name(),
+            r.result.name(),
             or_dash(Some(&self.reason)),
         )
     }
 
     /// The JSON object (docs/audit-schema.md), without the chain link.
     pub fn json(&self, at: &str) -> serde_json::Value {
-        let text = |v: &Option<String>| v.as_deref().map(sanitise);
+        let r = self.record;
         json!({
             "schema_version": SCHEMA_VERSION,
             "record": "audit",
             "timestamp": at,
-            "session": self.session,
-            "request_id": self.request_id,
-            "group": text(&self.group),
-            "worker": text(&self.worker),
-            "command": sanitise(&self.command),
-            "arguments": self.arguments.iter().map(|a| sanitise(a)).collect::<Vec<_>>(),
+            "session": r.session,
+            "request_id": r.request_id,
+            "group": self.group,
+            "worker": self.worker,
+            "command": self.command,
+            "arguments": self.arguments,
             "actor": {
-                "uid": self.actor.uid,
-                "gid": self.actor.gid,
-                "pid": self.actor.pid,
-                "user": text(&self.actor.user),
-                "comm": text(&self.actor.comm),
+                "uid": r.actor.uid,
+                "gid": r.actor.gid,
+                "pid": r.actor.pid,
+                "user": self.user,
+                "comm": self.comm,
             },
-            "socket": sanitise(&self.socket),
-            "result": self.result.name(),
-            "reason": sanitise(&self.reason),
+            "socket": self.socket,
+            "result": r.result.name(),
+            "reason": self.reason,
         })
     }
 
     fn journal_entry(&self, at: &str) -> Entry {
-        let opt = |v: &Option<String>| v.as_deref().map(sanitise).unwrap_or_default();
+        let r = self.record;
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         let mut fields = vec![
             ("MESSAGE_ID", MESSAGE_ID.to_string()),
             ("CORRAL_AUDIT_TIMESTAMP", at.to_string()),
-            ("CORRAL_AUDIT_SESSION", self.session.to_string()),
-            ("CORRAL_AUDIT_REQUEST_ID", self.request_id.to_string()),
-            ("CORRAL_AUDIT_COMMAND", sanitise(&self.command)),
-            ("CORRAL_AUDIT_ARGUMENTS", self.arguments.iter().map(|a| sanitise(a)).collect::<Vec<_>>().join(", ")),
-            ("CORRAL_AUDIT_ACTOR_UID", self.actor.uid.to_string()),
-            ("CORRAL_AUDIT_ACTOR_GID", self.actor.gid.to_string()),
-            ("CORRAL_AUDIT_SOCKET", sanitise(&self.socket)),
-            ("CORRAL_AUDIT_RESULT", self.result.name().to_string()),
-            ("CORRAL_AUDIT_REASON", sanitise(&self.reason)),
+            ("CORRAL_AUDIT_SESSION", r.session.to_string()),
+            ("CORRAL_AUDIT_REQUEST_ID", r.request_id.to_string()),
+            ("CORRAL_AUDIT_COMMAND", self.command.clone()),
+            ("CORRAL_AUDIT_ARGUMENTS", self.arguments.join(", ")),
+            ("CORRAL_AUDIT_ACTOR_UID", r.actor.uid.to_string()),
+            ("CORRAL_AUDIT_ACTOR_GID", r.actor.gid.to_string()),
+            ("CORRAL_AUDIT_SOCKET", self.socket.clone()),
+            ("CORRAL_AUDIT_RESULT", r.result.name().to_string()),
+            ("CORRAL_AUDIT_REASON", self.reason.clone()),
         ];
         let optional = [
             ("CORRAL_AUDIT_GROUP", opt(&self.group)),
             ("CORRAL_AUDIT_WORKER", opt(&self.worker)),
-            ("CORRAL_AUDIT_ACTOR_PID", self.actor.pid.map(|p| p.to_string()).unwrap_or_default()),
-            ("CORRAL_AUDIT_ACTOR_USER", opt(&self.actor.user)),
-            ("CORRAL_AUDIT_ACTOR_COMM", opt(&self.actor.comm)),
+            ("CORRAL_AUDIT_ACTOR_PID", r.actor.pid.map(|p| p.to_string()).unwrap_or_default()),
+            ("CORRAL_AUDIT_ACTOR_USER", opt(&self.user)),
+            ("CORRAL_AUDIT_ACTOR_COMM", opt(&self.comm)),
         ];
         fields.extend(optional.into_iter().filter(|(_, v)| !v.is_empty()));
         Entry {
-            priority: self.result.priority(),
+            priority: r.result.priority(),
             message: self.text_line(at).replace('\t', " ").into_bytes(),
             source: Source::Corrald(fields),
         }
@@ -182,7 +276,7 @@ impl Record {
 }
 
 /// Where records go and what a failure to write them means.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditConfig {
     pub text_target: Option<PathBuf>,
     pub json_target: Option<PathBuf>,
@@ -191,6 +285,21 @@ pub struct AuditConfig {
     pub sync: bool,
     /// Log a sink failure and let the command run anyway.
     pub continue_on_failure: bool,
+    /// Bytes kept of each argument's value (see [`Record::shown`]).
+    pub max_argument: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            text_target: None,
+            json_target: None,
+            journal: false,
+            sync: false,
+            continue_on_failure: false,
+            max_argument: DEFAULT_MAX_ARGUMENT,
+        }
+    }
 }
 
 /// An append-only audit file: created 0640 (and missing directories
@@ -292,9 +401,10 @@ impl Auditor {
     /// failed; with `audit_failure = "continue"` it is logged instead.
     pub fn write(&self, record: &Record) -> Result<(), String> {
         let at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let result = self.write_files(record, &at);
+        let shown = record.shown(self.config.max_argument);
+        let result = self.write_files(&shown, &at);
         if let Some(output) = &self.journal {
-            if output.sink() != crate::journal::Sink::Journal || !output.own(record.journal_entry(&at)) {
+            if output.sink() != crate::journal::Sink::Journal || !output.own(shown.journal_entry(&at)) {
                 self.journal_missed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -307,7 +417,7 @@ impl Auditor {
         }
     }
 
-    fn write_files(&self, record: &Record, at: &str) -> Result<(), String> {
+    fn write_files(&self, record: &Shown, at: &str) -> Result<(), String> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let files = &mut *files;
         if let Some(text) = &mut files.text {
@@ -361,34 +471,84 @@ mod tests {
     use crate::sanitise::{sanitise, sanitise_bytes};
     use proptest::prelude::*;
 
-    /// Text built from the characters that break logs and terminals, mixed
-    /// with ordinary ones.
+    const AT: &str = "2026-11-23T12:00:00.000000Z";
+
+    /// Pieces of text that break logs and terminals, hide in them, or try to
+    /// pass for what the record adds itself, mixed with ordinary ones.
+    const PIECES: &[&str] = &[
+        "\t",
+        "\n",
+        "\r",
+        "\r\n",
+        "\u{1b}[2J",
+        "\u{1b}]0;title\u{7}",
+        "\u{9b}31m",
+        "\u{202e}",
+        "\u{2066}",
+        "\u{200f}",
+        "\u{2028}",
+        "\u{2029}",
+        "\u{200b}",
+        "\u{200c}",
+        "\u{200d}",
+        "\u{2060}",
+        "\u{feff}",
+        "\u{180e}",
+        "\u{ad}",
+        "\u{e0041}",
+        "\u{fe0f}",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{0}",
+        "\u{7f}",
+        "\u{85}",
+        "\\",
+        "\\u{2026}[truncated: 9 bytes, sha256 00]",
+        "…",
+        " ",
+        "]",
+        "[",
+        "=",
+        "\"",
+        "web",
+        "ü",
+        "漢",
+    ];
+
+    /// Characters no rendered record may hold raw.
+    const FORBIDDEN: &[char] = &[
+        '\n',
+        '\r',
+        '\u{1b}',
+        '\u{9b}',
+        '\u{202e}',
+        '\u{0}',
+        '\u{85}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{200b}',
+        '\u{200d}',
+        '\u{2060}',
+        '\u{feff}',
+        '\u{180e}',
+        '\u{ad}',
+        '\u{e0041}',
+        '\u{fe0f}',
+        '\u{a0}',
+        '\u{3000}',
+    ];
+
     fn hostile() -> impl Strategy<Value = String> {
-        let pieces = prop::sample::select(vec![
-            "\t",
-            "\n",
-            "\r",
-            "\r\n",
-            "\u{1b}[2J",
-            "\u{1b}]0;title\u{7}",
-            "\u{9b}31m",
-            "\u{202e}",
-            "\u{2066}",
-            "\u{200f}",
-            "\u{0}",
-            "\u{7f}",
-            "\u{85}",
-            "\\",
-            " ",
-            "]",
-            "[",
-            "=",
-            "\"",
-            "web",
-            "ü",
-            "漢",
-        ]);
-        prop::collection::vec(pieces, 0..12).prop_map(|p| p.concat())
+        prop::collection::vec(prop::sample::select(PIECES), 0..12).prop_map(|p| p.concat())
+    }
+
+    /// Mostly short text, now and then one piece repeated into hundreds of
+    /// kilobytes.
+    fn huge() -> impl Strategy<Value = String> {
+        prop_oneof![
+            7 => hostile(),
+            1 => (prop::sample::select(PIECES), 0..60_000usize).prop_map(|(p, n)| p.repeat(n)),
+        ]
     }
 
     fn record(group: String, worker: String, args: Vec<String>, user: String, comm: String, reason: String) -> Record {
@@ -406,6 +566,35 @@ mod tests {
         }
     }
 
+    /// The text line's layout holds: one line, twelve fields, four slots.
+    fn check_layout(line: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!line.contains(FORBIDDEN), "{line:?}");
+        prop_assert_eq!(line.split('\t').count(), 12, "{:?}", line);
+        let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
+        prop_assert_eq!(slots, Some(4), "{:?}", line);
+        Ok(())
+    }
+
+    /// Markers the record added: a `\u{2026}` that is not the tail of an
+    /// escaped backslash.
+    fn markers(text: &str) -> usize {
+        let mut count = 0;
+        let mut rest = text;
+        while let Some(at) = rest.find('\\') {
+            rest = &rest[at..];
+            if rest.starts_with(MARKER) {
+                count += 1;
+            }
+            rest = rest.get(2..).unwrap_or_default();
+        }
+        count
+    }
+
+    fn journal_len(entry: &Entry) -> usize {
+        let Source::Corrald(fields) = &entry.source else { panic!("an audit entry is corrald's own") };
+        entry.message.len() + fields.iter().map(|(k, v)| k.len() + 1 + v.len()).sum::<usize>()
+    }
+
     proptest! {
         #[test]
         fn hostile_text_never_breaks_a_record(
@@ -416,13 +605,14 @@ mod tests {
             let mut args = args;
             args.push(sanitise_bytes(&raw));
             let r = record(group.clone(), worker, args.clone(), user.clone(), comm, reason.clone());
-            let line = r.text_line("2026-11-23T12:00:00.000000Z");
-            prop_assert!(!line.contains(['\n', '\r', '\u{1b}', '\u{9b}', '\u{202e}', '\u{0}']), "{line:?}");
-            prop_assert_eq!(line.split('\t').count(), 12, "{:?}", line);
-            let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
-            prop_assert_eq!(slots, Some(4), "{:?}", line);
+            let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+            let line = shown.text_line(AT);
+            check_layout(&line)?;
+            // Nothing here is long enough to be cut, so a marker could only
+            // be forged.
+            prop_assert_eq!(markers(&line), 0, "{:?}", line);
 
-            let json = chain::link(r.json("2026-11-23T12:00:00.000000Z"), chain::GENESIS);
+            let json = chain::link(shown.json(AT), chain::GENESIS);
             prop_assert!(!json.contains('\n'));
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
@@ -435,5 +625,138 @@ mod tests {
                 prop_assert_eq!(got.as_str(), Some(want.as_str()));
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn a_record_stays_bounded_however_large_its_request(
+            group in huge(), worker in huge(), command in huge(), args in prop::collection::vec(huge(), 0..48),
+            user in huge(), comm in huge(), socket in huge(), reason in huge(),
+            max_argument in prop::sample::select(vec![0usize, 1, 7, DEFAULT_MAX_ARGUMENT, 4096]),
+        ) {
+            let mut r = record(group, worker, args, user, comm, reason);
+            r.command = command;
+            r.socket = socket;
+            let shown = r.shown(max_argument);
+            let bound = max_record_len(max_argument);
+            let line = shown.text_line(AT);
+            check_layout(&line)?;
+            prop_assert!(line.len() <= bound, "text: {} > {bound}", line.len());
+            let json = chain::link(shown.json(AT), chain::GENESIS);
+            prop_assert!(json.len() <= bound, "JSON: {} > {bound}", json.len());
+            let journal = journal_len(&shown.journal_entry(AT));
+            prop_assert!(journal <= 2 * bound, "journal: {journal} > 2 * {bound}");
+        }
+    }
+
+    #[test]
+    fn the_worst_record_is_within_the_stated_bound() {
+        // Every kept byte a control character, every field and argument
+        // just past its limit, and a length that takes twenty digits.
+        let control = |n: usize| "\u{1}".repeat(n + 1);
+        let mut r = record(
+            control(MAX_FIELD),
+            control(MAX_FIELD),
+            vec![format!("{}={}", control(MAX_ARGUMENT_NAME - 1), control(DEFAULT_MAX_ARGUMENT)); 40],
+            control(MAX_FIELD),
+            control(MAX_FIELD),
+            control(MAX_REASON),
+        );
+        r.command = control(MAX_FIELD);
+        r.socket = control(MAX_FIELD);
+        r.session = u64::MAX;
+        r.request_id = u64::MAX;
+        r.actor = Actor { uid: u32::MAX, gid: u32::MAX, pid: Some(u32::MAX), ..r.actor };
+        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let bound = max_record_len(DEFAULT_MAX_ARGUMENT);
+        let (text, json) = (shown.text_line(AT), chain::link(shown.json(AT), chain::GENESIS));
+        assert!(text.len() <= bound && json.len() <= bound, "text {}, JSON {}, bound {bound}", text.len(), json.len());
+        // The bound is not loose by much: the JSON of the worst case fills
+        // most of it.
+        assert!(json.len() > bound * 3 / 4, "JSON {} of {bound}", json.len());
+        assert!(journal_len(&shown.journal_entry(AT)) <= 2 * bound);
+    }
+
+    #[test]
+    fn a_long_value_is_cut_at_a_character_and_marked_with_its_length_and_digest() {
+        let value = "a".repeat(1024 * 1024);
+        let mut r = record(
+            "web".into(),
+            "web-1".into(),
+            vec![format!("target={value}"), "hard=false".into()],
+            "root".into(),
+            "corralctl".into(),
+            String::new(),
+        );
+        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let want = format!(
+            "target={}\\u{{2026}}[truncated: 1048576 bytes, sha256 {}]",
+            "a".repeat(DEFAULT_MAX_ARGUMENT),
+            chain::hash(&value)
+        );
+        assert_eq!(shown.arguments, [want.as_str(), "hard=false"]);
+
+        // 'é' is two bytes: a cut inside it keeps the whole character out.
+        r.arguments = vec!["target=aé".into()];
+        assert_eq!(
+            r.shown(2).arguments[0],
+            format!("target=a\\u{{2026}}[truncated: 3 bytes, sha256 {}]", chain::hash("aé"))
+        );
+        // A name longer than names are counts as value.
+        r.arguments = vec![format!("{}=x", "n".repeat(100))];
+        assert!(
+            r.shown(8).arguments[0].starts_with("nnnnnnnn\\u{2026}[truncated: 102 bytes,"),
+            "{:?}",
+            r.shown(8).arguments
+        );
+        // A value that only looks cut shows its backslash doubled.
+        r.arguments = vec!["target=web\\u{2026}[truncated: 9 bytes, sha256 00]".into()];
+        assert_eq!(r.shown(DEFAULT_MAX_ARGUMENT).arguments[0], "target=web\\\\u{2026}[truncated: 9 bytes, sha256 00]");
+    }
+
+    #[test]
+    fn arguments_past_the_limit_are_counted_and_other_fields_cut() {
+        let args = (0..40).map(|i| format!("MemoryMax={i}M")).collect();
+        let mut r = record("g".repeat(5000), "web-1".into(), args, "root".into(), "corralctl".into(), "x".repeat(9000));
+        r.worker = None;
+        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        assert_eq!(shown.arguments.len(), MAX_ARGUMENTS + 1);
+        assert_eq!(shown.arguments[MAX_ARGUMENTS - 1], "MemoryMax=31M");
+        assert_eq!(shown.arguments[MAX_ARGUMENTS], "\\u{2026}[8 more arguments]");
+        let group = shown.group.as_deref().unwrap();
+        assert!(
+            group.starts_with(&"g".repeat(MAX_FIELD)) && group.contains("[truncated: 5000 bytes, sha256 "),
+            "{group}"
+        );
+        assert!(shown.reason.starts_with(&"x".repeat(MAX_REASON)) && shown.reason.contains("[truncated: 9000 bytes"));
+        assert_eq!(shown.worker, None);
+        let line = shown.text_line(AT);
+        check_layout(&line).unwrap();
+        assert!(line.contains(&format!("\\u{{2026}}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20")), "{line}");
+    }
+
+    #[test]
+    fn a_megabyte_request_writes_a_bounded_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (text, json) = (dir.path().join("audit.log"), dir.path().join("audit.jsonl"));
+        let config =
+            AuditConfig { text_target: Some(text.clone()), json_target: Some(json.clone()), ..Default::default() };
+        assert_eq!(config.max_argument, DEFAULT_MAX_ARGUMENT);
+        let auditor = Auditor::open(config, None).unwrap();
+        // As the command socket describes `Stop` with a 1 MB target.
+        let target = "\u{1}".repeat(1024 * 1024);
+        let r = record(
+            target.clone(),
+            target.clone(),
+            vec![format!("target={target}"), "hard=false".into()],
+            "root".into(),
+            "corralctl".into(),
+            format!("no group named {target:?}"),
+        );
+        auditor.write(&r).unwrap();
+        let written = std::fs::metadata(&text).unwrap().len() + std::fs::metadata(&json).unwrap().len();
+        assert!(written <= 2 * max_record_len(DEFAULT_MAX_ARGUMENT) as u64, "{written} bytes for one record");
+        assert_eq!(chain::verify(&json), Ok(1));
     }
 }
