@@ -907,7 +907,7 @@ impl Config {
             journal: raw.audit_journal,
             sync: raw.audit_sync,
             continue_on_failure: raw.audit_failure == AuditFailure::Continue,
-            max_argument: crate::audit::DEFAULT_MAX_ARGUMENT,
+            max_argument: limits.max_audit_argument,
         };
         for (key, target) in [("audit_logs_target", &audit.text_target), ("audit_logs_json_target", &audit.json_target)]
         {

@@ -26,10 +26,22 @@ use std::fmt::Write;
 /// Escapes controls and every character `hidden` names; a backslash is doubled so that an escape
 /// in the output can only have come from here.
 pub fn sanitise(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Escapes what a terminal would act on or hide, as [`sanitise`] does, but
+/// leaves backslashes alone: for text on its way to a screen that corrald
+/// has (or should have) escaped already, so a `\x1b` it sent shows as
+/// itself rather than as `\\x1b`.
+pub fn neutralise(text: &str) -> String {
+    escape(text, false)
+}
+
+fn escape(text: &str, double_backslash: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
+            '\\' if double_backslash => out.push_str("\\\\"),
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),

@@ -201,10 +201,7 @@ async fn a_rejected_placement_never_runs_the_worker() {
     // scope's slice is masked.
     let slice = "corral-masked.slice";
     assert!(run("systemctl", &["mask", slice]).0);
-    let mut c = Corrald::new(&format!(
-        "slice = \"{slice}\"\n{}",
-        demo_group("bad", 1, "restart = \"never\"\n")
-    ));
+    let mut c = Corrald::new(&format!("slice = \"{slice}\"\n{}", demo_group("bad", 1, "restart = \"never\"\n")));
     c.start();
     let w = c
         .wait_workers("the placement to fail", |w| w.iter().any(|w| w.state == "failed" || w.state == "stopped"))

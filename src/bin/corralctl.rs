@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use corral::config;
 use corral::ctl::{self, Client};
 use corral::proto::{self, request, response, Response, Status};
-use corral::sanitise::sanitise;
+use corral::sanitise::neutralise;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -452,10 +452,10 @@ fn workers_text(list: &proto::WorkerList) -> String {
 
 /// Text from corrald as it may reach a terminal: corrald escapes what it
 /// echoes, but whatever answers on the socket is not trusted to have done
-/// so. Each line is escaped on its own, so multi-line answers keep their
-/// lines.
+/// so. Each line is neutralised on its own, so multi-line answers keep
+/// their lines, and corrald's own escapes show as they are.
 fn shown(text: &str) -> String {
-    text.split('\n').map(sanitise).collect::<Vec<_>>().join("\n")
+    text.split('\n').map(neutralise).collect::<Vec<_>>().join("\n")
 }
 
 /// JSON with every character the sanitiser would escape written as a
@@ -464,7 +464,7 @@ fn json_safe(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let mut units = [0u16; 2];
     for c in json.chars() {
-        let hidden = if c.is_ascii() { c == '\u{7f}' } else { sanitise(c.encode_utf8(&mut [0; 4])) != c.to_string() };
+        let hidden = if c.is_ascii() { c == '\u{7f}' } else { neutralise(c.encode_utf8(&mut [0; 4])) != c.to_string() };
         if hidden {
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));

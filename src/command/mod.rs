@@ -516,8 +516,7 @@ impl Decoder for Timed {
 
 /// A response the client can take: one over the size limit is replaced by
 /// a short one saying so (a final answer stays final, as a FAILURE).
-fn fit(response: proto::Response, max: usize) -> proto::Response {
-    let len = response.encoded_len();
+fn fit(response: proto::Response, len: usize, max: usize) -> proto::Response {
     if len <= max {
         return response;
     }
@@ -541,9 +540,9 @@ async fn write_responses(
 ) -> usize {
     let mut connected = true;
     let mut peak = 0;
-    while let Some(Outgoing { seq, response }) = queue.recv().await {
-        peak = peak.max(queue.queued() + response.encoded_len());
-        let mut response = fit(response, max_response);
+    while let Some(Outgoing { seq, response, len }) = queue.recv().await {
+        peak = peak.max(queue.queued() + len);
+        let mut response = fit(response, len, max_response);
         if response.status() != Status::Processing && seq != 0 {
             audit_final(&auditor, &pending, seq, &response).await;
             flow.in_flight().remove(&response.id);
@@ -587,6 +586,11 @@ async fn connection(
     let session_id = session.id;
     let mut next_seq = 1u64;
     let max_in_flight = limits.max_requests_in_flight as usize;
+    // One timer for the connection's life, moved only when it fires: a
+    // stalled frame is cut off within twice frame_timeout, and a busy
+    // connection pays nothing per request for the check.
+    let check = tokio::time::sleep(limits.frame_timeout);
+    tokio::pin!(check);
     loop {
         // Backpressure: a client whose answers are not taken is not read
         // from, so what it can make corrald hold is bounded.
@@ -607,15 +611,14 @@ async fn connection(
                 Err(_) => break,
             }
         } else {
-            let deadline = match reader.decoder().started {
-                Some(started) => started + limits.frame_timeout,
-                None => Instant::now() + limits.frame_timeout,
-            };
             tokio::select! {
                 frame = reader.next() => frame,
                 _ = stop.changed() => continue,
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if reader.decoder().started.is_some_and(|s| s.elapsed() >= limits.frame_timeout) {
+                _ = &mut check => {
+                    let started = reader.decoder().started;
+                    let next = started.map_or_else(Instant::now, |s| s) + limits.frame_timeout;
+                    check.as_mut().reset(next.into());
+                    if started.is_some_and(|s| s.elapsed() >= limits.frame_timeout) {
                         let why = format!(
                             "a frame was left unfinished for {} (limits.frame_timeout); closing the connection",
                             humantime::format_duration(limits.frame_timeout)

@@ -45,6 +45,8 @@ pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 pub struct Outgoing {
     pub seq: u64,
     pub response: proto::Response,
+    /// The response's encoded length, counted once.
+    pub len: usize,
 }
 
 /// Where the responses to one connection's requests go. Never blocks the
@@ -79,7 +81,7 @@ impl Replies {
         let len = response.encoded_len();
         self.queued.fetch_add(len, Ordering::Relaxed);
         // A client that hung up no longer wants the answer; the work goes on.
-        if self.tx.send(Outgoing { seq, response }).is_err() {
+        if self.tx.send(Outgoing { seq, response, len }).is_err() {
             self.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
@@ -89,7 +91,7 @@ impl ReplyQueue {
     /// The next response; its bytes no longer count as waiting.
     pub async fn recv(&mut self) -> Option<Outgoing> {
         let outgoing = self.rx.recv().await?;
-        self.queued.fetch_sub(outgoing.response.encoded_len(), Ordering::Relaxed);
+        self.queued.fetch_sub(outgoing.len, Ordering::Relaxed);
         Some(outgoing)
     }
 

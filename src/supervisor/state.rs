@@ -54,7 +54,9 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
         ));
     }
     for (name, group) in &state.groups {
-        crate::config::check_group_name(name).map_err(|e| format!("in the state file: {}", sanitise(&e)))?;
+        if crate::config::check_group_name(name).is_err() {
+            return Err(format!("in the state file: {} is not a valid group name", shown(name)));
+        }
         for id in &group.stopped_workers {
             let index = id.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('-'));
             if !index.and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| i >= 1) {
@@ -68,7 +70,7 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
 /// A value from the file as messages show it: escaped, and short.
 fn shown(value: &str) -> String {
     let cut: String = value.chars().take(48).collect();
-    format!("{:?}", sanitise(&cut))
+    format!("\"{}\"", sanitise(&cut))
 }
 
 /// What a reload (or a state load) changed, for the operator.
