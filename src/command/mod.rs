@@ -616,7 +616,7 @@ async fn connection(
                 _ = stop.changed() => continue,
                 _ = &mut check => {
                     let started = reader.decoder().started;
-                    let next = started.map_or_else(Instant::now, |s| s) + limits.frame_timeout;
+                    let next = started.unwrap_or_else(Instant::now) + limits.frame_timeout;
                     check.as_mut().reset(next.into());
                     if started.is_some_and(|s| s.elapsed() >= limits.frame_timeout) {
                         let why = format!(
