@@ -702,20 +702,20 @@ async fn connections_per_uid_are_capped_root_still_gets_in_and_descriptors_come_
     c.shutdown_ok().await;
 }
 
-/// Waits out `limits.frame_timeout` (10s by default): with a `[limits]`
-/// table, `frame_timeout = "1s"` would make it quick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_left_half_sent_is_cut_off_after_frame_timeout() {
-    let mut c = Fleet::new(&sleepers("web", 1));
+    let mut c = Fleet::new(&format!("[limits]\nframe_timeout = \"1s\"\n{}", sleepers("web", 1)));
     c.start();
     let mut idle = UnixStream::connect(&c.socket).await.unwrap();
     let mut stalled = UnixStream::connect(&c.socket).await.unwrap();
     let mut half = 100u32.to_be_bytes().to_vec();
     half.extend_from_slice(&[0x08; 10]);
     stalled.write_all(&half).await.unwrap();
+    let sent = Instant::now();
     // Others are served while it stalls.
     c.status().await;
     let r = read_response(&mut stalled, "the stalled client").await;
+    assert!(sent.elapsed() >= Duration::from_secs(1), "cut off before frame_timeout: {:?}", sent.elapsed());
     assert_eq!((r.id, r.status()), (0, Status::Failure), "{r:?}");
     assert!(r.message.contains("limits.frame_timeout"), "the answer should name the limit: {:?}", r.message);
     expect_eof(&mut stalled, "the stalled client").await;
@@ -1483,4 +1483,64 @@ async fn a_shutdown_with_no_worker_running_says_so() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("no worker was running"), "{out}");
     assert_eq!(c.wait_exit(), Some(0), "{}", c.stderr_tail());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Running out of descriptors is not the workers' failure
+// ---------------------------------------------------------------------------
+
+/// corrald at its descriptor limit (a tiny one, 64, and clients holding the
+/// rest): a worker that dies meanwhile cannot be restarted ("Too many open
+/// files"), but those failed starts are corrald's plight, not a crash loop.
+/// With a start limit of one restart, counting them would fail the group
+/// for good; instead it comes back once the clients leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_never_fails_a_group_for_good() {
+    let mut c = Fleet::new(&format!(
+        "{}restart = \"always\"\nrestart_backoff_initial = \"20ms\"\nrestart_backoff_max = \"100ms\"\n\
+         start_limit_burst = 1\nstart_limit_interval = \"1h\"\n",
+        sleepers("web", 1)
+    ));
+    c.wrapper = vec!["prlimit".into(), "--nofile=64:64".into()];
+    c.start();
+    c.wait_ready("web", 1).await;
+    let pid = corrald_pid(&c);
+    let victim = c.pids("web").await["web-1"];
+
+    // Root's connections are capped by nothing below 64: hold them until
+    // corrald's accept fails, then some more wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(std::os::unix::net::UnixStream::connect(&c.socket).expect("connect"));
+    }
+    eventually("corrald to run out of descriptors", || {
+        let log = c.stderr();
+        if log.contains("accept on the command socket failed") {
+            Ok(())
+        } else {
+            Err(format!("{} fds open", fd_count(pid)))
+        }
+    })
+    .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::SIGKILL).unwrap();
+    eventually("a restart to fail for want of descriptors", || {
+        if c.stderr().matches("failed to start: Too many open files").count() >= 2 {
+            Ok(())
+        } else {
+            Err("no failed starts for want of descriptors in the log yet".into())
+        }
+    })
+    .await;
+    drop(held);
+
+    let workers = c
+        .wait_workers("web-1 to run again", |w| w.iter().any(|w| w.id == "web-1" && w.pid != 0 && w.pid != victim))
+        .await;
+    let web1 = workers.iter().find(|w| w.id == "web-1").unwrap();
+    c.wait_ready("web", 1).await;
+    let s = c.status().await;
+    let web = group(&s, "web");
+    assert_ne!(web.state, "failed", "a passing descriptor shortage failed the group: {web:?}");
+    assert!(web1.restarts >= 1, "{web1:?}");
+    c.shutdown_ok().await;
 }
