@@ -732,7 +732,7 @@ mod tests {
         assert_eq!(shown.worker, None);
         let line = shown.text_line(AT);
         check_layout(&line).unwrap();
-        assert!(line.contains(&format!("\\u{{2026}}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20")), "{line}");
+        assert!(line.contains("\\u{2026}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20"), "{line}");
     }
 
     #[test]
