@@ -1,8 +1,8 @@
 //! Bytes as a client writes them to the command socket, taken the way
 //! `command::connection` takes them: frames cut by the socket's codec, each
-//! decoded as a `Request`, described for the audit, and rendered as the
-//! audit record a refused request gets (the record carries every field a
-//! client controls). Whatever arrives, nothing panics, every record is one
+//! decoded as a `Request`, checked against the bounds and the tiers,
+//! described for the audit, and rendered as the audit record a refused
+//! request gets (the record carries every field a client controls). Whatever arrives, nothing panics, every record is one
 //! line of twelve fields, its JSON parses back, and its size stays within
 //! the bound the audit schema states.
 #![no_main]
@@ -13,7 +13,10 @@ use prost::Message;
 use tokio_util::codec::Decoder;
 
 use corral::audit::{self, Actor, Outcome, Record};
-use corral::command::authorise;
+use corral::command::authorise::{self, Policy, Tier};
+use corral::command::peer::Peer;
+use corral::command::validate;
+use corral::config::{AccessLists, Limits};
 use corral::frame;
 use corral::proto::{request::Command, Request};
 
@@ -36,6 +39,19 @@ fuzz_target!(|data: &[u8]| {
 /// sees it, step for step.
 fn serve(request: &Request) {
     let Some(command) = &request.command else { return };
+    let limits = Limits::default();
+    if let Err(why) = validate::check(command, &limits) {
+        // A refusal echoes at most a short, escaped part of what was sent.
+        assert!(why.len() <= 1024, "a refusal of {} bytes", why.len());
+        assert!(!why.chars().any(char::is_control), "{why:?}");
+    }
+    let described = authorise::describe(command);
+    let outsider = Peer { uid: 1000, gid: 1000, groups: vec![100], pid: Some(4242), comm: None };
+    let policy = Policy::new(AccessLists { operate_uids: vec![1000], ..AccessLists::default() }, 0);
+    if let Ok(tier) = policy.check(&outsider, &described) {
+        assert!(tier >= described.tier);
+        assert!(tier < Tier::Admin, "the operate tier got admin");
+    }
     audit(request.id, command);
 }
 
