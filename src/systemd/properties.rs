@@ -166,19 +166,49 @@ pub fn render(value: &OwnedVariant) -> String {
         Variant::Array(a) => {
             let bytes: Vec<u8> =
                 a.iter().filter_map(|v| if let Variant::U8(b) = v { Some(*b) } else { None }).collect();
-            let cpus: Vec<String> = (0..bytes.len() * 8)
-                .filter(|cpu| bytes[cpu / 8] & (1 << (cpu % 8)) != 0)
-                .map(|c| c.to_string())
-                .collect();
-            cpus.join(" ")
+            cpu_ranges(&bytes)
         }
         other => format!("{other:?}"),
     }
 }
 
+/// A CPU mask as systemctl shows it, in runs: "0-3 6". A list of every CPU
+/// would grow with the mask (8192 CPUs: 40 KB) and no longer parse back
+/// under the value length limit.
+fn cpu_ranges(mask: &[u8]) -> String {
+    let set = |cpu: usize| mask[cpu / 8] & (1 << (cpu % 8)) != 0;
+    let mut runs = Vec::new();
+    let mut cpu = 0;
+    while cpu < mask.len() * 8 {
+        if !set(cpu) {
+            cpu += 1;
+            continue;
+        }
+        let start = cpu;
+        while cpu + 1 < mask.len() * 8 && set(cpu + 1) {
+            cpu += 1;
+        }
+        runs.push(if start == cpu { start.to_string() } else { format!("{start}-{cpu}") });
+        cpu += 1;
+    }
+    runs.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_masks_render_as_runs_that_parse_back() {
+        // A mask of 2..=2616 once rendered as 2615 numbers, too long to
+        // parse back: found by the properties fuzz target.
+        let p = parse("AllowedCPUs", "2-2616").unwrap();
+        let shown = render(&p.to_variant());
+        assert_eq!(shown, "2-2616");
+        assert_eq!(parse("AllowedCPUs", &shown), Ok(p));
+        let p = parse("AllowedCPUs", "0,2-3,7,8191").unwrap();
+        assert_eq!(render(&p.to_variant()), "0 2-3 7 8191");
+    }
 
     #[test]
     fn conversions_match_systemd() {
