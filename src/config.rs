@@ -147,6 +147,12 @@ pub struct Limits {
     pub max_state_file_size: usize,
     /// Bytes of one argument an audit record keeps. Default 256; 32 to 64K.
     pub max_audit_argument: usize,
+    /// Calls to systemd (placements, property changes) waiting for their
+    /// answer at once, whatever the number of workers starting. The system
+    /// bus refuses more than 128 pending replies per connection, and
+    /// systemd places scopes no faster with more than a few. Default 8; 1
+    /// to 64.
+    pub max_dbus_calls: u32,
 }
 
 impl Default for Limits {
@@ -164,6 +170,7 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(10),
             max_state_file_size: 4 << 20,
             max_audit_argument: 256,
+            max_dbus_calls: 8,
         }
     }
 }
@@ -331,6 +338,7 @@ struct RawLimits {
     frame_timeout: Option<Duration>,
     max_state_file_size: Option<Scalar>,
     max_audit_argument: Option<Scalar>,
+    max_dbus_calls: Option<u32>,
 }
 
 impl RawLimits {
@@ -398,6 +406,7 @@ impl RawLimits {
                 d.max_audit_argument,
                 32..=64 << 10,
             )?,
+            max_dbus_calls: count("max_dbus_calls", self.max_dbus_calls, d.max_dbus_calls, 1..=64)?,
         })
     }
 }

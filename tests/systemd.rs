@@ -232,3 +232,47 @@ async fn placement_goes_on_after_systemd_re_executes() {
     }
     c.shutdown_ok().await;
 }
+
+/// The most replies corrald's bus connection ever waited for at once, as
+/// dbus-daemon counts them (its Debug.Stats interface).
+fn peak_pending_replies(unique_name: &str) -> u64 {
+    let (ok, out) = run(
+        "busctl",
+        &[
+            "--system",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetConnectionStats",
+            "s",
+            unique_name,
+        ],
+    );
+    assert!(ok, "dbus-daemon's statistics: {out}");
+    let after = out.split("\"PeakReplies\" u ").nth(1).unwrap_or_else(|| panic!("no PeakReplies in {out}"));
+    after.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn placements_in_flight_stay_within_the_window_and_none_is_lost() {
+    // 200 workers asked for at once, each in its own scope: without a
+    // window every placement would wait on the bus at the same time.
+    let mut c = Corrald::new(
+        "[groups.many]\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\ncount = 200\nstop_mode = \"signal\"\n\
+         ready_after = \"10ms\"\nscope = \"worker\"\nstart_limit_burst = 1\n",
+    );
+    c.start();
+    c.wait_ready("many", 200).await;
+    let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-many-*.scope"]);
+    assert_eq!(units.lines().count(), 200, "one scope per worker");
+    let controller = show("corral-many-1.scope", "Controller");
+    assert!(controller.starts_with(':'), "corrald's bus name as the scopes' controller: {controller:?}");
+    let peak = peak_pending_replies(&controller);
+    // limits.max_dbus_calls (8) placements, plus the one call a placement
+    // may make to check a unit's state.
+    assert!(peak <= 9, "corrald waited for {peak} replies at once");
+    assert!(!c.stderr().contains("not started"), "{}", c.stderr_tail());
+    c.shutdown_ok().await;
+}

@@ -76,6 +76,39 @@ pub struct Systemd {
     unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: mpsc::UnboundedSender<Event>,
     version: String,
+    /// Placements and property changes in flight at once: the bus caps the
+    /// replies one connection may wait for (128 on Debian's system bus),
+    /// and beyond a few systemd is no faster.
+    window: Arc<tokio::sync::Semaphore>,
+}
+
+/// How often a call the bus or a re-executing manager dropped is tried
+/// again, and the first pause between tries (doubled each time).
+const RETRIES: u32 = 5;
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Starts the error of a job that systemd ran and that failed.
+const JOB_FAILED: &str = "the start job of";
+
+/// Whether a failed call is worth trying again after a pause: the bus was
+/// busy (LimitsExceeded) or the answer was lost (NoReply, a dropped
+/// connection, systemd re-executing), not a refusal of the call itself.
+fn transient(e: &zbus::Error) -> bool {
+    match error_name(e) {
+        Some(name) => matches!(
+            name,
+            "org.freedesktop.DBus.Error.LimitsExceeded"
+                | "org.freedesktop.DBus.Error.NoReply"
+                | "org.freedesktop.DBus.Error.Disconnected"
+                | "org.freedesktop.DBus.Error.Timeout"
+        ),
+        // A job that ran and failed is systemd's answer, not a lost one.
+        None => match e {
+            zbus::Error::InputOutput(_) => true,
+            zbus::Error::Failure(m) => !m.starts_with(JOB_FAILED),
+            _ => false,
+        },
+    }
 }
 
 fn call_err(unit: &str, what: &str, e: impl std::fmt::Display) -> String {
@@ -99,7 +132,7 @@ async fn timed<T>(what: &str, fut: impl std::future::Future<Output = zbus::Resul
 
 impl Systemd {
     /// Connects and checks that a service manager answers on the bus.
-    pub async fn connect(bus: Bus) -> Result<(Systemd, mpsc::UnboundedReceiver<Event>), String> {
+    pub async fn connect(bus: Bus, calls: usize) -> Result<(Systemd, mpsc::UnboundedReceiver<Event>), String> {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Self::open(bus, tx.clone()).await?;
         let version = link.manager.version().await.unwrap_or_default();
@@ -109,6 +142,7 @@ impl Systemd {
             unit_locks: Arc::default(),
             events: tx,
             version,
+            window: Arc::new(tokio::sync::Semaphore::new(calls.max(1))),
         };
         Ok((sd, rx))
     }
@@ -224,11 +258,31 @@ impl Systemd {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let link = self.link().await?;
+        let _permit = self.window.acquire().await.map_err(|e| format!("{}: {e}", placement.unit))?;
+        let unit = &placement.unit;
+        let mut pause = RETRY_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.place_once(pid, placement).await {
+                Err((e, true)) if attempt < RETRIES && confirm_in_unit(pid, unit).is_err() => {
+                    tracing::info!("{unit}: {e}; trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                done => return done.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// One try at [`Self::place`]; an error says whether another try may
+    /// succeed.
+    async fn place_once(&self, pid: u32, placement: &Placement) -> Result<Option<String>, (String, bool)> {
+        let link = self.link().await.map_err(|e| (e, true))?;
         let unit = &placement.unit;
         let mut note = None;
         if placement.shared && self.is_active(&link, unit).await {
-            self.attach(&link, unit, pid).await?;
+            self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
         } else {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
@@ -236,13 +290,14 @@ impl Systemd {
                     // Left from an earlier run. A live one is joined (its
                     // limits still apply); a dead one is reset and created anew.
                     if self.is_active(&link, unit).await {
-                        self.attach(&link, unit, pid).await?;
+                        self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
                     } else {
                         let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
-                        self.start_scope(&link, pid, placement)
-                            .await
-                            .map_err(|e| call_err(unit, "StartTransientUnit (after reset-failed)", e))?;
+                        self.start_scope(&link, pid, placement).await.map_err(|e| {
+                            let again = transient(&e);
+                            (call_err(unit, "StartTransientUnit (after reset-failed)", e), again)
+                        })?;
                         note = Some(format!("{unit} was left failed by an earlier run; reset and created anew"));
                     }
                 }
@@ -252,10 +307,13 @@ impl Systemd {
                 Err(e) if confirm_in_unit(pid, unit).is_ok() => {
                     note = Some(format!("{unit}: placement confirmed from /proc after the D-Bus exchange failed: {e}"));
                 }
-                Err(e) => return Err(call_err(unit, "StartTransientUnit", e)),
+                Err(e) => {
+                    let again = transient(&e);
+                    return Err((call_err(unit, "StartTransientUnit", e), again));
+                }
             }
         }
-        confirm_in_unit(pid, unit)?;
+        confirm_in_unit(pid, unit).map_err(|e| (e, false))?;
         Ok(note)
     }
 
@@ -278,7 +336,7 @@ impl Systemd {
         .await?;
         let result = self.job_result(link, job.to_string()).await?;
         if result != "done" {
-            return Err(zbus::Error::Failure(format!("the start job of {} finished with result {result:?}", p.unit)));
+            return Err(zbus::Error::Failure(format!("{JOB_FAILED} {} finished with result {result:?}", p.unit)));
         }
         Ok(())
     }
@@ -352,6 +410,7 @@ impl Systemd {
     /// Applies properties to a live unit (runtime only, as `systemctl
     /// set-property --runtime`) and returns what systemd now shows for each.
     pub async fn set_properties(&self, unit: &str, props: &[Property]) -> Result<Vec<(String, String)>, String> {
+        let _permit = self.window.acquire().await.map_err(|e| format!("{unit}: {e}"))?;
         let link = self.link().await?;
         let wire: Vec<(String, OwnedVariant)> =
             props.iter().map(|p| (p.dbus_name.to_string(), p.to_variant())).collect();
