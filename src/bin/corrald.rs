@@ -184,9 +184,12 @@ async fn connect_systemd(
         BusChoice::Auto if nix::unistd::geteuid().is_root() => Bus::System,
         BusChoice::Auto => Bus::User,
     };
-    let connected = tokio::time::timeout(std::time::Duration::from_secs(15), Systemd::connect(bus, config.limits.max_dbus_calls as usize))
-        .await
-        .unwrap_or_else(|_| Err("no answer from the D-Bus daemon within 15s".into()));
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        Systemd::connect(bus, config.limits.max_dbus_calls as usize),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no answer from the D-Bus daemon within 15s".into()));
     match connected {
         Ok((sd, events)) => {
             tracing::info!(slice = %config.slice, "placing workers in transient systemd scopes (systemd {})", sd.version());
