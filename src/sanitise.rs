@@ -37,6 +37,16 @@ pub fn neutralise(text: &str) -> String {
     escape(text, false)
 }
 
+/// The first `chars` characters of `text`, escaped as [`sanitise`] does,
+/// with the full length in bytes when it was cut: how an answer or a log
+/// line shows a value an outsider sent, which may be megabytes long.
+pub fn excerpt(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((cut, _)) => format!("{}... ({} bytes)", sanitise(&text[..cut]), text.len()),
+        None => sanitise(text),
+    }
+}
+
 fn escape(text: &str, double_backslash: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -8,7 +8,7 @@
 
 use crate::config::Limits;
 use crate::proto::request::Command;
-use crate::sanitise::sanitise;
+use crate::sanitise::excerpt;
 
 /// The longest target, group name or state name a request may carry.
 pub const MAX_NAME: usize = 80;
@@ -19,12 +19,8 @@ pub const MAX_PROPERTIES: usize = 32;
 pub const MAX_PROPERTY: usize = 256;
 
 /// What a refusal shows of a value: escaped, and cut to a few dozen chars.
-pub fn shown(value: &str) -> String {
-    const SHOWN: usize = 48;
-    match value.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("\"{}\"... ({} bytes)", sanitise(&value[..cut]), value.len()),
-        None => format!("\"{}\"", sanitise(value)),
-    }
+fn shown(value: &str) -> String {
+    format!("\"{}\"", excerpt(value, 48))
 }
 
 fn group_name(name: &str) -> bool {

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::files;
-use crate::sanitise::sanitise;
+use crate::sanitise::excerpt;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -69,8 +69,7 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
 
 /// A value from the file as messages show it: escaped, and short.
 fn shown(value: &str) -> String {
-    let cut: String = value.chars().take(48).collect();
-    format!("\"{}\"", sanitise(&cut))
+    format!("\"{}\"", excerpt(value, 48))
 }
 
 /// What a reload (or a state load) changed, for the operator.

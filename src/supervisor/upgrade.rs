@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::files::shown;
-use crate::sanitise::sanitise;
+use crate::sanitise;
 
 /// The version of what passes across an upgrade's exec: the environment
 /// naming the handed-over descriptors, their names, and workers.json.
@@ -148,8 +148,7 @@ fn excerpt(out: &str, err: &str) -> String {
     if text.is_empty() {
         return String::new();
     }
-    let cut: String = text.chars().take(300).collect();
-    format!(": {}", sanitise(&cut))
+    format!(": {}", sanitise::excerpt(text, 300))
 }
 
 #[cfg(test)]
