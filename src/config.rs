@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Gid;
+use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Deserializer};
 
 use crate::audit::AuditConfig;
@@ -275,6 +275,27 @@ pub struct GroupConfig {
     pub resources: Vec<crate::systemd::Property>,
     pub stdout: StreamPolicy,
     pub stderr: StreamPolicy,
+    /// What [`Config::load`] found on this host for the group, so that no
+    /// spawn waits on the user database or searches PATH; empty after
+    /// [`Config::parse`] alone.
+    pub host: HostFacts,
+}
+
+/// A group's command and identity as this host resolves them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostFacts {
+    /// The file the workers exec.
+    pub program: Option<PathBuf>,
+    /// Who the workers run as; none when the group names no user or group.
+    pub identity: Option<Identity>,
+}
+
+/// A worker's uid, gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
 }
 
 impl GroupConfig {
@@ -724,15 +745,51 @@ fn lookup_group(name: &str) -> Result<Gid, String> {
 /// Finds the file a worker's exec would run: a path as it is, a bare name
 /// the way execvp searches the worker's PATH (an empty entry or a relative
 /// one is taken from the working directory the worker starts in).
-fn find_command(g: &GroupConfig) -> Result<(), String> {
+pub fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
     if g.command.contains('/') {
-        return executable(Path::new(&g.command));
+        let path = PathBuf::from(&g.command);
+        return executable(&path).map(|()| path);
     }
     let here = g.working_directory.clone().unwrap_or_default();
-    if g.search_path().split(':').any(|dir| executable(&here.join(dir).join(&g.command)).is_ok()) {
-        return Ok(());
+    for dir in g.search_path().split(':') {
+        let path = here.join(dir).join(&g.command);
+        if executable(&path).is_ok() {
+            return Ok(path);
+        }
     }
     Err(format!("no executable {:?} in the workers' PATH ({})", g.command, g.search_path()))
+}
+
+/// Looks up who a group's workers run as: the user's uid, the group (the
+/// named one, else the user's primary one) and the user's supplementary
+/// groups. None when the group names neither user nor group.
+pub fn resolve_identity(g: &GroupConfig) -> Result<Option<Identity>, String> {
+    if g.user.is_none() && g.group.is_none() {
+        return Ok(None);
+    }
+    let user = match &g.user {
+        Some(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Some(user),
+            Ok(None) => return Err(format!("no user named {name:?} on this host")),
+            Err(e) => return Err(format!("cannot look up user {name:?}: {e}")),
+        },
+        None => None,
+    };
+    let gid = match &g.group {
+        Some(name) => lookup_group(name)?,
+        None => user.as_ref().map_or_else(nix::unistd::getegid, |u| u.gid),
+    };
+    let (uid, groups) = match &user {
+        Some(u) => {
+            let name =
+                std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user name {:?} holds NUL", u.name))?;
+            let groups = nix::unistd::getgrouplist(&name, gid)
+                .map_err(|e| format!("cannot list the groups of user {:?}: {e}", u.name))?;
+            (u.uid, groups)
+        }
+        None => (nix::unistd::geteuid(), vec![gid]),
+    };
+    Ok(Some(Identity { uid, gid, groups }))
 }
 
 /// A regular file this process may execute; for root that is any file
@@ -762,9 +819,9 @@ impl Config {
         if text.len() as u64 > MAX_CONFIG_FILE {
             return Err(too_large());
         }
-        let config = Config::parse(&text, path)?;
+        let mut config = Config::parse(&text, path)?;
         // Named as the caller named it, like the errors of parse.
-        config.check_host().map_err(|e| err(e.message))?;
+        config.resolve_host().map_err(|e| err(e.message))?;
         Ok(config)
     }
 
@@ -862,6 +919,7 @@ impl Config {
                     resources,
                     stdout: StreamPolicy { priority: g.stdout_priority, level_prefix: g.level_prefix },
                     stderr: StreamPolicy { priority: g.stderr_priority, level_prefix: g.level_prefix },
+                    host: HostFacts::default(),
                 },
             );
         }
@@ -955,22 +1013,17 @@ impl Config {
     /// startup and reload refuse a config whose workers could never start:
     /// users and groups exist, commands are executable files (bare names
     /// found in the workers' PATH), working directories are directories, and
-    /// `command_socket_group` names a group.
-    pub fn check_host(&self) -> Result<(), ConfigError> {
+    /// `command_socket_group` names a group. What it finds is kept in each
+    /// group's [`HostFacts`], so a spawn makes no such lookups.
+    pub fn resolve_host(&mut self) -> Result<(), ConfigError> {
         let err = |message: String| ConfigError { file: self.path.clone(), message };
         self.socket_gid()?;
-        for g in self.groups.values() {
+        for g in self.groups.values_mut() {
             let key = |k: &str| format!("groups.{}.{k}", g.name);
-            if let Some(name) = &g.user {
-                match nix::unistd::User::from_name(name) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err(err(format!("key `{}`: no user named {name:?} on this host", key("user")))),
-                    Err(e) => return Err(err(format!("key `{}`: cannot look up user {name:?}: {e}", key("user")))),
-                }
-            }
-            if let Some(name) = &g.group {
-                lookup_group(name).map_err(|m| err(format!("key `{}`: {m}", key("group"))))?;
-            }
+            let identity = resolve_identity(g).map_err(|m| {
+                let k = if m.contains("group named") { "group" } else { "user" };
+                err(format!("key `{}`: {m}", key(k)))
+            })?;
             if let Some(dir) = &g.working_directory {
                 match std::fs::metadata(dir) {
                     Ok(m) if m.is_dir() => {}
@@ -984,7 +1037,8 @@ impl Config {
                     Err(e) => return Err(err(format!("key `{}`: {}: {e}", key("working_directory"), dir.display()))),
                 }
             }
-            find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
+            let program = find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
+            g.host = HostFacts { program: Some(program), identity };
         }
         Ok(())
     }

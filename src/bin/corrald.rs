@@ -19,7 +19,7 @@ use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::proto;
-use corral::supervisor::{handshake_line, run_gate, Ending, Replies, Reply, Supervisor, GATE_ARG};
+use corral::supervisor::{handshake_line, Ending, Replies, Reply, Supervisor};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
@@ -39,12 +39,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // A worker on its way to exec waits here, in corrald's own code, until
-    // its scope is confirmed (see supervisor::process::Gate).
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == GATE_ARG) {
-        run_gate(&argv[2..]);
-    }
     let args = Args::parse();
     if args.handover_protocol {
         println!("{}", handshake_line());

@@ -9,6 +9,7 @@
 //! still waiting on them.
 
 mod fanout;
+mod launch;
 mod orchestrate;
 mod process;
 pub mod runtime;
@@ -26,17 +27,18 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode, StopMode};
+use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode};
 use crate::journal::Output;
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
 use crate::sanitise::sanitise;
 use crate::systemd::notify::Notifier;
 use crate::systemd::{self, Placement, Systemd};
 use fanout::{OpEvent, OpSink};
+use launch::OutputRoute;
 use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
-pub use process::{run_gate, start_time, GATE_ARG};
+pub use process::start_time;
 pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 
 /// A response on its way to a connection's writer, with the sequence
@@ -160,10 +162,11 @@ pub enum Msg {
         key: SlotKey,
         token: u64,
     },
-    ReadyAfter {
-        key: SlotKey,
-        generation: u64,
-    },
+    /// Fork more of the queued workers (see [`Supervisor::fork_queued`]).
+    ForkMore,
+    /// A gated worker's placement is settled (its gate opened, or dropped
+    /// after `PlacementFailed`): one fewer child waits.
+    Placed,
     /// Stop these slots, reporting to `op`; slots not running report at once.
     Stop {
         keys: Vec<SlotKey>,
@@ -285,8 +288,11 @@ struct Proc {
     started_at: SystemTime,
     started: Instant,
     tx: mpsc::UnboundedSender<ProcCmd>,
-    /// corrald's ends of its descriptors, by store name, for an upgrade.
-    keep: Vec<(String, OwnedFd)>,
+    /// corrald's ends of its descriptors that a later corrald needs, by
+    /// store name.
+    shared: process::Shared,
+    /// Its output goes straight to journald (see [`launch`]).
+    direct_output: bool,
 }
 
 struct Slot {
@@ -303,6 +309,8 @@ struct Slot {
     ready_waiters: Vec<OpSink>,
     /// Output lines of this worker dropped because the log queue was full.
     output_dropped: Arc<AtomicU64>,
+    /// Waiting in the fork queue: starting, with no process yet.
+    queued: bool,
 }
 
 impl Slot {
@@ -317,6 +325,7 @@ impl Slot {
             last_exit: String::new(),
             ready_waiters: Vec::new(),
             output_dropped: Arc::new(AtomicU64::new(0)),
+            queued: false,
         }
     }
 }
@@ -353,7 +362,25 @@ pub struct Supervisor {
     /// Where an accepted upgrade is announced to corrald's main loop.
     upgrades: Option<mpsc::UnboundedSender<PathBuf>>,
     upgrading: Option<PathBuf>,
+    /// Where workers' output goes (see [`launch`]).
+    route: OutputRoute,
+    /// Slots to fork, in order. Forking is paced so the actor keeps
+    /// answering requests while a thousand workers start.
+    fork_queue: VecDeque<SlotKey>,
+    /// Forked children that wait at their gate for placement; each pins
+    /// the pages corrald writes meanwhile, so their number is bounded.
+    gated: usize,
+    /// A `ForkMore` is on its way.
+    fork_more_sent: bool,
 }
+
+/// Forks per turn of the actor: a fork of corrald costs a fraction of a
+/// millisecond, so a turn stays within a few.
+const FORKS_PER_TURN: usize = 16;
+
+/// Children waiting at their gate at once: enough to keep systemd's
+/// placement window busy.
+const MAX_GATED: usize = 32;
 
 /// How the run loop ended.
 pub enum Ending {
@@ -384,6 +411,17 @@ impl Supervisor {
             runtime_dirty: false,
             upgrades: None,
             upgrading: None,
+            route: OutputRoute::Pipes,
+            fork_queue: VecDeque::new(),
+            gated: 0,
+            fork_more_sent: false,
+        };
+        sup.route = if sup.output.sink() == crate::journal::Sink::Journal
+            && std::path::Path::new(launch::JOURNAL_STREAM_SOCKET).exists()
+        {
+            OutputRoute::Journal
+        } else {
+            OutputRoute::Pipes
         };
         for g in config.groups.values() {
             sup.add_group(g.clone());
@@ -407,9 +445,15 @@ impl Supervisor {
         self.start_waiting_groups();
         // The keep-alive comes from this loop, so a wedged loop misses it.
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
+        let mut quiet = false;
         loop {
-            self.persist();
-            self.announce();
+            self.fork_queued();
+            // A read-only request changed nothing worth a look over the
+            // whole fleet.
+            if !quiet {
+                self.persist();
+                self.announce();
+            }
             let msg = tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => msg,
@@ -420,19 +464,13 @@ impl Supervisor {
                     continue;
                 }
             };
+            quiet = matches!(&msg, Msg::Request { request, .. } if read_only(request));
             match msg {
                 Msg::Request { request, reply } => self.on_request(request, reply),
                 Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
                 Msg::RestartDue { key, token } => self.on_restart_due(key, token),
-                Msg::ReadyAfter { key, generation } => {
-                    if let Some(slot) = self.slot_mut(&key) {
-                        if slot.state == SlotState::Starting
-                            && slot.proc.as_ref().map(|p| p.generation) == Some(generation)
-                        {
-                            self.mark_ready(&key);
-                        }
-                    }
-                }
+                Msg::ForkMore => self.fork_more_sent = false,
+                Msg::Placed => self.gated = self.gated.saturating_sub(1),
                 Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
                 Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
                 Msg::AwaitReady { keys, waiter } => {
@@ -487,8 +525,8 @@ impl Supervisor {
                             .groups
                             .values_mut()
                             .flat_map(|g| g.slots.values_mut())
-                            .filter_map(|s| s.proc.as_mut())
-                            .flat_map(|p| std::mem::take(&mut p.keep))
+                            .filter_map(|s| s.proc.as_ref())
+                            .flat_map(|p| process::export(&p.shared))
                             .collect();
                         return Ending::Upgrade { binary, fds };
                     }
@@ -575,6 +613,7 @@ impl Supervisor {
                         pid: proc.pid,
                         start_time: proc.start_time,
                         scope: scopes.then(|| scope_unit(&g.config, &key)),
+                        direct_output: proc.direct_output,
                     })
                 })
             })
@@ -597,8 +636,13 @@ impl Supervisor {
                 continue;
             }
             let mut take = |what: &str| stored.remove(&process::fd_name(w.generation, what));
-            let adoptee =
-                process::Adoptee { pid: w.pid, channel: take("chan"), stdout: take("out"), stderr: take("err") };
+            let adoptee = process::Adoptee {
+                pid: w.pid,
+                direct_output: w.direct_output,
+                channel: take("chan"),
+                stdout: take("out"),
+                stderr: take("err"),
+            };
             let forget = |sup: &Supervisor| {
                 for what in process::FD_KINDS {
                     sup.notifier.remove_fds(&process::fd_name(w.generation, what));
@@ -637,7 +681,7 @@ impl Supervisor {
             let plumbing =
                 process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
             match process::adopt(&group.config, &w.id, key, w.generation, events, adoptee, plumbing) {
-                Ok((tx, keep)) => {
+                Ok((tx, shared)) => {
                     slot.proc = Some(Proc {
                         generation: w.generation,
                         start_time: w.start_time,
@@ -646,7 +690,8 @@ impl Supervisor {
                         started_at: process::started_at(w.start_time).unwrap_or_else(SystemTime::now),
                         started: Instant::now(),
                         tx,
-                        keep,
+                        shared,
+                        direct_output: w.direct_output,
                     });
                     slot.state = SlotState::Ready;
                     group.waiting = false;
@@ -803,20 +848,56 @@ impl Supervisor {
         }
     }
 
+    /// Queues a slot's process to be forked (see [`Self::fork_queued`]); it
+    /// is starting from now on.
+    fn spawn_slot(&mut self, key: &SlotKey) {
+        let Some(slot) = self.slot_mut(key) else { return };
+        slot.stop_requested = false;
+        slot.state = SlotState::Starting;
+        if !std::mem::replace(&mut slot.queued, true) {
+            self.fork_queue.push_back(key.clone());
+        }
+    }
+
+    /// Forks queued slots, a few per turn and no more than [`MAX_GATED`]
+    /// waiting at their gates, and asks for another turn while some are
+    /// left: requests in between are answered at once.
+    fn fork_queued(&mut self) {
+        let mut forked = 0;
+        while forked < FORKS_PER_TURN && !self.fork_queue.is_empty() {
+            if self.systemd.is_some() && self.gated >= MAX_GATED {
+                // `Placed` brings the next turn.
+                return;
+            }
+            let key = self.fork_queue.pop_front().expect("not empty");
+            match self.slot_mut(&key) {
+                Some(slot) if slot.queued => slot.queued = false,
+                // Stopped or removed while it waited.
+                _ => continue,
+            }
+            self.fork_slot(&key);
+            forked += 1;
+        }
+        if !self.fork_queue.is_empty() && !self.fork_more_sent {
+            self.fork_more_sent = true;
+            self.handle.send(Msg::ForkMore);
+        }
+    }
+
     /// Forks a process for a slot. A failure to start counts as an exit, so
     /// the restart policy and its backoff apply to it as to a crash.
-    fn spawn_slot(&mut self, key: &SlotKey) {
+    fn fork_slot(&mut self, key: &SlotKey) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let events = self.handle.tx.clone();
+        let route = self.route;
         let Some(group) = self.groups.get_mut(&key.group) else { return };
         let config = group.config.clone();
         let Some(slot) = group.slots.get_mut(&key.index) else { return };
-        slot.stop_requested = false;
         let gated = self.systemd.is_some();
         let plumbing =
             process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
-        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, plumbing) {
+        match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, route, plumbing) {
             Ok(spawned) => {
                 tracing::debug!(worker = %key.id(), pid = spawned.pid, "spawned");
                 if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
@@ -830,6 +911,7 @@ impl Supervisor {
                         shared: config.scope == ScopeMode::Group,
                         properties: merged(&config.resources, &group.limits),
                     };
+                    self.gated += 1;
                     let (sd, tx, key, pid) = (sd.clone(), self.handle.tx.clone(), key.clone(), spawned.pid);
                     tokio::spawn(async move {
                         match sd.place(pid, &placement).await {
@@ -844,6 +926,7 @@ impl Supervisor {
                                 let _ = tx.send(Msg::PlacementFailed { key, generation, error });
                             }
                         }
+                        let _ = tx.send(Msg::Placed);
                     });
                 }
                 slot.proc = Some(Proc {
@@ -854,19 +937,11 @@ impl Supervisor {
                     started_at: spawned.started_at,
                     started: Instant::now(),
                     tx: spawned.tx,
-                    keep: spawned.keep,
+                    shared: spawned.shared,
+                    direct_output: route == OutputRoute::Journal,
                 });
                 slot.state = SlotState::Starting;
                 self.runtime_dirty = true;
-                if config.stop_mode == StopMode::Signal {
-                    let tx = self.handle.tx.clone();
-                    let key = key.clone();
-                    let after = config.ready_after;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(Msg::ReadyAfter { key, generation });
-                    });
-                }
             }
             Err(e) => {
                 tracing::warn!(worker = %key.id(), command = %config.command, "failed to start: {e}");
@@ -911,8 +986,8 @@ impl Supervisor {
             }
             ProcEvent::Exited { description, clean } => {
                 let proc = slot.proc.take().expect("generation matched");
-                for what in process::FD_KINDS {
-                    self.notifier.remove_fds(&process::fd_name(proc.generation, what));
+                for (name, _) in &proc.shared {
+                    self.notifier.remove_fds(name);
                 }
                 self.runtime_dirty = true;
                 let Some(slot) = self.slot_mut(&key) else { return };
@@ -1049,9 +1124,10 @@ impl Supervisor {
                     }
                 }
                 None => {
-                    // Not running (backoff, failed, never started): nothing
-                    // to drain, and no restart may follow.
+                    // Not running (queued, backoff, failed, never started):
+                    // nothing to drain, and no restart may follow.
                     slot.state = SlotState::Stopped;
+                    slot.queued = false;
                     slot.backoff_token += 1;
                     for w in slot.ready_waiters.drain(..) {
                         let detail = "stopped before it was ready".to_string();
@@ -1093,6 +1169,7 @@ impl Supervisor {
                 }
                 (Some(_), SlotState::Starting) => slot.ready_waiters.push(waiter.clone()),
                 (Some(_), _) => refuse(id, "still stopping"),
+                (None, _) if slot.queued => slot.ready_waiters.push(waiter.clone()),
                 (None, _) => {
                     slot.ready_waiters.push(waiter.clone());
                     slot.consecutive_failures = 0;
@@ -1707,6 +1784,11 @@ impl Supervisor {
 const WORKERS_PER_RESPONSE: usize = 256;
 
 /// The scope a worker of this group is placed in.
+/// Requests that only read the supervisor's state.
+fn read_only(request: &proto::Request) -> bool {
+    matches!(request.command, Some(Command::Status(_) | Command::ListWorkers(_)))
+}
+
 fn scope_unit(config: &GroupConfig, key: &SlotKey) -> String {
     match config.scope {
         ScopeMode::Group => systemd::scope_name(&key.group, None),

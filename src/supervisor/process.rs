@@ -7,33 +7,32 @@
 //! the moment the process exits.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::Pid;
 use prost::Message;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::fanout::{OpEvent, OpSink};
+use super::launch::{self, OutputRoute, Stage, REPORT_LEN};
 use super::{Msg, SlotKey};
 use crate::config::{GroupConfig, StopMode, StopTimeoutAction};
 use crate::frame;
 use crate::journal::{Origin, Output, Stream};
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
 use crate::systemd::notify::Notifier;
-
-/// The descriptor number at which a protocol worker finds its channel.
-const WORKER_FD: i32 = 3;
 
 /// Commands to a running worker's task.
 pub enum ProcCmd {
@@ -60,19 +59,49 @@ pub struct Spawned {
     pub tx: mpsc::UnboundedSender<ProcCmd>,
     /// Present when the process waits in the gate for its placement.
     pub gate: Option<Gate>,
-    pub keep: Kept,
+    pub shared: Shared,
 }
 
-/// Copies of corrald's ends of a worker's descriptors, by store name, to
-/// pass to a new corrald on an upgrade.
-pub type Kept = Vec<(String, OwnedFd)>;
+/// corrald's ends of a worker's descriptors that a later corrald needs, by
+/// store name. They stay where the worker's task uses them; an upgrade
+/// takes copies with [`export`].
+pub type Shared = Vec<(String, FdIdentity)>;
 
-/// The first argument that makes corrald act as the exec gate.
-pub const GATE_ARG: &str = "--corral-exec-gate";
+/// A descriptor number and the file it was opened on, so a copy is taken
+/// only while the number still means that file.
+pub struct FdIdentity {
+    raw: RawFd,
+    dev: u64,
+    ino: u64,
+}
 
-/// The parent's end of a worker's gate. The worker has been forked and sits
-/// in corrald's own gate code, not yet running its command: [`Gate::open`]
-/// lets it exec; dropping the gate makes it exit without ever doing so.
+impl FdIdentity {
+    fn of(fd: BorrowedFd<'_>) -> io::Result<FdIdentity> {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        Ok(FdIdentity { raw: fd.as_raw_fd(), dev: st.st_dev, ino: st.st_ino })
+    }
+}
+
+/// Copies of the shared descriptors that are still open on the same file
+/// (a worker whose channel has closed since has nothing left to pass).
+pub fn export(shared: &Shared) -> Vec<(String, OwnedFd)> {
+    let mut copies = Vec::new();
+    for (name, id) in shared {
+        let Ok(st) = nix::sys::stat::fstat(id.raw) else { continue };
+        if st.st_dev != id.dev || st.st_ino != id.ino {
+            continue;
+        }
+        if let Ok(raw) = nix::fcntl::fcntl(id.raw, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0)) {
+            // SAFETY: fcntl just returned this new descriptor, owned by nobody else.
+            copies.push((name.clone(), unsafe { OwnedFd::from_raw_fd(raw) }));
+        }
+    }
+    copies
+}
+
+/// The parent's end of a worker's gate. The worker has been forked and
+/// waits, not yet running its command: [`Gate::open`] lets it exec;
+/// dropping the gate makes it exit without ever doing so.
 pub struct Gate(OwnedFd);
 
 impl Gate {
@@ -81,73 +110,6 @@ impl Gate {
         // reported through the normal path.
         let _ = nix::unistd::write(&self.0, b"g");
     }
-}
-
-/// The exec gate: the child half of [`Gate`], run by corrald's binary when
-/// started with [`GATE_ARG`]. It blocks until corrald has confirmed the
-/// worker's placement in its scope, so no worker code ever runs outside it.
-/// Arguments: the descriptor to wait on, then the command and its arguments.
-pub fn run_gate(args: &[std::ffi::OsString]) -> ! {
-    use std::os::unix::ffi::OsStrExt;
-    let fail = |msg: String| -> ! {
-        eprintln!("corral gate: {msg}");
-        std::process::exit(126)
-    };
-    let (Some(fd), Some(command)) = (args.first(), args.get(1)) else {
-        fail("usage: --corral-exec-gate FD COMMAND [ARGS...]".into())
-    };
-    let fd: i32 = fd.to_str().and_then(|f| f.parse().ok()).unwrap_or_else(|| fail(format!("bad descriptor {fd:?}")));
-    let mut byte = [0u8; 1];
-    let got = loop {
-        match nix::unistd::read(fd, &mut byte) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
-    let _ = nix::unistd::close(fd);
-    if got != Ok(1) {
-        // corrald could not place us (or went away): never run the command.
-        std::process::exit(1);
-    }
-    let cstrings: Result<Vec<std::ffi::CString>, _> =
-        args[1..].iter().map(|a| std::ffi::CString::new(a.as_bytes())).collect();
-    let argv = cstrings.unwrap_or_else(|_| fail("an argument contains a NUL byte".into()));
-    let err = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
-    eprintln!("corral: cannot execute {}: {err}", command.to_string_lossy());
-    std::process::exit(127)
-}
-
-/// Identity a worker runs as, resolved before fork so the child only makes
-/// system calls.
-struct Credentials {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
-fn credentials(cfg: &GroupConfig) -> io::Result<Option<Credentials>> {
-    if cfg.user.is_none() && cfg.group.is_none() {
-        return Ok(None);
-    }
-    let not_found =
-        |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no {what} named {name:?}"));
-    let user = match &cfg.user {
-        Some(name) => Some(nix::unistd::User::from_name(name)?.ok_or_else(|| not_found("user", name))?),
-        None => None,
-    };
-    let gid = match &cfg.group {
-        Some(name) => nix::unistd::Group::from_name(name)?.ok_or_else(|| not_found("group", name))?.gid,
-        None => user.as_ref().map(|u| u.gid).unwrap_or_else(nix::unistd::getegid),
-    };
-    let (uid, groups) = match &user {
-        Some(u) => {
-            let cname = std::ffi::CString::new(u.name.clone())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
-            (u.uid, nix::unistd::getgrouplist(&cname, gid)?)
-        }
-        None => (nix::unistd::geteuid(), vec![gid]),
-    };
-    Ok(Some(Credentials { uid, gid, groups }))
 }
 
 /// Describes how a process ended, and whether that counts as clean the way
@@ -202,8 +164,9 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// Forks and execs one worker. Its task reports to `events` under `key` and
 /// `generation`, so events from a replaced process are recognised as stale.
-/// With `gated`, the process starts in the exec gate and runs its command
-/// only when the returned [`Gate`] is opened.
+/// With `gated`, the process waits and runs its command only when the
+/// returned [`Gate`] is opened.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     cfg: &GroupConfig,
     worker_id: &str,
@@ -211,114 +174,60 @@ pub fn spawn(
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
     gated: bool,
+    route: OutputRoute,
     plumbing: Plumbing<'_>,
 ) -> io::Result<Spawned> {
-    let (mut cmd, gate) = if gated {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        // Far from the low numbers the worker channel is moved to.
-        let high = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
-        // SAFETY: fcntl just returned this new descriptor, owned by nobody else.
-        let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
-        drop(read);
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg(GATE_ARG).arg(high.as_raw_fd().to_string()).arg(&cfg.command);
-        (cmd, Some((high, write)))
-    } else {
-        (tokio::process::Command::new(&cfg.command), None)
-    };
-    let gate_fd = gate.as_ref().map(|(read, _)| read.as_raw_fd());
-    cmd.args(&cfg.args)
-        .env_clear()
-        .envs(&cfg.environment)
-        // The PATH `Config::check_host` found the command in.
-        .env("PATH", cfg.search_path())
-        .env("CORRAL_GROUP", &cfg.name)
-        .env("CORRAL_WORKER_ID", worker_id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a Ctrl-C at corrald's terminal is corrald's
-        // to handle (as a soft shutdown), and a hard stop can kill the
-        // worker's children with it.
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(dir) = &cfg.working_directory {
-        cmd.current_dir(dir);
-    }
-    let channel = match cfg.stop_mode {
-        StopMode::Protocol => {
-            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-            cmd.env("CORRAL_WORKER_FD", WORKER_FD.to_string());
-            Some((ours, OwnedFd::from(theirs)))
-        }
-        StopMode::Signal => None,
-    };
-    let creds = credentials(cfg)?;
-    let child_fd = channel.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
-    // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe system calls (fcntl, dup2, setgroups, setgid, setuid)
-    // on values prepared before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = gate_fd {
-                clear_cloexec(fd)?;
-            }
-            if let Some(fd) = child_fd {
-                if fd == WORKER_FD {
-                    clear_cloexec(fd)?;
-                } else if libc_dup2(fd, WORKER_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if let Some(c) = &creds {
-                nix::unistd::setgroups(&c.groups)?;
-                nix::unistd::setgid(c.gid)?;
-                nix::unistd::setuid(c.uid)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let gate = gate.map(|(read, write)| {
-        drop(read);
-        Gate(write)
-    });
-    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    let protocol = cfg.stop_mode == StopMode::Protocol;
+    let plan = launch::Plan::new(cfg, worker_id, protocol, route)?;
+    let forked = launch::fork(&plan, gated, protocol)?;
+    let started_at = SystemTime::now();
+    let pid = forked.pid;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
-    let mut keep = Vec::new();
-    // Into the service manager's store, and a copy kept for an upgrade.
-    let mut hand_over = |what: &str, fd: BorrowedFd<'_>| -> io::Result<()> {
+    let mut shared = Vec::new();
+    // Into the service manager's store, for a corrald that takes over
+    // after a crash or restart, and named for an upgrade's copies.
+    let mut share = |what: &str, fd: BorrowedFd<'_>| -> io::Result<()> {
         plumbing.store.store_fds(&fd_name(generation, what), &[fd]);
-        keep.push((fd_name(generation, what), fd.try_clone_to_owned()?));
+        shared.push((fd_name(generation, what), FdIdentity::of(fd)?));
         Ok(())
     };
-    if let Some(stdout) = child.stdout.take() {
-        hand_over("out", stdout.as_fd())?;
-        plumbing.output.pump(stdout, origin.clone(), Stream::Stdout, cfg.stdout);
+    for (fd, stream, policy, what) in
+        [(forked.stdout, Stream::Stdout, cfg.stdout, "out"), (forked.stderr, Stream::Stderr, cfg.stderr, "err")]
+    {
+        if let Some(fd) = fd {
+            share(what, fd.as_fd())?;
+            plumbing.output.pump(pipe::Receiver::from_owned_fd(fd)?, origin.clone(), stream, policy);
+        }
     }
-    if let Some(stderr) = child.stderr.take() {
-        hand_over("err", stderr.as_fd())?;
-        plumbing.output.pump(stderr, origin, Stream::Stderr, cfg.stderr);
-    }
-    let started_at = SystemTime::now();
-    let stream = match channel {
-        Some((ours, theirs)) => {
-            drop(theirs);
-            hand_over("chan", ours.as_fd())?;
+    let stream = match forked.channel {
+        Some(ours) => {
+            share("chan", ours.as_fd())?;
             ours.set_nonblocking(true)?;
             Some(UnixStream::from_std(ours)?)
         }
         None => None,
     };
-    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, Exit::Child(child), stream);
-    Ok(Spawned { pid, started_at, tx, gate, keep })
+    let exit = Exit::watch(forked.pidfd, pid)?;
+    let start = Start { reports: Some(pipe::Receiver::from_owned_fd(forked.reports)?), ready_after: cfg.ready_after };
+    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, Some(start));
+    Ok(Spawned { pid, started_at, tx, gate: forked.gate.map(Gate), shared })
+}
+
+/// What the task of a process it started itself watches until the exec.
+struct Start {
+    /// The child's failure reports (see [`launch`]); end of file at exec.
+    reports: Option<pipe::Receiver>,
+    /// A signal-mode worker counts as ready this long after its exec.
+    ready_after: Duration,
 }
 
 /// A worker process of an earlier corrald, and the descriptors it left in
 /// the service manager's store.
 pub struct Adoptee {
     pub pid: u32,
+    /// Its output goes straight to journald, so no pipes were left.
+    pub direct_output: bool,
     pub channel: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -335,12 +244,12 @@ pub fn adopt(
     events: mpsc::UnboundedSender<Msg>,
     adoptee: Adoptee,
     plumbing: Plumbing<'_>,
-) -> io::Result<(mpsc::UnboundedSender<ProcCmd>, Kept)> {
+) -> io::Result<(mpsc::UnboundedSender<ProcCmd>, Shared)> {
     let pid = adoptee.pid;
-    let mut keep = Vec::new();
+    let mut shared = Vec::new();
     for (fd, what) in [(&adoptee.channel, "chan"), (&adoptee.stdout, "out"), (&adoptee.stderr, "err")] {
         if let Some(fd) = fd {
-            keep.push((fd_name(generation, what), fd.try_clone()?));
+            shared.push((fd_name(generation, what), FdIdentity::of(fd.as_fd())?));
         }
     }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
@@ -349,17 +258,15 @@ pub fn adopt(
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor; we own it.
-    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
-    // SAFETY: the AsyncFd owns the pidfd, which stays open until it drops.
-    let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    let exit = Exit::Adopted(pidfd, Pid::from_raw(pid as i32));
+    let exit = Exit::watch(unsafe { OwnedFd::from_raw_fd(raw as i32) }, pid)?;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
     for (fd, stream, policy, what) in
         [(adoptee.stdout, Stream::Stdout, cfg.stdout, "stdout"), (adoptee.stderr, Stream::Stderr, cfg.stderr, "stderr")]
     {
-        match fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd).transpose()? {
+        match fd.map(pipe::Receiver::from_owned_fd).transpose()? {
             Some(pipe) => plumbing.output.pump(pipe, origin.clone(), stream, policy),
+            None if adoptee.direct_output => {}
             None => tracing::warn!(
                 worker = %worker_id,
                 "its {what} pipe did not survive the earlier corrald (no descriptor store): its output is lost, \
@@ -380,49 +287,40 @@ pub fn adopt(
             None
         }
     };
-    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream);
-    Ok((tx, keep))
+    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, None);
+    Ok((tx, shared))
 }
 
-/// How a worker's end is seen: as our child (with its exit status), or,
-/// for an adopted one, through a pidfd that becomes readable when it exits.
-enum Exit {
-    Child(Child),
-    Adopted(tokio::io::unix::AsyncFd<OwnedFd>, Pid),
+/// How a worker's end is seen: through a pidfd that becomes readable when
+/// it exits. A child of this corrald (one it started, or one adopted after
+/// an in-place upgrade) is then reaped, which tells how it ended; for a
+/// child of an earlier corrald the status went with that corrald.
+struct Exit {
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    pid: Pid,
 }
 
 impl Exit {
+    fn watch(pidfd: OwnedFd, pid: u32) -> io::Result<Exit> {
+        // SAFETY: the AsyncFd owns the pidfd, which stays open until it drops.
+        let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+        Ok(Exit { pidfd, pid: Pid::from_raw(pid as i32) })
+    }
+
     async fn wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        match self {
-            Exit::Child(child) => child.wait().await.map(Some),
-            Exit::Adopted(pidfd, pid) => {
-                let _ = pidfd.readable().await?;
-                // Still our child after an in-place upgrade: reap it, and
-                // learn how it ended. Otherwise its parent was the earlier
-                // corrald, and the status went with it.
-                match nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw(code << 8))),
-                    Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => Ok(Some(ExitStatus::from_raw(sig as i32))),
-                    _ => Ok(None),
-                }
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        loop {
+            let mut ready = self.pidfd.readable().await?;
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(ExitStatus::from_raw(code << 8))),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(ExitStatus::from_raw(sig as i32))),
+                Err(nix::errno::Errno::ECHILD) => return Ok(None),
+                // Readable means it has exited; a stop or continue report
+                // is not the end.
+                _ => ready.clear_ready(),
             }
         }
     }
-}
-
-fn clear_cloexec(fd: i32) -> io::Result<()> {
-    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-    let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
-    flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
-    Ok(())
-}
-
-/// dup2 through nix's safe wrapper would take ownership semantics we do not
-/// want in the child; this is the plain call.
-fn libc_dup2(old: i32, new: i32) -> i32 {
-    // SAFETY: dup2 on plain descriptor numbers has no memory effects.
-    unsafe { nix::libc::dup2(old, new) }
 }
 
 struct ProcessTask {
@@ -435,6 +333,7 @@ struct ProcessTask {
     key: SlotKey,
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
+    command: String,
 }
 
 /// The soft stop in progress, if any.
@@ -461,6 +360,7 @@ impl ProcessTask {
         events: mpsc::UnboundedSender<Msg>,
         exit: Exit,
         stream: Option<UnixStream>,
+        start: Option<Start>,
     ) -> mpsc::UnboundedSender<ProcCmd> {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = ProcessTask {
@@ -473,8 +373,9 @@ impl ProcessTask {
             key,
             generation,
             events,
+            command: cfg.command.clone(),
         };
-        tokio::spawn(task.run(exit, stream, rx));
+        tokio::spawn(task.run(exit, stream, rx, start));
         tx
     }
 
@@ -489,7 +390,13 @@ impl ProcessTask {
         let _ = kill(self.pid, sig);
     }
 
-    async fn run(self, mut exit: Exit, stream: Option<UnixStream>, mut rx: mpsc::UnboundedReceiver<ProcCmd>) {
+    async fn run(
+        self,
+        mut exit: Exit,
+        stream: Option<UnixStream>,
+        mut rx: mpsc::UnboundedReceiver<ProcCmd>,
+        start: Option<Start>,
+    ) {
         let (mut reader, mut writer) = match stream {
             Some(s) => {
                 let (r, w) = s.into_split();
@@ -505,10 +412,40 @@ impl ProcessTask {
         let mut killed = false;
         let mut next_request_id = 1u64;
         let mut soft_request_id = 0u64;
+        let (mut reports, ready_after) = match start {
+            Some(s) => (s.reports.map(Reports::new), Some(s.ready_after)),
+            None => (None, None),
+        };
+        // Why it never ran its command, when the child said so.
+        let mut failed_start: Option<String> = None;
+        let mut ready_at: Option<Instant> = None;
 
         let status = loop {
             tokio::select! {
                 status = exit.wait() => break status,
+                report = async { reports.as_mut().unwrap().next().await }, if reports.is_some() => match report {
+                    Some(bytes) => {
+                        let (stage, text) = launch::describe_report(&bytes, &self.command);
+                        if stage == Stage::Journal {
+                            tracing::warn!(worker = %self.worker_id, "{text}");
+                        } else {
+                            failed_start = Some(text);
+                        }
+                    }
+                    None => {
+                        reports = None;
+                        // The exec happened (or the child is gone, which
+                        // the exit says): a signal-mode worker's wait for
+                        // readiness starts now, not while it was placed.
+                        if self.stop_mode == StopMode::Signal && failed_start.is_none() {
+                            ready_at = ready_after.map(|after| Instant::now() + after);
+                        }
+                    }
+                },
+                _ = sleep_until_opt(ready_at), if ready_at.is_some() => {
+                    ready_at = None;
+                    self.report(ProcEvent::Ready);
+                }
                 frame = async { reader.as_mut().unwrap().next().await }, if reader.is_some() => {
                     match frame {
                         Some(Ok(bytes)) => match proto::WorkerResponse::decode(bytes) {
@@ -611,7 +548,10 @@ impl ProcessTask {
         }
 
         let (description, clean) = match status {
-            Ok(Some(status)) => describe_exit(status),
+            Ok(Some(status)) => match failed_start {
+                Some(why) => (format!("failed to start: {why}"), false),
+                None => describe_exit(status),
+            },
             Ok(None) => ("exited (status unknown: adopted from an earlier corrald)".to_string(), false),
             Err(e) => (format!("lost: {e}"), false),
         };
@@ -670,6 +610,32 @@ impl ProcessTask {
             }
             Status::Unspecified => {}
         }
+    }
+}
+
+/// The child's failure reports, read whole however the bytes arrive.
+struct Reports {
+    pipe: pipe::Receiver,
+    buf: [u8; REPORT_LEN],
+    filled: usize,
+}
+
+impl Reports {
+    fn new(pipe: pipe::Receiver) -> Reports {
+        Reports { pipe, buf: [0; REPORT_LEN], filled: 0 }
+    }
+
+    /// The next report; none at end of file. Cancel-safe: a partial report
+    /// stays in the buffer.
+    async fn next(&mut self) -> Option<[u8; REPORT_LEN]> {
+        while self.filled < REPORT_LEN {
+            match self.pipe.read(&mut self.buf[self.filled..]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.filled += n,
+            }
+        }
+        self.filled = 0;
+        Some(self.buf)
     }
 }
 

@@ -28,6 +28,9 @@ pub struct RuntimeWorker {
     pub pid: u32,
     pub start_time: u64,
     pub scope: Option<String>,
+    /// Its output goes straight to journald: no pipes to take over.
+    #[serde(default)]
+    pub direct_output: bool,
 }
 
 pub fn path(state_directory: &Path) -> PathBuf {
