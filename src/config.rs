@@ -221,6 +221,22 @@ pub enum ScopeMode {
     Worker,
 }
 
+/// Where a group's workers' stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputMode {
+    /// corrald reads them and writes each line to journald with its own
+    /// fields (`CORRAL_WORKER_ID`, ...); a slow journal never blocks a
+    /// worker: lines that do not fit the queue are dropped and counted.
+    #[default]
+    Corrald,
+    /// The worker writes to journald's stream socket itself, as a service
+    /// with `StandardOutput=journal` does: journald's own speed and
+    /// attribution (`_PID`, `_SYSTEMD_UNIT`), but no corral fields, and a
+    /// stuck journald blocks the worker as it blocks services.
+    Journal,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -275,6 +291,7 @@ pub struct GroupConfig {
     pub resources: Vec<crate::systemd::Property>,
     pub stdout: StreamPolicy,
     pub stderr: StreamPolicy,
+    pub output: OutputMode,
     /// What [`Config::load`] found on this host for the group, so that no
     /// spawn waits on the user database or searches PATH; empty after
     /// [`Config::parse`] alone.
@@ -518,6 +535,8 @@ struct RawGroup {
     stderr_priority: u8,
     #[serde(default = "yes")]
     level_prefix: bool,
+    #[serde(default)]
+    output: OutputMode,
 }
 
 /// A resource value, written as a string ("512M") or a bare number (100).
@@ -919,6 +938,7 @@ impl Config {
                     resources,
                     stdout: StreamPolicy { priority: g.stdout_priority, level_prefix: g.level_prefix },
                     stderr: StreamPolicy { priority: g.stderr_priority, level_prefix: g.level_prefix },
+                    output: g.output,
                     host: HostFacts::default(),
                 },
             );

@@ -269,6 +269,54 @@ fn worker_lines_reach_the_journal_under_the_workers_scope_and_none_is_lost() {
     assert!(status.contains("hello from web"), "{status}");
 }
 
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn journal_output_is_the_workers_own_stream_filed_under_its_own_scope() {
+    let args = [
+        "--say",
+        "hello from web",
+        "--complain",
+        "<3>disk on fire",
+        "--complain",
+        "plain stderr",
+        "--burst-lines",
+        "5000",
+    ];
+    let extra = "output = \"journal\"\nscope = \"worker\"\nstderr_priority = \"warning\"";
+    let _i = Installed::new(&group("web", 2, &args, extra));
+    systemctl(&["start", "corrald.service"]);
+    let pid = worker_pid("web-2").to_string();
+
+    // Its stdout is a stream socket of its own to journald; corrald reads
+    // nothing of it.
+    let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert!(stdout.to_string_lossy().starts_with("socket:"), "{stdout:?}");
+
+    let got = wait_for("5000 lines of web-2 in the journal", || {
+        let _ = run("journalctl", &["--sync"]);
+        let (_, out) =
+            run("journalctl", &["--no-pager", "-o", "cat", "-u", "corral-web-2.scope", &format!("_PID={pid}")]);
+        let lines: BTreeSet<u64> = out.lines().filter_map(|l| l.strip_prefix("line ")?.parse().ok()).collect();
+        (lines.len() == 5_000).then_some(lines)
+    });
+    assert_eq!(got.last(), Some(&5_000));
+
+    let entries = journal(&["-u", "corral-web-2.scope"]);
+    let find = |message: &str| {
+        entries.iter().find(|e| e["MESSAGE"] == message).unwrap_or_else(|| panic!("no {message:?} under the scope"))
+    };
+    let hello = find("hello from web");
+    assert_eq!(hello["_SYSTEMD_UNIT"], "corral-web-2.scope");
+    assert_eq!(hello["_PID"], pid.as_str());
+    assert_eq!(hello["_TRANSPORT"], "stdout");
+    assert_eq!(hello["SYSLOG_IDENTIFIER"], "web-2");
+    assert_eq!(hello["PRIORITY"], "6");
+    assert_eq!(find("disk on fire")["PRIORITY"], "3", "a <3> prefix sets the priority");
+    assert_eq!(find("plain stderr")["PRIORITY"], "4", "stderr lines get stderr_priority");
+    let own: Vec<_> = entries.iter().filter(|e| e["_SYSTEMD_UNIT"] == "corral-web-2.scope").collect();
+    assert!(own.iter().all(|e| e["_PID"] == pid.as_str()), "only web-2's own lines in its scope");
+}
+
 /// Resumes journald even when the test fails half-way.
 struct Frozen;
 

@@ -8,12 +8,12 @@
 //! a waiting child pins the pages corrald writes while it waits, which is
 //! why the supervisor bounds how many children wait at once.
 //!
-//! With journald, the child connects its stdout and stderr to journald's
-//! stream socket itself, once it is in its scope and has its identity, as
-//! systemd does for a service's output: journald then files each line under
-//! the worker's own pid, uid and unit, corrald never carries the output, and
-//! a worker's output outlives any corrald. Without journald, the output
-//! comes to corrald through pipes.
+//! With `output = "journal"`, the child connects its stdout and stderr to
+//! journald's stream socket itself, once it is in its scope and has its
+//! identity, as systemd does for a service's output: journald then files
+//! each line under the worker's own pid, uid and unit, corrald never
+//! carries the output, and the output outlives any corrald. Otherwise the
+//! output comes to corrald through pipes.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -299,8 +299,9 @@ unsafe fn child(
     envp: &[*const libc::c_char],
     journal: &JournalAddress,
 ) -> ! {
-    let fail = |stage: Stage| -> ! {
-        report(fds.report, stage);
+    let mut report_fd = fds.report;
+    let fail = |report_fd: RawFd, stage: Stage| -> ! {
+        report(report_fd, stage);
         libc::_exit(127)
     };
     // A new program expects an empty signal mask and default dispositions;
@@ -312,22 +313,35 @@ unsafe fn child(
     // Its own process group: a Ctrl-C at corrald's terminal is corrald's to
     // handle, and a hard stop can kill the worker's children with it.
     if libc::setpgid(0, 0) < 0 || libc::dup2(fds.null, 0) < 0 {
-        fail(Stage::Setup);
+        fail(report_fd, Stage::Setup);
     }
     if let Some(fd) = fds.channel {
         if libc::dup2(fd, WORKER_FD) < 0 {
-            fail(Stage::Setup);
+            fail(report_fd, Stage::Setup);
         }
     }
     if let (Some(out), Some(err)) = (fds.stdout, fds.stderr) {
         if libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
-            fail(Stage::Setup);
+            fail(report_fd, Stage::Setup);
         }
     }
-    if let Some(gate) = fds.gate {
+    // Everything else the fork copied goes now, before the wait: other
+    // workers' gates, reports and channels among it. A gate's write end
+    // held by a waiting sibling would keep a dropped gate from closing.
+    let base = if fds.channel.is_some() { WORKER_FD + 1 } else { WORKER_FD };
+    let (gate_fd, kept_report, null_fd) = (base, base + 1, base + 2);
+    let moved = fds.gate.map_or(0, |g| libc::dup3(g, gate_fd, libc::O_CLOEXEC))
+        | libc::dup3(fds.report, kept_report, libc::O_CLOEXEC)
+        | libc::dup3(fds.null, null_fd, libc::O_CLOEXEC);
+    if moved < 0 {
+        fail(report_fd, Stage::Setup);
+    }
+    report_fd = kept_report;
+    libc::syscall(libc::SYS_close_range, (base + 3) as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+    if fds.gate.is_some() {
         let mut byte = 0u8;
         let got = loop {
-            let n = libc::read(gate, (&mut byte as *mut u8).cast(), 1);
+            let n = libc::read(gate_fd, (&mut byte as *mut u8).cast(), 1);
             if n < 0 && nix::errno::Errno::last_raw() == libc::EINTR {
                 continue;
             }
@@ -337,31 +351,28 @@ unsafe fn child(
             // corrald could not place it, or went away: never run the command.
             libc::_exit(1);
         }
-        libc::close(gate);
+        libc::close(gate_fd);
     }
     if let Some((uid, gid, groups)) = &plan.identity {
         if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(*gid) < 0 || libc::setuid(*uid) < 0 {
-            fail(Stage::Identity);
+            fail(report_fd, Stage::Identity);
         }
     }
     if let Some(dir) = &plan.dir {
         if libc::chdir(dir.as_ptr()) < 0 {
-            fail(Stage::Directory);
+            fail(report_fd, Stage::Directory);
         }
     }
     if plan.route == OutputRoute::Journal {
         let out = connect_stream(journal, &plan.headers[0]);
         let err = if plan.headers[1] == plan.headers[0] { Some(1) } else { connect_stream(journal, &plan.headers[1]) };
         if out.is_none() || err.is_none() {
-            report(fds.report, Stage::Journal);
+            report(report_fd, Stage::Journal);
         }
         for (fd, target) in [(out, 1), (err, 2)] {
-            let source = match fd {
-                Some(fd) => fd,
-                None => fds.null,
-            };
+            let source = fd.unwrap_or(null_fd);
             if source != target && libc::dup2(source, target) < 0 {
-                fail(Stage::Setup);
+                fail(report_fd, Stage::Setup);
             }
         }
         for fd in [out, err].into_iter().flatten() {
@@ -370,12 +381,8 @@ unsafe fn child(
             }
         }
     }
-    // Whatever corrald holds without close-on-exec (a descriptor the
-    // service manager passed it, say) is not the worker's to have.
-    let first_closed = if fds.channel.is_some() { WORKER_FD + 1 } else { WORKER_FD };
-    libc::syscall(libc::SYS_close_range, first_closed as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
     libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(Stage::Exec)
+    fail(report_fd, Stage::Exec)
 }
 
 /// One connection to journald's stream socket, its header sent; none if

@@ -27,7 +27,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{Config, GroupConfig, RestartPolicy, ScopeMode};
+use crate::config::{Config, GroupConfig, OutputMode, RestartPolicy, ScopeMode};
 use crate::journal::Output;
 use crate::proto::{self, request::Command, response::Content, FailureKind, Status};
 use crate::sanitise::sanitise;
@@ -362,8 +362,8 @@ pub struct Supervisor {
     /// Where an accepted upgrade is announced to corrald's main loop.
     upgrades: Option<mpsc::UnboundedSender<PathBuf>>,
     upgrading: Option<PathBuf>,
-    /// Where workers' output goes (see [`launch`]).
-    route: OutputRoute,
+    /// Whether journald's stream socket is there for `output = "journal"`.
+    journal_streams: bool,
     /// Slots to fork, in order. Forking is paced so the actor keeps
     /// answering requests while a thousand workers start.
     fork_queue: VecDeque<SlotKey>,
@@ -411,18 +411,21 @@ impl Supervisor {
             runtime_dirty: false,
             upgrades: None,
             upgrading: None,
-            route: OutputRoute::Pipes,
+            journal_streams: false,
             fork_queue: VecDeque::new(),
             gated: 0,
             fork_more_sent: false,
         };
-        sup.route = if sup.output.sink() == crate::journal::Sink::Journal
-            && std::path::Path::new(launch::JOURNAL_STREAM_SOCKET).exists()
-        {
-            OutputRoute::Journal
-        } else {
-            OutputRoute::Pipes
-        };
+        sup.journal_streams = std::path::Path::new(launch::JOURNAL_STREAM_SOCKET).exists();
+        let wanted: Vec<&str> =
+            config.groups.values().filter(|g| g.output == OutputMode::Journal).map(|g| g.name.as_str()).collect();
+        if !wanted.is_empty() && !sup.journal_streams {
+            tracing::warn!(
+                groups = %wanted.join(", "),
+                "output = \"journal\", but journald's stream socket {} is not there: corrald carries their output",
+                launch::JOURNAL_STREAM_SOCKET
+            );
+        }
         for g in config.groups.values() {
             sup.add_group(g.clone());
         }
@@ -890,9 +893,13 @@ impl Supervisor {
         let generation = self.next_generation;
         self.next_generation += 1;
         let events = self.handle.tx.clone();
-        let route = self.route;
         let Some(group) = self.groups.get_mut(&key.group) else { return };
         let config = group.config.clone();
+        let route = if config.output == OutputMode::Journal && self.journal_streams {
+            OutputRoute::Journal
+        } else {
+            OutputRoute::Pipes
+        };
         let Some(slot) = group.slots.get_mut(&key.index) else { return };
         let gated = self.systemd.is_some();
         let plumbing =
