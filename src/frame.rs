@@ -21,3 +21,13 @@ pub fn codec(max_len: usize) -> LengthDelimitedCodec {
 pub fn encode<M: Message>(msg: &M) -> Bytes {
     Bytes::from(msg.encode_to_vec())
 }
+
+/// Encodes a message as a whole frame, length included, for a writer that
+/// sends one frame now and then and keeps no codec buffer meanwhile.
+pub fn encode_with_length<M: Message>(msg: &M) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut frame = Vec::with_capacity(4 + len);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut frame).expect("a Vec grows as needed");
+    frame
+}

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{oneshot, Notify};
 
 /// Where journald listens for native-protocol datagrams.
@@ -29,6 +28,9 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// Longer lines are split, as journald's stream reader does at its default
 /// `LineMax=`.
 pub const MAX_LINE: usize = 48 * 1024;
+
+/// What one read of a worker's pipe takes at most.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Room kept for corrald's own log lines, apart from the workers' budget,
 /// so a flood of worker output cannot crowd out the supervisor's messages.
@@ -258,10 +260,13 @@ impl Output {
 
     /// Reads a worker's stdout or stderr until it closes, turning it into
     /// lines. Reading never waits on the journal.
-    pub fn pump<R>(&self, reader: R, origin: Arc<Origin>, stream: Stream, policy: StreamPolicy)
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-    {
+    pub fn pump(
+        &self,
+        reader: tokio::net::unix::pipe::Receiver,
+        origin: Arc<Origin>,
+        stream: Stream,
+        policy: StreamPolicy,
+    ) {
         self.shared.pumps.fetch_add(1, Ordering::AcqRel);
         let output = self.clone();
         tokio::spawn(async move {
@@ -272,16 +277,26 @@ impl Output {
         });
     }
 
-    async fn read_lines<R>(&self, mut reader: R, origin: Arc<Origin>, stream: Stream, p: StreamPolicy)
-    where
-        R: AsyncRead + Unpin,
-    {
-        let mut buf = vec![0u8; 64 * 1024];
+    async fn read_lines(
+        &self,
+        reader: tokio::net::unix::pipe::Receiver,
+        origin: Arc<Origin>,
+        stream: Stream,
+        p: StreamPolicy,
+    ) {
         let mut line: Vec<u8> = Vec::new();
         loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+            if reader.readable().await.is_err() {
+                break;
+            }
+            // The buffer lives on the stack of one poll, not in the task:
+            // a thousand quiet workers hold no read buffers.
+            let mut buf = [0u8; READ_CHUNK];
+            let n = match reader.try_read(&mut buf) {
+                Ok(0) => break,
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
             };
             let mut rest = &buf[..n];
             while let Some(pos) = rest.iter().position(|b| *b == b'\n') {

@@ -14,16 +14,16 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use prost::Message;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use super::fanout::{OpEvent, OpSink};
 use super::launch::{self, OutputRoute, Stage, REPORT_LEN};
@@ -33,6 +33,10 @@ use crate::frame;
 use crate::journal::{Origin, Output, Stream};
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
 use crate::systemd::notify::Notifier;
+
+/// The read buffer a worker channel starts with: a worker's messages are a
+/// few bytes, and a thousand idle channels should not hold 8 KiB each.
+const CHANNEL_BUFFER: usize = 128;
 
 /// Commands to a running worker's task.
 pub enum ProcCmd {
@@ -401,8 +405,10 @@ impl ProcessTask {
             Some(s) => {
                 let (r, w) = s.into_split();
                 (
-                    Some(FramedRead::new(r, frame::codec(frame::MAX_WORKER_FRAME))),
-                    Some(FramedWrite::new(w, frame::codec(frame::MAX_WORKER_FRAME))),
+                    // Idle channels are the rule: buffers start small and
+                    // grow with what a worker actually sends.
+                    Some(FramedRead::with_capacity(r, frame::codec(frame::MAX_WORKER_FRAME), CHANNEL_BUFFER)),
+                    Some(w),
                 )
             }
             None => (None, None),
@@ -486,7 +492,7 @@ impl ProcessTask {
                                     id: soft_request_id,
                                     command: Some(worker_request::Command::SoftStop(proto::SoftStop {})),
                                 };
-                                w.send(frame::encode(&req)).await.is_ok()
+                                w.write_all(&frame::encode_with_length(&req)).await.is_ok()
                             }
                             _ => false,
                         };
