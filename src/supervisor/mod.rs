@@ -382,6 +382,10 @@ const FORKS_PER_TURN: usize = 16;
 /// placement window busy.
 const MAX_GATED: usize = 32;
 
+/// Messages handled before the runtime file and the status are brought up
+/// to date.
+const BATCH: usize = 256;
+
 /// How the run loop ended.
 pub enum Ending {
     /// After a soft shutdown; clean when every worker drained.
@@ -451,13 +455,13 @@ impl Supervisor {
         let mut quiet = false;
         loop {
             self.fork_queued();
-            // A read-only request changed nothing worth a look over the
-            // whole fleet.
+            // Only a batch that changed something is worth a look over the
+            // whole fleet and a rewrite of the runtime file.
             if !quiet {
                 self.persist();
                 self.announce();
             }
-            let msg = tokio::select! {
+            let mut msg = tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => msg,
                     None => return Ending::Shutdown { clean: false },
@@ -467,82 +471,100 @@ impl Supervisor {
                     continue;
                 }
             };
-            quiet = matches!(&msg, Msg::Request { request, .. } if read_only(request));
-            match msg {
-                Msg::Request { request, reply } => self.on_request(request, reply),
-                Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
-                Msg::RestartDue { key, token } => self.on_restart_due(key, token),
-                Msg::ForkMore => self.fork_more_sent = false,
-                Msg::Placed => self.gated = self.gated.saturating_sub(1),
-                Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
-                Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
-                Msg::AwaitReady { keys, waiter } => {
-                    for key in keys {
-                        match self.slot_mut(&key) {
-                            Some(slot) if slot.state == SlotState::Ready => {
-                                let _ = waiter.send(OpEvent::Finished(key.id(), Ok(())));
-                            }
-                            Some(slot) => slot.ready_waiters.push(waiter.clone()),
-                            None => {
-                                let why = "removed before it was ready".to_string();
-                                let _ = waiter.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, why))));
-                            }
-                        }
-                    }
+            // What is already waiting is handled in one batch: a thousand
+            // workers exiting at once cost one rewrite, not a thousand.
+            quiet = true;
+            for _ in 0..BATCH {
+                quiet &= matches!(&msg, Msg::Request { request, .. } if read_only(request));
+                if let Some(ending) = self.on_message(msg) {
+                    return ending;
                 }
-                Msg::PlacementFailed { key, generation, error } => {
-                    tracing::error!(worker = %key.id(), "not started: {error}");
-                    if let Some(proc) = self.slot_mut(&key).and_then(|s| s.proc.as_mut()) {
-                        if proc.generation == generation {
-                            proc.placement_error = Some(error);
-                        }
-                    }
-                }
-                Msg::ForgetGroup(name) => {
-                    if self.groups.get(&name).is_some_and(|g| g.removing) {
-                        self.groups.remove(&name);
-                    }
-                }
-                // The runtime file is current: every change was persisted
-                // at the top of the loop before this message was taken.
-                Msg::Exit { clean } => return Ending::Shutdown { clean },
-                Msg::Handover => {
-                    self.notifier.stopping();
-                    tracing::info!(
-                        workers = self.running(),
-                        "restart: leaving the workers running for the next corrald"
-                    );
-                    return Ending::Handover;
-                }
-                Msg::UpgradeChecked { binary, reply } => self.upgrade_checked(binary, reply),
-                Msg::ApplyState { saved, path, reply } => {
-                    if self.shutting_down {
-                        reply.failure("corrald is shutting down".into(), None);
-                    } else {
-                        self.apply_state(saved, &path, reply);
-                    }
-                }
-                Msg::Release => {
-                    if let Some(binary) = self.upgrading.take() {
-                        let fds = self
-                            .groups
-                            .values_mut()
-                            .flat_map(|g| g.slots.values_mut())
-                            .filter_map(|s| s.proc.as_ref())
-                            .flat_map(|p| process::export(&p.shared))
-                            .collect();
-                        return Ending::Upgrade { binary, fds };
-                    }
-                }
-                #[cfg(feature = "fault-injection")]
-                Msg::Wedge => {
-                    tracing::warn!("fault injection: the run loop blocks for good");
-                    loop {
-                        std::thread::park();
-                    }
+                match self.rx.try_recv() {
+                    Ok(next) => msg = next,
+                    Err(_) => break,
                 }
             }
         }
+    }
+
+    /// Handles one message; `Some` when the run loop ends.
+    fn on_message(&mut self, msg: Msg) -> Option<Ending> {
+        match msg {
+            Msg::Request { request, reply } => self.on_request(request, reply),
+            Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
+            Msg::RestartDue { key, token } => self.on_restart_due(key, token),
+            Msg::ForkMore => self.fork_more_sent = false,
+            Msg::Placed => self.gated = self.gated.saturating_sub(1),
+            Msg::Stop { keys, hard, op } => self.stop_slots(keys, hard, op),
+            Msg::Start { keys, waiter } => self.start_slots(keys, waiter),
+            Msg::AwaitReady { keys, waiter } => {
+                for key in keys {
+                    match self.slot_mut(&key) {
+                        Some(slot) if slot.state == SlotState::Ready => {
+                            let _ = waiter.send(OpEvent::Finished(key.id(), Ok(())));
+                        }
+                        Some(slot) => slot.ready_waiters.push(waiter.clone()),
+                        None => {
+                            let why = "removed before it was ready".to_string();
+                            let _ = waiter.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, why))));
+                        }
+                    }
+                }
+            }
+            Msg::PlacementFailed { key, generation, error } => {
+                tracing::error!(worker = %key.id(), "not started: {error}");
+                if let Some(proc) = self.slot_mut(&key).and_then(|s| s.proc.as_mut()) {
+                    if proc.generation == generation {
+                        proc.placement_error = Some(error);
+                    }
+                }
+            }
+            Msg::ForgetGroup(name) => {
+                if self.groups.get(&name).is_some_and(|g| g.removing) {
+                    self.groups.remove(&name);
+                }
+            }
+            // The runtime file is made current before corrald leaves.
+            Msg::Exit { clean } => {
+                self.persist();
+                return Some(Ending::Shutdown { clean });
+            }
+            Msg::Handover => {
+                self.persist();
+                self.notifier.stopping();
+                tracing::info!(workers = self.running(), "restart: leaving the workers running for the next corrald");
+                return Some(Ending::Handover);
+            }
+            Msg::UpgradeChecked { binary, reply } => self.upgrade_checked(binary, reply),
+            Msg::ApplyState { saved, path, reply } => {
+                if self.shutting_down {
+                    reply.failure("corrald is shutting down".into(), None);
+                } else {
+                    self.apply_state(saved, &path, reply);
+                }
+            }
+            Msg::Release => {
+                if let Some(binary) = self.upgrading.take() {
+                    let fds = self
+                        .groups
+                        .values_mut()
+                        .flat_map(|g| g.slots.values_mut())
+                        .filter_map(|s| s.proc.as_ref())
+                        .flat_map(|p| process::export(&p.shared))
+                        .collect();
+                    self.persist();
+                    return Some(Ending::Upgrade { binary, fds });
+                }
+            }
+            #[cfg(feature = "fault-injection")]
+            Msg::Wedge => {
+                tracing::warn!("fault injection: the run loop blocks for good");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+        None
     }
 
     /// Starts an upgrade: the new binary must pass [`upgrade::preflight`]
