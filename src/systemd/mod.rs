@@ -48,8 +48,10 @@ pub struct Placement {
     pub unit: String,
     pub description: String,
     pub slice: String,
-    /// Whether several workers share the unit (later ones are attached).
-    pub shared: bool,
+    /// For a unit the group's workers share: the sub-cgroup of it that is
+    /// this worker's own (named for the worker), so that each worker keeps
+    /// its own accounting while systemd tracks one unit for the group.
+    pub leaf: Option<String>,
     pub properties: Vec<Property>,
 }
 
@@ -75,6 +77,10 @@ pub struct Systemd {
     /// and the rest attach.
     unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// The cgroup path (below each hierarchy's root) of the shared units
+    /// placed into, so that a worker's leaf can be removed once it exits.
+    /// One entry per group scope; bounded for groups that come and go.
+    scope_paths: Arc<Mutex<lru::LruCache<String, String>>>,
     version: String,
     /// Placements and property changes in flight at once: the bus caps the
     /// replies one connection may wait for (128 on Debian's system bus),
@@ -141,6 +147,7 @@ impl Systemd {
             link: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(link)))),
             unit_locks: Arc::default(),
             events: tx,
+            scope_paths: Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero")))),
             version,
             window: Arc::new(tokio::sync::Semaphore::new(calls.max(1))),
         };
@@ -248,7 +255,7 @@ impl Systemd {
     /// Puts `pid` into its scope and confirms it is there. Returns a note
     /// when an existing scope was joined rather than created.
     pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, String> {
-        let lock = if placement.shared {
+        let lock = if placement.leaf.is_some() {
             let mut locks = self.unit_locks.lock().expect("unit locks");
             Some(locks.entry(placement.unit.clone()).or_default().clone())
         } else {
@@ -264,7 +271,9 @@ impl Systemd {
         let mut attempt = 1;
         loop {
             match self.place_once(pid, placement).await {
-                Err((e, true)) if attempt < RETRIES && confirm_in_unit(pid, unit).is_err() => {
+                Err((e, true))
+                    if attempt < RETRIES && confirm_in_unit(pid, unit, placement.leaf.as_deref()).is_err() =>
+                {
                     tracing::info!("{unit}: {e}; trying again in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -280,17 +289,20 @@ impl Systemd {
     async fn place_once(&self, pid: u32, placement: &Placement) -> Result<Option<String>, (String, bool)> {
         let link = self.link().await.map_err(|e| (e, true))?;
         let unit = &placement.unit;
+        let leaf = placement.leaf.as_deref();
         let mut note = None;
-        if placement.shared && self.is_active(&link, unit).await {
-            self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
+        let mut created = false;
+        if leaf.is_some() && self.is_active(&link, unit).await {
+            self.attach(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
         } else {
+            created = true;
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
                 Err(e) if error_name(&e) == Some("org.freedesktop.systemd1.UnitExists") => {
                     // Left from an earlier run. A live one is joined (its
                     // limits still apply); a dead one is reset and created anew.
                     if self.is_active(&link, unit).await {
-                        self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
+                        self.attach(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
                     } else {
                         let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
@@ -304,7 +316,7 @@ impl Systemd {
                 // The call or its job was lost (systemd re-executed, the
                 // bus restarted, a timeout): the kernel says whether the
                 // scope took the process after all.
-                Err(e) if confirm_in_unit(pid, unit).is_ok() => {
+                Err(e) if confirm_in_unit(pid, unit, None).is_ok() => {
                     note = Some(format!("{unit}: placement confirmed from /proc after the D-Bus exchange failed: {e}"));
                 }
                 Err(e) => {
@@ -313,8 +325,47 @@ impl Systemd {
                 }
             }
         }
-        confirm_in_unit(pid, unit).map_err(|e| (e, false))?;
+        if let Some(leaf) = leaf {
+            // A new scope takes its first process into its own cgroup: the
+            // worker moves to its leaf, which leaves the scope's root empty
+            // as cgroup v2 wants of a cgroup whose children get controllers.
+            if confirm_in_unit(pid, unit, Some(leaf)).is_err() {
+                self.attach(&link, unit, Some(leaf), pid).await.map_err(|e| (e, false))?;
+            }
+            let scope_path = confirm_in_unit(pid, unit, Some(leaf)).map_err(|e| (e, false))?;
+            if created {
+                if let Err(e) = enable_leaf_controllers(&scope_path) {
+                    tracing::warn!("{unit}: per-worker memory/cpu/pids accounting is off: {e}");
+                }
+            }
+            self.scope_paths.lock().expect("scope paths").put(unit.clone(), scope_path);
+            return Ok(note);
+        }
+        confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
         Ok(note)
+    }
+
+    /// Removes a worker's leaf of its group scope once the worker is gone.
+    /// A leaf still holding a process (a child that outlived the worker)
+    /// stays, and goes with the scope when systemd stops it; the slot's next
+    /// worker joins it meanwhile.
+    pub fn release_leaf(&self, unit: &str, leaf: &str) {
+        let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return };
+        for (mount_point, root) in cgroup_mounts() {
+            let Some(below) = below_root(&scope_path, &root) else { continue };
+            let dir = format!("{mount_point}{below}/{leaf}");
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    tracing::info!(
+                        "{dir} still holds a process that outlived its worker; it stays until the scope stops"
+                    );
+                }
+                // Not there (a hierarchy systemd did not place it in, or the
+                // scope already stopped) or read-only: nothing to remove.
+                Err(_) => {}
+            }
+        }
     }
 
     async fn start_scope(&self, link: &Link, pid: u32, p: &Placement) -> Result<(), zbus::Error> {
@@ -384,13 +435,13 @@ impl Systemd {
         matches!(timed("JobType", job.job_type()).await, Ok(kind) if kind == "restart")
     }
 
-    async fn attach(&self, link: &Link, unit: &str, pid: u32) -> Result<(), String> {
-        timed(
-            "AttachProcessesToUnit",
-            link.manager.attach_processes_to_unit(unit.to_string(), String::new(), vec![pid]),
-        )
-        .await
-        .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
+    /// Moves `pid` into a live delegated unit: its root, or the sub-cgroup
+    /// `leaf` of it (which systemd creates).
+    async fn attach(&self, link: &Link, unit: &str, leaf: Option<&str>, pid: u32) -> Result<(), String> {
+        let subcgroup = leaf.map(|l| format!("/{l}")).unwrap_or_default();
+        timed("AttachProcessesToUnit", link.manager.attach_processes_to_unit(unit.to_string(), subcgroup, vec![pid]))
+            .await
+            .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
     }
 
     async fn is_active(&self, link: &Link, unit: &str) -> bool {
@@ -442,16 +493,87 @@ fn bus_name(bus: Bus) -> &'static str {
 }
 
 /// After systemd says `done`, the kernel is the judge: the pid's cgroup must
-/// end in the unit.
-fn confirm_in_unit(pid: u32, unit: &str) -> Result<(), String> {
+/// end in the unit, or in its `leaf`. Returns the unit's cgroup path.
+fn confirm_in_unit(pid: u32, unit: &str, leaf: Option<&str>) -> Result<String, String> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("{unit}: cannot read /proc/{pid}/cgroup to confirm the placement: {e}"))?;
-    let suffix = format!("/{unit}");
-    if cgroups.lines().any(|l| l.ends_with(&suffix)) {
-        Ok(())
-    } else {
-        Err(format!("{unit}: systemd reported the scope started, but pid {pid} is not in it: {}", cgroups.trim()))
+    let suffix = match leaf {
+        Some(leaf) => format!("/{unit}/{leaf}"),
+        None => format!("/{unit}"),
+    };
+    let found = cgroups.lines().find_map(|l| {
+        let path = l.splitn(3, ':').nth(2)?;
+        path.strip_suffix(&suffix).map(|parent| format!("{parent}/{unit}"))
+    });
+    found.ok_or_else(|| {
+        let place = leaf.map_or_else(|| "it".to_string(), |l| format!("its sub-cgroup {l}"));
+        format!("{unit}: systemd reported the placement done, but pid {pid} is not in {place}: {}", cgroups.trim())
+    })
+}
+
+/// Every mounted cgroup hierarchy: its mount point and the cgroup path it
+/// shows as its root (from /proc/self/mountinfo).
+fn cgroup_mounts() -> Vec<(String, String)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fstype = fs.split(' ').next()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            let mut fields = mount.split(' ');
+            let root = fields.nth(3)?;
+            let mount_point = fields.next()?;
+            Some((unescape_mount(mount_point), unescape_mount(root)))
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount(field: &str) -> String {
+    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// `path` as seen below a hierarchy mounted with `root` ("" for the root
+/// itself), or `None` when the mount does not reach it.
+fn below_root<'a>(path: &'a str, root: &str) -> Option<&'a str> {
+    if root == "/" {
+        return Some(path);
     }
+    let rest = path.strip_prefix(root)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// The controllers whose files make per-worker accounting: what the leaves
+/// of a group scope get when the scope's cgroup offers them.
+const LEAF_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
+
+/// Enables the accounting controllers for the leaves of a group scope on
+/// the unified (v2) hierarchy. The scope is delegated, so its own
+/// `cgroup.subtree_control` is corrald's to write, and systemd leaves it be.
+/// A host whose controllers sit on v1 hierarchies offers none here.
+fn enable_leaf_controllers(scope_path: &str) -> Result<(), String> {
+    let Some((mount_point, root)) =
+        cgroup_mounts().into_iter().find(|(m, _)| std::fs::metadata(format!("{m}/cgroup.subtree_control")).is_ok())
+    else {
+        return Ok(());
+    };
+    let Some(below) = below_root(scope_path, &root) else { return Ok(()) };
+    let dir = format!("{mount_point}{below}");
+    let offered = std::fs::read_to_string(format!("{dir}/cgroup.controllers"))
+        .map_err(|e| format!("cannot read {dir}/cgroup.controllers: {e}"))?;
+    let enabled = std::fs::read_to_string(format!("{dir}/cgroup.subtree_control")).unwrap_or_default();
+    let wanted: Vec<String> = LEAF_CONTROLLERS
+        .iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == **c) && !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    std::fs::write(format!("{dir}/cgroup.subtree_control"), wanted.join(" "))
+        .map_err(|e| format!("cannot write {} to {dir}/cgroup.subtree_control: {e}", wanted.join(" ")))
 }
 
 /// `/org/freedesktop/systemd1/unit/corral_2dweb_2escope` -> `corral-web.scope`.
