@@ -291,18 +291,21 @@ impl Systemd {
         let unit = &placement.unit;
         let leaf = placement.leaf.as_deref();
         let mut note = None;
-        let mut created = false;
-        if leaf.is_some() && self.is_active(&link, unit).await {
-            self.attach(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
-        } else {
-            created = true;
+        let joined = match leaf {
+            Some(leaf) if self.is_active(&link, unit).await => {
+                self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+                true
+            }
+            _ => false,
+        };
+        if !joined {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
                 Err(e) if error_name(&e) == Some("org.freedesktop.systemd1.UnitExists") => {
                     // Left from an earlier run. A live one is joined (its
                     // limits still apply); a dead one is reset and created anew.
                     if self.is_active(&link, unit).await {
-                        self.attach(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+                        self.attach(&link, unit, None, pid).await.map_err(|e| (e, false))?;
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
                     } else {
                         let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
@@ -325,24 +328,58 @@ impl Systemd {
                 }
             }
         }
-        if let Some(leaf) = leaf {
-            // A new scope takes its first process into its own cgroup: the
-            // worker moves to its leaf, which leaves the scope's root empty
-            // as cgroup v2 wants of a cgroup whose children get controllers.
-            if confirm_in_unit(pid, unit, Some(leaf)).is_err() {
-                self.attach(&link, unit, Some(leaf), pid).await.map_err(|e| (e, false))?;
-            }
-            let scope_path = confirm_in_unit(pid, unit, Some(leaf)).map_err(|e| (e, false))?;
-            if created {
-                if let Err(e) = enable_leaf_controllers(&scope_path) {
-                    tracing::warn!("{unit}: per-worker memory/cpu/pids accounting is off: {e}");
-                }
-            }
-            self.scope_paths.lock().expect("scope paths").put(unit.clone(), scope_path);
+        let Some(leaf) = leaf else {
+            confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
             return Ok(note);
+        };
+        if !joined {
+            // A scope takes its first process into its own cgroup: the
+            // worker moves on to its leaf, which leaves the scope's root
+            // empty, as cgroup v2 wants of a cgroup whose children get
+            // controllers.
+            let scope_path = confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
+            self.scope_paths.lock().expect("scope paths").put(unit.clone(), scope_path.clone());
+            self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+            if let Err(e) = enable_leaf_controllers(&scope_path) {
+                tracing::warn!("{unit}: per-worker memory/cpu/pids/io accounting is off: {e}");
+            }
         }
-        confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
+        confirm_in_unit(pid, unit, Some(leaf)).map_err(|e| (e, false))?;
         Ok(note)
+    }
+
+    /// Moves `pid` into its leaf of a live group scope. systemd 252 attaches
+    /// to a sub-cgroup of a delegated unit but does not create it: the
+    /// subtree is the delegate's, so corrald makes the leaf first.
+    async fn join_leaf(&self, link: &Link, unit: &str, leaf: &str, pid: u32) -> Result<(), String> {
+        let cached = self.scope_paths.lock().expect("scope paths").get(unit).cloned();
+        let scope_path = match cached {
+            Some(path) => path,
+            None => {
+                let path = self.control_group(link, unit).await?;
+                self.scope_paths.lock().expect("scope paths").put(unit.to_string(), path.clone());
+                path
+            }
+        };
+        make_leaf(&scope_path, leaf).map_err(|e| format!("{unit}: {e}"))?;
+        self.attach(link, unit, Some(leaf), pid).await
+    }
+
+    /// The unit's cgroup path, as systemd shows it (`ControlGroup`).
+    async fn control_group(&self, link: &Link, unit: &str) -> Result<String, String> {
+        let path = timed("GetUnit", link.manager.get_unit(unit.to_string()))
+            .await
+            .map_err(|e| call_err(unit, "GetUnit", e))?;
+        let proxy = zbus::Proxy::new(&link.conn, "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Scope")
+            .await
+            .map_err(|e| call_err(unit, "reading ControlGroup", e))?;
+        let group: String = timed("Get", proxy.get_property("ControlGroup"))
+            .await
+            .map_err(|e| call_err(unit, "reading ControlGroup", e))?;
+        if group.is_empty() {
+            return Err(format!("{unit}: systemd shows no cgroup for it"));
+        }
+        Ok(group)
     }
 
     /// Removes a worker's leaf of its group scope once the worker is gone.
@@ -543,6 +580,30 @@ fn below_root<'a>(path: &'a str, root: &str) -> Option<&'a str> {
     }
     let rest = path.strip_prefix(root)?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Creates `leaf` under the scope's cgroup in every hierarchy that has the
+/// scope (the unified one, and on a hybrid host systemd's own v1 one).
+fn make_leaf(scope_path: &str, leaf: &str) -> Result<(), String> {
+    let mut made = false;
+    let mut failures = Vec::new();
+    for (mount_point, root) in cgroup_mounts() {
+        let Some(below) = below_root(scope_path, &root) else { continue };
+        let scope_dir = format!("{mount_point}{below}");
+        if !std::path::Path::new(&scope_dir).is_dir() {
+            continue;
+        }
+        match std::fs::create_dir(format!("{scope_dir}/{leaf}")) {
+            Ok(()) => made = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => made = true,
+            Err(e) => failures.push(format!("cannot create {scope_dir}/{leaf}: {e}")),
+        }
+    }
+    if made || failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// The controllers whose files make per-worker accounting: what the leaves
