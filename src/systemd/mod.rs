@@ -279,7 +279,16 @@ impl Systemd {
                     pause *= 2;
                     attempt += 1;
                 }
-                done => return done.map_err(|(e, _)| e),
+                Err((e, _)) => {
+                    // A worker stopped while it was being placed leaves
+                    // the leaf made for it; the group's lock is still held,
+                    // so no other placement is using that leaf meanwhile.
+                    if let Some(leaf) = &placement.leaf {
+                        self.release_leaf(unit, leaf);
+                    }
+                    return Err(e);
+                }
+                Ok(note) => return Ok(note),
             }
         }
     }
