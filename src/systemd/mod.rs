@@ -7,7 +7,10 @@
 //! (whose match is installed at connect time, before any call); the signal
 //! stream is drained by one task so a full queue can never stall the
 //! connection; a scope left from an earlier run (`UnitExists`) is resolved,
-//! not ignored; and a dropped connection is re-established on the next use.
+//! not ignored; a dropped connection is re-established on the next use; and
+//! a group scope is one unit for systemd (one `Controller` match rule on its
+//! bus connection, of the 512 dbus-daemon allows it) with a leaf sub-cgroup
+//! per worker that corrald itself creates and removes.
 
 pub mod notify;
 pub mod properties;
@@ -398,7 +401,7 @@ impl Systemd {
     pub fn release_leaf(&self, unit: &str, leaf: &str) {
         let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return };
         for (mount_point, root) in cgroup_mounts() {
-            let Some(below) = below_root(&scope_path, &root) else { continue };
+            let Some(below) = below_root(&scope_path, root) else { continue };
             let dir = format!("{mount_point}{below}/{leaf}");
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
@@ -481,8 +484,8 @@ impl Systemd {
         matches!(timed("JobType", job.job_type()).await, Ok(kind) if kind == "restart")
     }
 
-    /// Moves `pid` into a live delegated unit: its root, or the sub-cgroup
-    /// `leaf` of it (which systemd creates).
+    /// Moves `pid` into a live delegated unit: its root, or its sub-cgroup
+    /// `leaf`, which must exist (see [`Self::join_leaf`]).
     async fn attach(&self, link: &Link, unit: &str, leaf: Option<&str>, pid: u32) -> Result<(), String> {
         let subcgroup = leaf.map(|l| format!("/{l}")).unwrap_or_default();
         timed("AttachProcessesToUnit", link.manager.attach_processes_to_unit(unit.to_string(), subcgroup, vec![pid]))
@@ -558,22 +561,26 @@ fn confirm_in_unit(pid: u32, unit: &str, leaf: Option<&str>) -> Result<String, S
 }
 
 /// Every mounted cgroup hierarchy: its mount point and the cgroup path it
-/// shows as its root (from /proc/self/mountinfo).
-fn cgroup_mounts() -> Vec<(String, String)> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    info.lines()
-        .filter_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            let fstype = fs.split(' ').next()?;
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            let mut fields = mount.split(' ');
-            let root = fields.nth(3)?;
-            let mount_point = fields.next()?;
-            Some((unescape_mount(mount_point), unescape_mount(root)))
-        })
-        .collect()
+/// shows as its root (from /proc/self/mountinfo). Read once: corrald's own
+/// mounts do not change under it, and workers' exits ask for them.
+fn cgroup_mounts() -> &'static [(String, String)] {
+    static MOUNTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+        info.lines()
+            .filter_map(|line| {
+                let (mount, fs) = line.split_once(" - ")?;
+                let fstype = fs.split(' ').next()?;
+                if fstype != "cgroup" && fstype != "cgroup2" {
+                    return None;
+                }
+                let mut fields = mount.split(' ');
+                let root = fields.nth(3)?;
+                let mount_point = fields.next()?;
+                Some((unescape_mount(mount_point), unescape_mount(root)))
+            })
+            .collect()
+    })
 }
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes.
@@ -597,7 +604,7 @@ fn make_leaf(scope_path: &str, leaf: &str) -> Result<(), String> {
     let mut made = false;
     let mut failures = Vec::new();
     for (mount_point, root) in cgroup_mounts() {
-        let Some(below) = below_root(scope_path, &root) else { continue };
+        let Some(below) = below_root(scope_path, root) else { continue };
         let scope_dir = format!("{mount_point}{below}");
         if !std::path::Path::new(&scope_dir).is_dir() {
             continue;
@@ -629,7 +636,7 @@ fn enable_leaf_controllers(scope_path: &str) -> Result<(), String> {
     else {
         return Ok(());
     };
-    let Some(below) = below_root(scope_path, &root) else { return Ok(()) };
+    let Some(below) = below_root(scope_path, root) else { return Ok(()) };
     let dir = format!("{mount_point}{below}");
     let offered = std::fs::read_to_string(format!("{dir}/cgroup.controllers"))
         .map_err(|e| format!("cannot read {dir}/cgroup.controllers: {e}"))?;
@@ -692,5 +699,14 @@ mod tests {
         );
         assert_eq!(target_of_scope("corral-web-3.scope").as_deref(), Some("web-3"));
         assert_eq!(target_of_scope("other.scope"), None);
+    }
+
+    #[test]
+    fn scope_paths_map_into_mounts_that_reach_them() {
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/"), Some("/corral.slice/corral-web.scope"));
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/corral.slice"), Some("/corral-web.scope"));
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/corral.sl"), None);
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/system.slice"), None);
+        assert_eq!(unescape_mount("/sys/fs/cgroup/a\\040b"), "/sys/fs/cgroup/a b");
     }
 }
