@@ -632,7 +632,7 @@ const LEAF_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 /// A host whose controllers sit on v1 hierarchies offers none here.
 fn enable_leaf_controllers(scope_path: &str) -> Result<(), String> {
     let Some((mount_point, root)) =
-        cgroup_mounts().into_iter().find(|(m, _)| std::fs::metadata(format!("{m}/cgroup.subtree_control")).is_ok())
+        cgroup_mounts().iter().find(|(m, _)| std::fs::metadata(format!("{m}/cgroup.subtree_control")).is_ok())
     else {
         return Ok(());
     };
