@@ -153,6 +153,29 @@ pub struct Limits {
     /// systemd places scopes no faster with more than a few. Default 8; 1
     /// to 64.
     pub max_dbus_calls: u32,
+    /// systemd scopes the fleet may keep live at once: one per group with
+    /// `scope = "group"`, one per worker of a group with `scope = "worker"`.
+    /// Each carries corrald as its `Controller`, and systemd 252 tracks each
+    /// controller with one match rule on its own bus connection, which
+    /// dbus-daemon caps at 512 (`max_match_rules_per_connection`): past
+    /// about 506 systemd loses the bus (see README, "Scopes"). Default 256,
+    /// half the cap, leaving the rest to systemd's other clients; 1 to 500.
+    pub max_scopes: u32,
+}
+
+/// The most `limits.max_scopes` may be: under the 506 controlled scopes at
+/// which systemd 252 with dbus-daemon's default limits loses the bus.
+pub const MAX_SCOPES_CEILING: u32 = 500;
+
+/// How many scopes groups of these modes and worker counts keep live.
+pub fn live_scopes(groups: impl IntoIterator<Item = (ScopeMode, u32)>) -> u64 {
+    groups
+        .into_iter()
+        .map(|(mode, count)| match mode {
+            ScopeMode::Group => u64::from(count.min(1)),
+            ScopeMode::Worker => u64::from(count),
+        })
+        .sum()
 }
 
 impl Default for Limits {
@@ -171,6 +194,7 @@ impl Default for Limits {
             max_state_file_size: 4 << 20,
             max_audit_argument: 256,
             max_dbus_calls: 8,
+            max_scopes: 256,
         }
     }
 }
@@ -377,6 +401,7 @@ struct RawLimits {
     max_state_file_size: Option<Scalar>,
     max_audit_argument: Option<Scalar>,
     max_dbus_calls: Option<u32>,
+    max_scopes: Option<u32>,
 }
 
 impl RawLimits {
@@ -445,6 +470,9 @@ impl RawLimits {
                 32..=64 << 10,
             )?,
             max_dbus_calls: count("max_dbus_calls", self.max_dbus_calls, d.max_dbus_calls, 1..=64)?,
+            max_scopes: count("max_scopes", self.max_scopes, d.max_scopes, 1..=MAX_SCOPES_CEILING).map_err(|m| {
+                format!("{m}; past about 506 scopes with a Controller systemd 252 loses its bus connection")
+            })?,
         })
     }
 }
@@ -949,6 +977,26 @@ impl Config {
                 "key `limits.max_workers`: the groups' counts add up to {workers} workers, more than max_workers \
                  ({}); raise it or lower a count",
                 limits.max_workers
+            )));
+        }
+        let scopes = live_scopes(groups.values().map(|g| (g.scope, g.count)));
+        if raw.scopes != Scopes::Off && scopes > u64::from(limits.max_scopes) {
+            let per_worker: Vec<&str> = groups
+                .values()
+                .filter(|g| g.scope == ScopeMode::Worker && g.count > 0)
+                .map(|g| g.name.as_str())
+                .collect();
+            return Err(err(format!(
+                "key `limits.max_scopes`: the groups would keep {scopes} systemd scopes live, more than max_scopes \
+                 ({}); every worker of a group with scope = \"worker\" has a scope of its own ({}). Set scope = \
+                 \"group\" on the large groups (one scope for the group, a sub-cgroup with its own accounting per \
+                 worker), or lower a count",
+                limits.max_scopes,
+                if per_worker.is_empty() {
+                    "none here".to_string()
+                } else {
+                    format!("groups {}", per_worker.join(", "))
+                }
             )));
         }
         for g in groups.values() {

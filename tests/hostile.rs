@@ -1415,6 +1415,51 @@ fn check_config_refuses_configs_that_cannot_run_naming_file_and_key() {
     );
 }
 
+/// Per-worker scopes past `limits.max_scopes` would walk systemd into the
+/// match-rule ceiling of its bus connection: such a config is refused whole,
+/// by --check-config and at startup, never half started.
+#[test]
+fn per_worker_scopes_past_max_scopes_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let text = |count: u32, extra: &str| {
+        format!(
+            "socket = {:?}\nstate_directory = {:?}\n{extra}[groups.web]\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\n\
+             count = {count}\nscope = \"worker\"\n[groups.big]\ncommand = \"/bin/sleep\"\ncount = 900\n",
+            path_str(&socket),
+            path_str(&dir.path().join("state")),
+        )
+    };
+    let write = |name: &str, body: String| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        file
+    };
+    // 255 worker scopes and one group scope (900 workers): at the default of 256.
+    let (code, out) = check_config(&write("fits.toml", text(255, "")));
+    assert_eq!(code, Some(0), "{out}");
+
+    let over = write("over.toml", text(256, ""));
+    let (code, out) = check_config(&over);
+    assert_eq!(code, Some(1), "{out}");
+    for needle in
+        [path_str(&over).as_str(), "limits.max_scopes", "257 systemd scopes", "groups web", "scope = \"group\""]
+    {
+        assert!(out.contains(needle), "--check-config's refusal lacks {needle:?}: {out}");
+    }
+    let (code, err) = corrald_refuses(&over, &socket);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("limits.max_scopes") && err.contains(&path_str(&over)), "{err}");
+
+    // scopes = "off" places nothing, so nothing to bound; and the bound itself
+    // cannot be raised past the ceiling.
+    let (code, out) = check_config(&write("off.toml", text(256, "scopes = \"off\"\n")));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = check_config(&write("raised.toml", text(256, "[limits]\nmax_scopes = 501\n")));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("limits.max_scopes") && out.contains("1 to 500"), "{out}");
+}
+
 // ---------------------------------------------------------------------------
 // 14. Smaller things
 // ---------------------------------------------------------------------------

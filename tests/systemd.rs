@@ -288,3 +288,118 @@ async fn placements_in_flight_stay_within_the_window_and_none_is_lost() {
     assert!(!c.stderr().contains("not started"), "{}", c.stderr_tail());
     c.shutdown_ok().await;
 }
+
+/// The unified (v2) cgroup hierarchy's mount point: /sys/fs/cgroup on a
+/// unified host, /sys/fs/cgroup/unified on a hybrid one.
+fn cgroup2_mount() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// The v2 cgroup /proc shows `pid` in.
+fn unified_cgroup(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string).unwrap_or_else(|| panic!("{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_group_scope_gives_each_worker_a_leaf_with_its_own_accounting() {
+    let mut c = Corrald::new(&demo_group("web", 3, "scope = \"group\"\n"));
+    c.start();
+    c.wait_ready("web", 3).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+    c.wait_workers("work in flight", |_| c.work_log().started.len() >= 6).await;
+
+    let scope = show("corral-web.scope", "ControlGroup");
+    assert_eq!(scope, "/corral.slice/corral-web.scope");
+    let scope_dir = format!("{}{scope}", cgroup2_mount());
+    let workers = c.pids("web").await;
+    assert_eq!(workers.len(), 3);
+    for (id, pid) in &workers {
+        assert_eq!(unified_cgroup(*pid), format!("{scope}/{id}"), "{id} is in its own leaf");
+        let procs = std::fs::read_to_string(format!("{scope_dir}/{id}/cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), pid.to_string(), "{id}'s leaf holds just its worker");
+        // CPU time is counted per leaf on every cgroup2 host; memory, pids
+        // and io where the scope is offered those controllers (a hybrid host
+        // keeps them on v1 and offers none).
+        let cpu = std::fs::read_to_string(format!("{scope_dir}/{id}/cpu.stat")).unwrap();
+        assert!(cpu.lines().any(|l| l.starts_with("usage_usec ")), "{cpu}");
+    }
+    assert_eq!(std::fs::read_to_string(format!("{scope_dir}/cgroup.procs")).unwrap().trim(), "", "the root is empty");
+    let offered = std::fs::read_to_string(format!("{scope_dir}/cgroup.controllers")).unwrap();
+    let enabled = std::fs::read_to_string(format!("{scope_dir}/cgroup.subtree_control")).unwrap();
+    for controller in
+        ["cpu", "io", "memory", "pids"].into_iter().filter(|c| offered.split_whitespace().any(|o| o == *c))
+    {
+        assert!(enabled.split_whitespace().any(|e| e == controller), "{controller} offered but not enabled: {enabled}");
+    }
+    if offered.split_whitespace().any(|c| c == "memory") {
+        for id in workers.keys() {
+            assert!(std::path::Path::new(&format!("{scope_dir}/{id}/memory.current")).exists(), "{id}");
+        }
+    }
+    // An operator sees the leaves under the one unit.
+    assert_eq!(status_pids("corral-web.scope"), sorted_pids(&c, "web").await);
+    let (_, cgls) = run("systemd-cgls", &["--no-pager", "-u", "corral-web.scope"]);
+    for id in workers.keys() {
+        let listed = |l: &str| l.trim_start_matches(['├', '└', '─', '│', ' ']).split_whitespace().next() == Some(id);
+        assert!(cgls.lines().any(listed), "{id}: {cgls}");
+    }
+
+    // Scaling down stops web-2 and web-3 and removes their leaves.
+    let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 1 })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    // The final answer can come before corrald has handled the exit.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    for id in ["web-2", "web-3"] {
+        let leaf = format!("{scope_dir}/{id}");
+        while std::path::Path::new(&leaf).exists() {
+            assert!(std::time::Instant::now() < deadline, "{id}'s leaf outlived its worker:\n{}", c.stderr_tail());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert!(std::path::Path::new(&format!("{scope_dir}/web-1")).exists());
+    // Scaling up again puts the new worker into a fresh leaf of the live scope.
+    let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 2 })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    let web2 = c.pids("web").await["web-2"];
+    assert_eq!(unified_cgroup(web2), format!("{scope}/web-2"));
+
+    c.shutdown_ok().await;
+    assert!(!std::path::Path::new(&scope_dir).exists(), "the scope's cgroup outlived the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn scaling_past_max_scopes_is_refused_and_changes_nothing() {
+    let groups = format!(
+        "[limits]\nmax_scopes = 3\n{}{}",
+        demo_group("per", 2, "scope = \"worker\"\n"),
+        demo_group("web", 2, "")
+    );
+    let mut c = Corrald::new(&groups);
+    c.start();
+    c.wait_ready("per", 2).await;
+    c.wait_ready("web", 2).await;
+    let before = c.pids("per").await;
+
+    let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "per".into(), count: 3 })).await;
+    assert_eq!(last.status(), Status::Failure, "{last:?}");
+    let text = format!("{last:?}");
+    assert!(text.contains("limits.max_scopes") && text.contains("nothing changed"), "{text}");
+    assert_eq!(c.pids("per").await, before);
+    let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-per-*"]);
+    assert_eq!(units.lines().count(), 2, "{units}");
+    // A group scope holds any number of workers as one scope.
+    let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 5 })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+
+    c.shutdown_ok().await;
+}

@@ -937,7 +937,7 @@ impl Supervisor {
                             ScopeMode::Worker => format!("corral worker {}", key.id()),
                         },
                         slice: self.config.slice.clone(),
-                        shared: config.scope == ScopeMode::Group,
+                        leaf: (config.scope == ScopeMode::Group).then(|| key.id()),
                         properties: merged(&config.resources, &group.limits),
                     };
                     self.gated += 1;
@@ -1019,6 +1019,11 @@ impl Supervisor {
                     self.notifier.remove_fds(name);
                 }
                 self.runtime_dirty = true;
+                if let (Some(sd), Some(group)) = (&self.systemd, self.groups.get(&key.group)) {
+                    if group.config.scope == ScopeMode::Group {
+                        sd.release_leaf(&scope_unit(&group.config, &key), &key.id());
+                    }
+                }
                 let Some(slot) = self.slot_mut(&key) else { return };
                 let ran_for = proc.started.elapsed();
                 tracing::info!(worker = %key.id(), pid = proc.pid, "{description}");
@@ -1487,6 +1492,22 @@ impl Supervisor {
             .unwrap_or(Duration::from_secs(60))
     }
 
+    /// Whether the fleet, with each group's count as `desired` says (given
+    /// the group's name and its present count), would keep more scopes live
+    /// than `limits.max_scopes` allows; the reason if so.
+    fn over_max_scopes(&self, desired: impl Fn(&str, u32) -> u32) -> Option<String> {
+        self.systemd.as_ref()?;
+        let groups = self.groups.iter().filter(|(_, g)| !g.removing);
+        let scopes = crate::config::live_scopes(groups.map(|(n, g)| (g.config.scope, desired(n, g.desired))));
+        let max = self.config.limits.max_scopes;
+        (scopes > u64::from(max)).then(|| {
+            format!(
+                "the fleet would keep {scopes} systemd scopes live, over the limit of {max} (limits.max_scopes; \
+                 scope = \"group\" keeps a group in one scope)"
+            )
+        })
+    }
+
     fn scale(&mut self, name: &str, count: u32, reply: Reply) {
         let limits = &self.config.limits;
         if count > limits.max_group_workers {
@@ -1510,6 +1531,9 @@ impl Supervisor {
                 limits.max_workers
             );
             return reply.failure(why, None);
+        }
+        if let Some(why) = self.over_max_scopes(|n, desired| if n == name { count } else { desired }) {
+            return reply.failure(format!("cannot scale {name} to {count}: {why}; nothing changed"), None);
         }
         let Some(group) = self.groups.get_mut(name) else {
             reply.failure(format!("no group named {}", sanitise(name)), None);
@@ -1681,6 +1705,9 @@ impl Supervisor {
                 limits.max_workers
             );
             return reply.failure(why, None);
+        }
+        if let Some(why) = self.over_max_scopes(|n, desired| saved.groups.get(n).map_or(desired, |s| s.scale)) {
+            return reply.failure(format!("{shown}: {why}; nothing changed"), None);
         }
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();

@@ -7,7 +7,10 @@
 //! (whose match is installed at connect time, before any call); the signal
 //! stream is drained by one task so a full queue can never stall the
 //! connection; a scope left from an earlier run (`UnitExists`) is resolved,
-//! not ignored; and a dropped connection is re-established on the next use.
+//! not ignored; a dropped connection is re-established on the next use; and
+//! a group scope is one unit for systemd (one `Controller` match rule on its
+//! bus connection, of the 512 dbus-daemon allows it) with a leaf sub-cgroup
+//! per worker that corrald itself creates and removes.
 
 pub mod notify;
 pub mod properties;
@@ -48,8 +51,10 @@ pub struct Placement {
     pub unit: String,
     pub description: String,
     pub slice: String,
-    /// Whether several workers share the unit (later ones are attached).
-    pub shared: bool,
+    /// For a unit the group's workers share: the sub-cgroup of it that is
+    /// this worker's own (named for the worker), so that each worker keeps
+    /// its own accounting while systemd tracks one unit for the group.
+    pub leaf: Option<String>,
     pub properties: Vec<Property>,
 }
 
@@ -75,6 +80,10 @@ pub struct Systemd {
     /// and the rest attach.
     unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// The cgroup path (below each hierarchy's root) of the shared units
+    /// placed into, so that a worker's leaf can be removed once it exits.
+    /// One entry per group scope; bounded for groups that come and go.
+    scope_paths: Arc<Mutex<lru::LruCache<String, String>>>,
     version: String,
     /// Placements and property changes in flight at once: the bus caps the
     /// replies one connection may wait for (128 on Debian's system bus),
@@ -141,6 +150,7 @@ impl Systemd {
             link: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(link)))),
             unit_locks: Arc::default(),
             events: tx,
+            scope_paths: Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero")))),
             version,
             window: Arc::new(tokio::sync::Semaphore::new(calls.max(1))),
         };
@@ -248,7 +258,7 @@ impl Systemd {
     /// Puts `pid` into its scope and confirms it is there. Returns a note
     /// when an existing scope was joined rather than created.
     pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, String> {
-        let lock = if placement.shared {
+        let lock = if placement.leaf.is_some() {
             let mut locks = self.unit_locks.lock().expect("unit locks");
             Some(locks.entry(placement.unit.clone()).or_default().clone())
         } else {
@@ -264,13 +274,24 @@ impl Systemd {
         let mut attempt = 1;
         loop {
             match self.place_once(pid, placement).await {
-                Err((e, true)) if attempt < RETRIES && confirm_in_unit(pid, unit).is_err() => {
+                Err((e, true))
+                    if attempt < RETRIES && confirm_in_unit(pid, unit, placement.leaf.as_deref()).is_err() =>
+                {
                     tracing::info!("{unit}: {e}; trying again in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                     attempt += 1;
                 }
-                done => return done.map_err(|(e, _)| e),
+                Err((e, _)) => {
+                    // A worker stopped while it was being placed leaves
+                    // the leaf made for it; the group's lock is still held,
+                    // so no other placement is using that leaf meanwhile.
+                    if let Some(leaf) = &placement.leaf {
+                        self.release_leaf(unit, leaf);
+                    }
+                    return Err(e);
+                }
+                Ok(note) => return Ok(note),
             }
         }
     }
@@ -280,17 +301,23 @@ impl Systemd {
     async fn place_once(&self, pid: u32, placement: &Placement) -> Result<Option<String>, (String, bool)> {
         let link = self.link().await.map_err(|e| (e, true))?;
         let unit = &placement.unit;
+        let leaf = placement.leaf.as_deref();
         let mut note = None;
-        if placement.shared && self.is_active(&link, unit).await {
-            self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
-        } else {
+        let joined = match leaf {
+            Some(leaf) if self.is_active(&link, unit).await => {
+                self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+                true
+            }
+            _ => false,
+        };
+        if !joined {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
                 Err(e) if error_name(&e) == Some("org.freedesktop.systemd1.UnitExists") => {
                     // Left from an earlier run. A live one is joined (its
                     // limits still apply); a dead one is reset and created anew.
                     if self.is_active(&link, unit).await {
-                        self.attach(&link, unit, pid).await.map_err(|e| (e, false))?;
+                        self.attach(&link, unit, None, pid).await.map_err(|e| (e, false))?;
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
                     } else {
                         let _ = timed("ResetFailedUnit", link.manager.reset_failed_unit(unit.clone())).await;
@@ -304,7 +331,7 @@ impl Systemd {
                 // The call or its job was lost (systemd re-executed, the
                 // bus restarted, a timeout): the kernel says whether the
                 // scope took the process after all.
-                Err(e) if confirm_in_unit(pid, unit).is_ok() => {
+                Err(e) if confirm_in_unit(pid, unit, None).is_ok() => {
                     note = Some(format!("{unit}: placement confirmed from /proc after the D-Bus exchange failed: {e}"));
                 }
                 Err(e) => {
@@ -313,8 +340,81 @@ impl Systemd {
                 }
             }
         }
-        confirm_in_unit(pid, unit).map_err(|e| (e, false))?;
+        let Some(leaf) = leaf else {
+            confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
+            return Ok(note);
+        };
+        if !joined {
+            // A scope takes its first process into its own cgroup: the
+            // worker moves on to its leaf, which leaves the scope's root
+            // empty, as cgroup v2 wants of a cgroup whose children get
+            // controllers.
+            let scope_path = confirm_in_unit(pid, unit, None).map_err(|e| (e, false))?;
+            self.scope_paths.lock().expect("scope paths").put(unit.clone(), scope_path.clone());
+            self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+            if let Err(e) = enable_leaf_controllers(&scope_path) {
+                tracing::warn!("{unit}: per-worker memory/cpu/pids/io accounting is off: {e}");
+            }
+        }
+        confirm_in_unit(pid, unit, Some(leaf)).map_err(|e| (e, false))?;
         Ok(note)
+    }
+
+    /// Moves `pid` into its leaf of a live group scope. systemd 252 attaches
+    /// to a sub-cgroup of a delegated unit but does not create it: the
+    /// subtree is the delegate's, so corrald makes the leaf first.
+    async fn join_leaf(&self, link: &Link, unit: &str, leaf: &str, pid: u32) -> Result<(), String> {
+        let cached = self.scope_paths.lock().expect("scope paths").get(unit).cloned();
+        let scope_path = match cached {
+            Some(path) => path,
+            None => {
+                let path = self.control_group(link, unit).await?;
+                self.scope_paths.lock().expect("scope paths").put(unit.to_string(), path.clone());
+                path
+            }
+        };
+        make_leaf(&scope_path, leaf).map_err(|e| format!("{unit}: {e}"))?;
+        self.attach(link, unit, Some(leaf), pid).await
+    }
+
+    /// The unit's cgroup path, as systemd shows it (`ControlGroup`).
+    async fn control_group(&self, link: &Link, unit: &str) -> Result<String, String> {
+        let path = timed("GetUnit", link.manager.get_unit(unit.to_string()))
+            .await
+            .map_err(|e| call_err(unit, "GetUnit", e))?;
+        let proxy = zbus::Proxy::new(&link.conn, "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Scope")
+            .await
+            .map_err(|e| call_err(unit, "reading ControlGroup", e))?;
+        let group: String = timed("Get", proxy.get_property("ControlGroup"))
+            .await
+            .map_err(|e| call_err(unit, "reading ControlGroup", e))?;
+        if group.is_empty() {
+            return Err(format!("{unit}: systemd shows no cgroup for it"));
+        }
+        Ok(group)
+    }
+
+    /// Removes a worker's leaf of its group scope once the worker is gone.
+    /// A leaf still holding a process (a child that outlived the worker)
+    /// stays, and goes with the scope when systemd stops it; the slot's next
+    /// worker joins it meanwhile.
+    pub fn release_leaf(&self, unit: &str, leaf: &str) {
+        let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return };
+        for (mount_point, root) in cgroup_mounts() {
+            let Some(below) = below_root(&scope_path, root) else { continue };
+            let dir = format!("{mount_point}{below}/{leaf}");
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    tracing::info!(
+                        "{dir} still holds a process that outlived its worker; it stays until the scope stops"
+                    );
+                }
+                // Not there (a hierarchy systemd did not place it in, or the
+                // scope already stopped) or read-only: nothing to remove.
+                Err(_) => {}
+            }
+        }
     }
 
     async fn start_scope(&self, link: &Link, pid: u32, p: &Placement) -> Result<(), zbus::Error> {
@@ -384,13 +484,13 @@ impl Systemd {
         matches!(timed("JobType", job.job_type()).await, Ok(kind) if kind == "restart")
     }
 
-    async fn attach(&self, link: &Link, unit: &str, pid: u32) -> Result<(), String> {
-        timed(
-            "AttachProcessesToUnit",
-            link.manager.attach_processes_to_unit(unit.to_string(), String::new(), vec![pid]),
-        )
-        .await
-        .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
+    /// Moves `pid` into a live delegated unit: its root, or its sub-cgroup
+    /// `leaf`, which must exist (see [`Self::join_leaf`]).
+    async fn attach(&self, link: &Link, unit: &str, leaf: Option<&str>, pid: u32) -> Result<(), String> {
+        let subcgroup = leaf.map(|l| format!("/{l}")).unwrap_or_default();
+        timed("AttachProcessesToUnit", link.manager.attach_processes_to_unit(unit.to_string(), subcgroup, vec![pid]))
+            .await
+            .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
     }
 
     async fn is_active(&self, link: &Link, unit: &str) -> bool {
@@ -442,16 +542,115 @@ fn bus_name(bus: Bus) -> &'static str {
 }
 
 /// After systemd says `done`, the kernel is the judge: the pid's cgroup must
-/// end in the unit.
-fn confirm_in_unit(pid: u32, unit: &str) -> Result<(), String> {
+/// end in the unit, or in its `leaf`. Returns the unit's cgroup path.
+fn confirm_in_unit(pid: u32, unit: &str, leaf: Option<&str>) -> Result<String, String> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("{unit}: cannot read /proc/{pid}/cgroup to confirm the placement: {e}"))?;
-    let suffix = format!("/{unit}");
-    if cgroups.lines().any(|l| l.ends_with(&suffix)) {
+    let suffix = match leaf {
+        Some(leaf) => format!("/{unit}/{leaf}"),
+        None => format!("/{unit}"),
+    };
+    let found = cgroups.lines().find_map(|l| {
+        let path = l.splitn(3, ':').nth(2)?;
+        path.strip_suffix(&suffix).map(|parent| format!("{parent}/{unit}"))
+    });
+    found.ok_or_else(|| {
+        let place = leaf.map_or_else(|| "it".to_string(), |l| format!("its sub-cgroup {l}"));
+        format!("{unit}: systemd reported the placement done, but pid {pid} is not in {place}: {}", cgroups.trim())
+    })
+}
+
+/// Every mounted cgroup hierarchy: its mount point and the cgroup path it
+/// shows as its root (from /proc/self/mountinfo). Read once: corrald's own
+/// mounts do not change under it, and workers' exits ask for them.
+fn cgroup_mounts() -> &'static [(String, String)] {
+    static MOUNTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+        info.lines()
+            .filter_map(|line| {
+                let (mount, fs) = line.split_once(" - ")?;
+                let fstype = fs.split(' ').next()?;
+                if fstype != "cgroup" && fstype != "cgroup2" {
+                    return None;
+                }
+                let mut fields = mount.split(' ');
+                let root = fields.nth(3)?;
+                let mount_point = fields.next()?;
+                Some((unescape_mount(mount_point), unescape_mount(root)))
+            })
+            .collect()
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount(field: &str) -> String {
+    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// `path` as seen below a hierarchy mounted with `root` ("" for the root
+/// itself), or `None` when the mount does not reach it.
+fn below_root<'a>(path: &'a str, root: &str) -> Option<&'a str> {
+    if root == "/" {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(root)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Creates `leaf` under the scope's cgroup in every hierarchy that has the
+/// scope (the unified one, and on a hybrid host systemd's own v1 one).
+fn make_leaf(scope_path: &str, leaf: &str) -> Result<(), String> {
+    let mut made = false;
+    let mut failures = Vec::new();
+    for (mount_point, root) in cgroup_mounts() {
+        let Some(below) = below_root(scope_path, root) else { continue };
+        let scope_dir = format!("{mount_point}{below}");
+        if !std::path::Path::new(&scope_dir).is_dir() {
+            continue;
+        }
+        match std::fs::create_dir(format!("{scope_dir}/{leaf}")) {
+            Ok(()) => made = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => made = true,
+            Err(e) => failures.push(format!("cannot create {scope_dir}/{leaf}: {e}")),
+        }
+    }
+    if made || failures.is_empty() {
         Ok(())
     } else {
-        Err(format!("{unit}: systemd reported the scope started, but pid {pid} is not in it: {}", cgroups.trim()))
+        Err(failures.join("; "))
     }
+}
+
+/// The controllers whose files make per-worker accounting: what the leaves
+/// of a group scope get when the scope's cgroup offers them.
+const LEAF_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
+
+/// Enables the accounting controllers for the leaves of a group scope on
+/// the unified (v2) hierarchy. The scope is delegated, so its own
+/// `cgroup.subtree_control` is corrald's to write, and systemd leaves it be.
+/// A host whose controllers sit on v1 hierarchies offers none here.
+fn enable_leaf_controllers(scope_path: &str) -> Result<(), String> {
+    let Some((mount_point, root)) =
+        cgroup_mounts().iter().find(|(m, _)| std::fs::metadata(format!("{m}/cgroup.subtree_control")).is_ok())
+    else {
+        return Ok(());
+    };
+    let Some(below) = below_root(scope_path, root) else { return Ok(()) };
+    let dir = format!("{mount_point}{below}");
+    let offered = std::fs::read_to_string(format!("{dir}/cgroup.controllers"))
+        .map_err(|e| format!("cannot read {dir}/cgroup.controllers: {e}"))?;
+    let enabled = std::fs::read_to_string(format!("{dir}/cgroup.subtree_control")).unwrap_or_default();
+    let wanted: Vec<String> = LEAF_CONTROLLERS
+        .iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == **c) && !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    std::fs::write(format!("{dir}/cgroup.subtree_control"), wanted.join(" "))
+        .map_err(|e| format!("cannot write {} to {dir}/cgroup.subtree_control: {e}", wanted.join(" ")))
 }
 
 /// `/org/freedesktop/systemd1/unit/corral_2dweb_2escope` -> `corral-web.scope`.
@@ -500,5 +699,14 @@ mod tests {
         );
         assert_eq!(target_of_scope("corral-web-3.scope").as_deref(), Some("web-3"));
         assert_eq!(target_of_scope("other.scope"), None);
+    }
+
+    #[test]
+    fn scope_paths_map_into_mounts_that_reach_them() {
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/"), Some("/corral.slice/corral-web.scope"));
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/corral.slice"), Some("/corral-web.scope"));
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/corral.sl"), None);
+        assert_eq!(below_root("/corral.slice/corral-web.scope", "/system.slice"), None);
+        assert_eq!(unescape_mount("/sys/fs/cgroup/a\\040b"), "/sys/fs/cgroup/a b");
     }
 }
