@@ -303,13 +303,21 @@ impl Systemd {
         let unit = &placement.unit;
         let leaf = placement.leaf.as_deref();
         let mut note = None;
-        let joined = match leaf {
-            Some(leaf) if self.is_active(&link, unit).await => {
-                self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
-                true
-            }
+        // A group scope whose cgroup is there is live: its next worker
+        // joins with one call. Should the scope be on its way out after
+        // all, the join fails and the careful path below decides.
+        let fast = match leaf {
+            Some(leaf) if self.cached_scope_exists(unit) => self.join_leaf(&link, unit, leaf, pid).await.is_ok(),
             _ => false,
         };
+        let joined = fast
+            || match leaf {
+                Some(leaf) if self.is_active(&link, unit).await => {
+                    self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+                    true
+                }
+                _ => false,
+            };
         if !joined {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
@@ -375,6 +383,15 @@ impl Systemd {
         };
         make_leaf(&scope_path, leaf).map_err(|e| format!("{unit}: {e}"))?;
         self.attach(link, unit, Some(leaf), pid).await
+    }
+
+    /// Whether a group scope placed into before still has its cgroup.
+    fn cached_scope_exists(&self, unit: &str) -> bool {
+        let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return false };
+        cgroup_mounts().iter().any(|(mount_point, root)| {
+            below_root(&scope_path, root)
+                .is_some_and(|below| std::path::Path::new(&format!("{mount_point}{below}")).is_dir())
+        })
     }
 
     /// The unit's cgroup path, as systemd shows it (`ControlGroup`).
