@@ -576,13 +576,16 @@ impl ProcessTask {
         } else {
             Err((FailureKind::Died, description.clone()))
         };
+        // The supervisor hears of the exit before any request does: a
+        // client answered "stopped" may send its next request at once, and
+        // that request must find the slot empty, not a process task gone.
+        self.report(ProcEvent::Exited { description, clean });
         for op in soft.ops {
             let _ = op.send(OpEvent::Finished(self.worker_id.clone(), outcome.clone()));
         }
         for op in hard_ops {
             let _ = op.send(OpEvent::Finished(self.worker_id.clone(), Ok(())));
         }
-        self.report(ProcEvent::Exited { description, clean });
     }
 
     fn on_worker_message(&self, resp: proto::WorkerResponse, soft_request_id: u64, soft: &mut SoftStopState) {
