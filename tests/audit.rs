@@ -189,12 +189,12 @@ async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {
     assert_eq!(answer.status(), Status::Ok, "after the lookup timed out, the record is written without the name");
 }
 
-#[test]
-fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
+#[tokio::test]
+async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let config = corral::audit::AuditConfig { json_target: Some(path.clone()), ..Default::default() };
-    let auditor = corral::audit::Auditor::open(config, None).unwrap();
+    let auditor = corral::audit::Auditor::open(config).unwrap();
     for id in 1..=5 {
         let record = corral::audit::Record {
             session: 1,
@@ -208,7 +208,7 @@ fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
             result: corral::audit::Outcome::Accepted,
             reason: String::new(),
         };
-        auditor.write(&record).unwrap();
+        auditor.write(record).await.unwrap();
     }
     let good = lines(&path);
     let check = |lines: &[String]| {
