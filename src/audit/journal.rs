@@ -137,7 +137,8 @@ mod tests {
             Some(fd) => {
                 // journald refuses a memfd its sender could still change.
                 let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS).unwrap());
-                let all = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+                let all =
+                    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
                 assert!(seals.contains(all), "{seals:?}");
                 // SAFETY: the descriptor was just received and is ours alone.
                 let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -158,7 +159,8 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let mut journal = Journal::at(&path);
         const N: usize = 20_000;
-        let sender = std::thread::spawn(move || (0..N).all(|i| journal.send(format!("MESSAGE=record {i}\n").as_bytes())));
+        let sender =
+            std::thread::spawn(move || (0..N).all(|i| journal.send(format!("MESSAGE=record {i}\n").as_bytes())));
         for i in 0..N {
             assert_eq!(receive(&server), format!("MESSAGE=record {i}\n").into_bytes());
         }

@@ -520,6 +520,12 @@ impl Writer {
         if records.is_empty() {
             return;
         }
+        // Test builds only: a slow disk, so a test can tell a command that
+        // waited for its record from one that did not.
+        #[cfg(feature = "fault-injection")]
+        if let Some(ms) = std::env::var("CORRAL_FAULT_SLOW_AUDIT_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let mut batch = Batch { json_hash: self.last_hash.clone(), ..Batch::default() };
         for (record, _) in records.iter() {
             let at = now();
@@ -556,7 +562,7 @@ impl Writer {
         let result = match batch.text_error.or(batch.json_error) {
             Some(e) if self.config.continue_on_failure => {
                 tracing::error!(
-                    "AUDIT RECORDS LOST ({}), commands allowed anyway (audit_failure = \"continue\"): {e}",
+                    "AUDIT RECORD LOST: {} records not written, their commands allowed anyway (audit_failure = \"continue\"): {e}",
                     records.len()
                 );
                 Ok(())
