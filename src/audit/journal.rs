@@ -26,8 +26,12 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After a failure, how long until the socket is tried again; what comes
-/// meanwhile is counted as missed without waiting.
+/// meanwhile is counted as missed without waiting. Doubled after each
+/// failure in a row up to [`MAX_RETRY`], so a journald that is hung rather
+/// than gone holds commands up for one [`SEND_TIMEOUT`] now and then, not
+/// every second.
 const RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// One native-protocol field: `NAME=value\n`, or for a value holding a
 /// newline `NAME\n`, its length as 64-bit little endian, the value, `\n`.
@@ -47,6 +51,7 @@ pub struct Journal {
     path: PathBuf,
     socket: Option<UnixDatagram>,
     retry_at: Option<Instant>,
+    retry: Duration,
 }
 
 impl Journal {
@@ -57,7 +62,7 @@ impl Journal {
 
     /// A native-protocol socket at `path`.
     pub fn at(path: &Path) -> Journal {
-        let mut journal = Journal { path: path.to_path_buf(), socket: None, retry_at: None };
+        let mut journal = Journal { path: path.to_path_buf(), socket: None, retry_at: None, retry: RETRY };
         journal.connect();
         journal
     }
@@ -73,8 +78,14 @@ impl Journal {
                 self.socket = Some(socket);
                 self.retry_at = None;
             }
-            Err(_) => self.retry_at = Some(Instant::now() + RETRY),
+            Err(_) => self.back_off(),
         }
+    }
+
+    fn back_off(&mut self) {
+        self.socket = None;
+        self.retry_at = Some(Instant::now() + self.retry);
+        self.retry = (self.retry * 2).min(MAX_RETRY);
     }
 
     /// Sends one entry, waiting while journald's socket is full. False when
@@ -89,11 +100,13 @@ impl Journal {
             other => other.map(drop),
         };
         match sent {
-            Ok(()) => true,
+            Ok(()) => {
+                self.retry = RETRY;
+                true
+            }
             Err(e) => {
                 tracing::error!("audit records cannot be written to the journal ({e}); counting them as missed");
-                self.socket = None;
-                self.retry_at = Some(Instant::now() + RETRY);
+                self.back_off();
                 false
             }
         }
