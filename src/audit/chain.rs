@@ -29,6 +29,33 @@ pub fn link(mut record: Value, prev: &str) -> String {
     record.to_string()
 }
 
+/// A record's line rendered before its place in the chain is known: the
+/// link is filled in by whoever writes the lines in order, so rendering
+/// (the costly part) can happen anywhere.
+pub struct Unlinked {
+    line: String,
+    /// Where the placeholder link starts in `line`.
+    at: usize,
+}
+
+/// The key and opening quote of the link. A quote inside a value is always
+/// escaped, so this can only be the record's own key.
+const LINK_KEY: &str = "\"prev_sha256\":\"";
+
+impl Unlinked {
+    pub fn new(record: Value) -> Unlinked {
+        let line = link(record, GENESIS);
+        let at = line.find(LINK_KEY).map(|i| i + LINK_KEY.len()).expect("the link was just added");
+        Unlinked { line, at }
+    }
+
+    /// The line linked to the line before it, whose hash is `prev`.
+    pub fn link(mut self, prev: &str) -> String {
+        self.line.replace_range(self.at..self.at + GENESIS.len(), prev);
+        self.line
+    }
+}
+
 /// The first line of a file: where its chain starts, and why.
 pub fn anchor(at: &str, prev: &str, why: &str) -> String {
     link(json!({ "schema_version": SCHEMA_VERSION, "record": "anchor", "timestamp": at, "reason": why }), prev)

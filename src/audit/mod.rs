@@ -386,11 +386,57 @@ pub const QUEUE: usize = 1024;
 /// covers the whole batch.
 const WRITE_CHUNK: usize = 1 << 20;
 
+/// Requests whose fields hold more than this many bytes are rendered on a
+/// blocking thread: their record is bounded, but digesting what was cut
+/// reads all of it.
+const RENDER_INLINE: usize = 64 * 1024;
+
 type Done = oneshot::Sender<Result<(), String>>;
 
 enum Job {
-    Write(Record, Done),
+    Write(Rendered, Done),
     Reopen(Done),
+}
+
+/// A record as each configured sink takes it, rendered by the caller, so
+/// the writer thread only links, writes and syncs.
+struct Rendered {
+    text: Option<String>,
+    json: Option<chain::Unlinked>,
+    journal: Option<Vec<u8>>,
+}
+
+/// Which sinks a record is rendered for.
+#[derive(Clone, Copy)]
+struct Sinks {
+    text: bool,
+    json: bool,
+    journal: bool,
+    max_argument: usize,
+}
+
+impl Sinks {
+    fn render(self, record: &Record) -> Rendered {
+        let at = now();
+        let shown = record.shown(self.max_argument);
+        Rendered {
+            text: self.text.then(|| shown.text_line(&at) + "\n"),
+            json: self.json.then(|| chain::Unlinked::new(shown.json(&at))),
+            journal: self.journal.then(|| shown.journal_entry(&at)),
+        }
+    }
+}
+
+impl Record {
+    /// Bytes of the fields a caller controls, before any bound.
+    fn raw_len(&self) -> usize {
+        let optional = [&self.group, &self.worker, &self.actor.user, &self.actor.comm];
+        self.command.len()
+            + self.socket.len()
+            + self.reason.len()
+            + self.arguments.iter().map(String::len).sum::<usize>()
+            + optional.iter().filter_map(|v| v.as_ref()).map(String::len).sum::<usize>()
+    }
 }
 
 /// The audit trail. One thread, `corral-audit`, writes every record:
@@ -398,6 +444,7 @@ enum Job {
 /// next, with one write and one fdatasync per file, and each command waits
 /// for the sync that covers its record (group commit).
 pub struct Auditor {
+    sinks: Sinks,
     jobs: mpsc::Sender<Job>,
     journal_missed: Arc<AtomicU64>,
 }
@@ -425,6 +472,12 @@ impl Auditor {
                 }
             }
         }
+        let sinks = Sinks {
+            text: text.is_some(),
+            json: json.is_some(),
+            journal: config.journal,
+            max_argument: config.max_argument,
+        };
         let journal = config.journal.then(Journal::system);
         let journal_missed = Arc::new(AtomicU64::new(0));
         let (jobs, queue) = mpsc::channel(QUEUE);
@@ -433,14 +486,22 @@ impl Auditor {
             .name("corral-audit".into())
             .spawn(move || writer.run(queue))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(Auditor { jobs, journal_missed })
+        Ok(Auditor { sinks, jobs, journal_missed })
     }
 
     /// Writes one record to every sink, and returns once it is written (and
     /// with `audit_sync`, synced). An error names the file sink that failed;
     /// with `audit_failure = "continue"` it is logged instead.
     pub async fn write(&self, record: Record) -> Result<(), String> {
-        self.ask(|done| Job::Write(record, done)).await
+        let sinks = self.sinks;
+        let rendered = if record.raw_len() <= RENDER_INLINE {
+            sinks.render(&record)
+        } else {
+            tokio::task::spawn_blocking(move || sinks.render(&record))
+                .await
+                .map_err(|e| format!("rendering the audit record failed: {e}"))?
+        };
+        self.ask(|done| Job::Write(rendered, done)).await
     }
 
     /// Reopens the files at their configured paths (after logrotate moved
@@ -516,7 +577,7 @@ impl Writer {
 
     /// Writes the records of a batch in order, syncs each file once, sends
     /// the journal entries, then lets every command of the batch go.
-    fn commit(&mut self, records: &mut Vec<(Record, Done)>) {
+    fn commit(&mut self, records: &mut Vec<(Rendered, Done)>) {
         if records.is_empty() {
             return;
         }
@@ -527,21 +588,18 @@ impl Writer {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let mut batch = Batch { json_hash: self.last_hash.clone(), ..Batch::default() };
-        for (record, _) in records.iter() {
-            let at = now();
-            let shown = record.shown(self.config.max_argument);
-            if self.text.is_some() {
-                batch.text.extend_from_slice(shown.text_line(&at).as_bytes());
-                batch.text.push(b'\n');
+        for (record, _) in records.iter_mut() {
+            if let Some(line) = record.text.take() {
+                batch.text.extend_from_slice(line.as_bytes());
             }
-            if self.json.is_some() {
-                let line = chain::link(shown.json(&at), &batch.json_hash);
+            if let Some(unlinked) = record.json.take() {
+                let line = unlinked.link(&batch.json_hash);
                 batch.json_hash = chain::hash(&line);
                 batch.json.extend_from_slice(line.as_bytes());
                 batch.json.push(b'\n');
             }
-            if self.journal.is_some() {
-                batch.journal.push(shown.journal_entry(&at));
+            if let Some(entry) = record.journal.take() {
+                batch.journal.push(entry);
             }
             if batch.text.len() + batch.json.len() >= WRITE_CHUNK {
                 self.write_out(&mut batch);
@@ -661,6 +719,7 @@ mod tests {
         "[",
         "=",
         "\"",
+        "\"prev_sha256\":\"",
         "web",
         "ü",
         "漢",
@@ -760,6 +819,10 @@ mod tests {
 
             let json = chain::link(shown.json(AT), chain::GENESIS);
             prop_assert!(!json.contains('\n'));
+            // Rendered first and linked later, as the writer thread does,
+            // the line is the same.
+            let prev = chain::hash(&line);
+            prop_assert_eq!(chain::Unlinked::new(shown.json(AT)).link(&prev), chain::link(shown.json(AT), &prev));
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
             prop_assert_eq!(back["reason"].as_str(), Some(reason.as_str()));
