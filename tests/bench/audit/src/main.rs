@@ -23,6 +23,8 @@ use tokio_util::codec::Framed;
 
 struct Options {
     corrald: PathBuf,
+    /// Another corrald (e.g. the last release) measured in the same run.
+    baseline: Option<PathBuf>,
     dir: PathBuf,
     clients: usize,
     depth: usize,
@@ -81,12 +83,14 @@ impl Mode {
     }
 }
 
-const USAGE: &str = "usage: corral-bench-audit --corrald PATH [--dir DIR] [--clients 32] [--depth 4] \
+const USAGE: &str =
+    "usage: corral-bench-audit --corrald PATH [--baseline PATH] [--dir DIR] [--clients 32] [--depth 4] \
                      [--seconds 3] [--warmup 0.5] [--repeats 3] [--modes off,files,sync[,journal]]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
         corrald: PathBuf::new(),
+        baseline: None,
         dir: std::env::temp_dir(),
         clients: 32,
         depth: 4,
@@ -101,6 +105,7 @@ fn options() -> Result<Options, String> {
         let number = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
             "--corrald" => o.corrald = value()?.into(),
+            "--baseline" => o.baseline = Some(value()?.into()),
             "--dir" => o.dir = value()?.into(),
             "--clients" => o.clients = number(value()?)? as usize,
             "--depth" => o.depth = number(value()?)? as usize,
@@ -125,7 +130,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(o: &Options, mode: Mode, run: usize) -> Result<Daemon, String> {
+    fn start(o: &Options, corrald: &Path, mode: Mode, run: usize) -> Result<Daemon, String> {
         let dir = o.dir.join(format!("corral-bench-audit-{}-{}-{run}", std::process::id(), mode.name()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let socket = dir.join("corrald.sock");
@@ -137,15 +142,27 @@ impl Daemon {
             mode.config(&dir)
         );
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
-        let child = Command::new(&o.corrald)
+        let child = Command::new(corrald)
             .arg("--config")
             .arg(&config)
             .env("CORRAL_LOG", "warn")
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(dir.join("corrald.stderr")).map_err(|e| e.to_string())?)
             .spawn()
-            .map_err(|e| format!("{}: {e}", o.corrald.display()))?;
+            .map_err(|e| format!("{}: {e}", corrald.display()))?;
         Ok(Daemon { child, socket, dir })
+    }
+
+    async fn status(&self) -> Result<proto::SupervisorStatus, String> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| e.to_string())?;
+        let mut framed = Framed::new(stream, frame::codec(16 << 20));
+        let status = proto::Request { id: 1, command: Some(Cmd::Status(proto::StatusRequest {})) };
+        framed.send(frame::encode(&status)).await.map_err(|e| e.to_string())?;
+        let bytes = framed.next().await.ok_or("no answer")?.map_err(|e| e.to_string())?;
+        match proto::Response::decode(bytes).map_err(|e| e.to_string())?.content {
+            Some(proto::response::Content::SupervisorStatus(s)) => Ok(s),
+            other => Err(format!("not a status: {other:?}")),
+        }
     }
 
     /// Waits until the worker runs, so every `start` is a no-op.
@@ -159,18 +176,9 @@ impl Daemon {
             if Instant::now() > deadline {
                 return Err("corrald did not come up within 30 s".into());
             }
-            if let Ok(stream) = UnixStream::connect(&self.socket).await {
-                let mut framed = Framed::new(stream, frame::codec(16 << 20));
-                let status = proto::Request { id: 1, command: Some(Cmd::Status(proto::StatusRequest {})) };
-                if framed.send(frame::encode(&status)).await.is_ok() {
-                    if let Some(Ok(bytes)) = framed.next().await {
-                        let response = proto::Response::decode(bytes).map_err(|e| e.to_string())?;
-                        if let Some(proto::response::Content::SupervisorStatus(s)) = response.content {
-                            if s.groups.iter().all(|g| g.running == g.desired) {
-                                return Ok(());
-                            }
-                        }
-                    }
+            if let Ok(s) = self.status().await {
+                if s.groups.iter().all(|g| g.running == g.desired) {
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -221,9 +229,27 @@ async fn client(daemon_socket: PathBuf, depth: usize, counts: Arc<Counts>) {
     }
 }
 
+/// CPU time corrald has used (all its threads), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// What one run saw.
+struct Measured {
+    rate: f64,
+    /// corrald's CPU time per answered mutation.
+    cpu_per_op: Duration,
+    failed: u64,
+    journal_missed: u64,
+}
+
 /// Final answers per second over `seconds`, after `warmup`.
-async fn measure(o: &Options, mode: Mode, run: usize) -> Result<(f64, u64), String> {
-    let mut daemon = Daemon::start(o, mode, run)?;
+async fn measure(o: &Options, corrald: &Path, mode: Mode, run: usize) -> Result<Measured, String> {
+    let mut daemon = Daemon::start(o, corrald, mode, run)?;
     let result = async {
         daemon.ready().await?;
         let counts = Arc::new(Counts::default());
@@ -232,12 +258,16 @@ async fn measure(o: &Options, mode: Mode, run: usize) -> Result<(f64, u64), Stri
             clients.spawn(client(daemon.socket.clone(), o.depth, counts.clone()));
         }
         tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
-        let (from, at) = (counts.ok.load(Ordering::Relaxed), Instant::now());
+        let pid = daemon.child.id();
+        let (from, at, cpu) = (counts.ok.load(Ordering::Relaxed), Instant::now(), cpu_time(pid));
         tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
-        let (to, took) = (counts.ok.load(Ordering::Relaxed), at.elapsed());
+        let (to, took, cpu) = (counts.ok.load(Ordering::Relaxed), at.elapsed(), cpu_time(pid) - cpu);
         clients.abort_all();
+        while clients.join_next().await.is_some() {}
         let failed = counts.failed.load(Ordering::Relaxed);
-        Ok(((to - from) as f64 / took.as_secs_f64(), failed))
+        let journal_missed = daemon.status().await?.audit_journal_missed;
+        let cpu_per_op = cpu / (to - from).max(1) as u32;
+        Ok(Measured { rate: (to - from) as f64 / took.as_secs_f64(), cpu_per_op, failed, journal_missed })
     }
     .await;
     daemon.stop();
@@ -264,8 +294,10 @@ async fn main() -> std::process::ExitCode {
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "corrald {}; {} connections x {} in flight; {} s per run after {} s warm-up; {} repeats; audit files in {}",
+        "corrald {} (baseline {}); {} connections x {} in flight; {} s per run after {} s warm-up; {} repeats; \
+         audit files in {}",
         o.corrald.display(),
+        o.baseline.as_ref().map_or("none".into(), |b| b.display().to_string()),
         o.clients,
         o.depth,
         o.seconds,
@@ -274,21 +306,35 @@ async fn main() -> std::process::ExitCode {
         o.dir.display()
     );
     println!("load average before: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); o.modes.len()];
-    // Modes interleave within each repeat, so drift in the machine's load
-    // touches every mode alike.
+    let mut binaries = vec![("new", o.corrald.clone())];
+    if let Some(baseline) = &o.baseline {
+        binaries.push(("baseline", baseline.clone()));
+    }
+    let cases: Vec<(&str, &Path, Mode)> =
+        binaries.iter().flat_map(|(label, path)| o.modes.iter().map(move |m| (*label, path.as_path(), *m))).collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut missed = vec![0u64; cases.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // Cases interleave within each repeat, so drift in the machine's load
+    // touches every one alike.
     for run in 1..=o.repeats {
-        for (i, mode) in o.modes.iter().enumerate() {
-            match measure(&o, *mode, run).await {
-                Ok((rate, failed)) => {
-                    eprintln!("run {run} {:<8} {rate:>9.0}/s{}", mode.name(), if failed > 0 { " (FAILURES)" } else { "" });
-                    if failed > 0 {
-                        eprintln!("  {failed} requests answered FAILURE");
-                    }
-                    rates[i].push(rate);
+        for (i, (label, corrald, mode)) in cases.iter().enumerate() {
+            match measure(&o, corrald, *mode, run).await {
+                Ok(m) => {
+                    eprintln!(
+                        "run {run} {label:<8} {:<8} {:>9.0}/s  corrald CPU {:>5.1} us/op  failed {}  journal missed {}",
+                        mode.name(),
+                        m.rate,
+                        m.cpu_per_op.as_secs_f64() * 1e6,
+                        m.failed,
+                        m.journal_missed
+                    );
+                    rates[i].push(m.rate);
+                    cpu[i].push(m.cpu_per_op.as_secs_f64() * 1e6);
+                    missed[i] = missed[i].max(m.journal_missed);
                 }
                 Err(e) => {
-                    eprintln!("{}: {e}", mode.name());
+                    eprintln!("{label} {}: {e}", mode.name());
                     return std::process::ExitCode::FAILURE;
                 }
             }
@@ -297,24 +343,34 @@ async fn main() -> std::process::ExitCode {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average after: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!();
-    println!("| mode | audited no-op mutations/s: min | median | max | median vs off | what |");
-    println!("|---|---|---|---|---|---|");
-    let off = o.modes.iter().position(|m| *m == Mode::Off).map(|i| {
-        let mut r = rates[i].clone();
-        r.sort_by(f64::total_cmp);
-        median(&r)
-    });
-    for (i, mode) in o.modes.iter().enumerate() {
-        let mut r = rates[i].clone();
-        r.sort_by(f64::total_cmp);
-        let med = median(&r);
-        let ratio = off.map_or("-".to_string(), |off| format!("{:.2}", med / off));
+    let medians: Vec<f64> = rates
+        .iter_mut()
+        .map(|r| {
+            r.sort_by(f64::total_cmp);
+            median(r)
+        })
+        .collect();
+    let find = |label: &str, mode: Mode| cases.iter().position(|(l, _, m)| *l == label && *m == mode);
+    println!(
+        "| corrald | mode | mutations/s min | median | max | median / same corrald's off | median / baseline's same mode | \
+         corrald CPU us/op (median) | journal missed (most in a run) | what |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (i, (label, _, mode)) in cases.iter().enumerate() {
+        let r = &rates[i];
+        let ratio = |j: Option<usize>| j.map_or("-".to_string(), |j| format!("{:.2}", medians[i] / medians[j]));
+        let baseline = if *label == "baseline" { None } else { find("baseline", *mode) };
+        cpu[i].sort_by(f64::total_cmp);
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {ratio} | {} |",
+            "| {label} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {} | {} |",
             mode.name(),
             r[0],
-            med,
+            medians[i],
             r[r.len() - 1],
+            ratio(find(label, Mode::Off)),
+            ratio(baseline),
+            median(&cpu[i]),
+            if *mode == Mode::Journal { missed[i].to_string() } else { "-".into() },
             mode.describe()
         );
     }
