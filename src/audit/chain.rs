@@ -18,7 +18,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of a line (without its newline), in hex.
 pub fn hash(line: &str) -> String {
-    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Every record is hashed on the audit writer's thread, which every
+    // audited command waits for: no allocation per byte.
+    let mut hex = String::with_capacity(64);
+    for b in Sha256::digest(line.as_bytes()) {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    hex
 }
 
 /// A record's line with its link to the previous one.
@@ -43,9 +51,9 @@ pub struct Unlinked {
 const LINK_KEY: &str = "\"prev_sha256\":\"";
 
 impl Unlinked {
-    pub fn new(record: Value) -> Unlinked {
-        let line = link(record, GENESIS);
-        let at = line.find(LINK_KEY).map(|i| i + LINK_KEY.len()).expect("the link was just added");
+    /// `line` as rendered with [`GENESIS`] for its link.
+    pub fn new(line: String) -> Unlinked {
+        let at = line.find(LINK_KEY).map(|i| i + LINK_KEY.len()).expect("every record line has a link");
         Unlinked { line, at }
     }
 
@@ -120,4 +128,13 @@ pub fn verify(path: &Path) -> Result<usize, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_hash_is_sha256_in_lower_case_hex() {
+        assert_eq!(super::hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sanitise::sanitise;
@@ -224,10 +223,43 @@ impl Shown<'_> {
         )
     }
 
-    /// The JSON object (docs/audit-schema.md), without the chain link.
+    /// The JSON line (docs/audit-schema.md) with its link to the line
+    /// before, whose hash is `prev`. Serialised straight from the fields
+    /// (no intermediate map), keys in the order a map would sort them, so
+    /// the line is the one [`Shown::json`] and [`chain::link`] give.
+    pub fn json_line(&self, at: &str, prev: &str) -> String {
+        let r = self.record;
+        let line = JsonLine {
+            actor: JsonActor {
+                comm: self.comm.as_deref(),
+                gid: r.actor.gid,
+                pid: r.actor.pid,
+                uid: r.actor.uid,
+                user: self.user.as_deref(),
+            },
+            arguments: &self.arguments,
+            command: &self.command,
+            group: self.group.as_deref(),
+            prev_sha256: prev,
+            reason: &self.reason,
+            record: "audit",
+            request_id: r.request_id,
+            result: r.result.name(),
+            schema_version: SCHEMA_VERSION,
+            session: r.session,
+            socket: &self.socket,
+            timestamp: at,
+            worker: self.worker.as_deref(),
+        };
+        serde_json::to_string(&line).expect("a record always serialises")
+    }
+
+    /// The JSON object without the chain link, as the schema describes it:
+    /// the reference the writer's [`Shown::json_line`] is checked against.
+    #[cfg(test)]
     pub fn json(&self, at: &str) -> serde_json::Value {
         let r = self.record;
-        json!({
+        serde_json::json!({
             "schema_version": SCHEMA_VERSION,
             "record": "audit",
             "timestamp": at,
@@ -284,6 +316,34 @@ impl Shown<'_> {
         }
         entry
     }
+}
+
+/// A JSON record's fields in sorted order (see [`Shown::json_line`]).
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    actor: JsonActor<'a>,
+    arguments: &'a [String],
+    command: &'a str,
+    group: Option<&'a str>,
+    prev_sha256: &'a str,
+    reason: &'a str,
+    record: &'static str,
+    request_id: u64,
+    result: &'static str,
+    schema_version: u32,
+    session: u64,
+    socket: &'a str,
+    timestamp: &'a str,
+    worker: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonActor<'a> {
+    comm: Option<&'a str>,
+    gid: u32,
+    pid: Option<u32>,
+    uid: u32,
+    user: Option<&'a str>,
 }
 
 /// Where records go and what a failure to write them means.
@@ -421,7 +481,7 @@ impl Sinks {
         let shown = record.shown(self.max_argument);
         Rendered {
             text: self.text.then(|| shown.text_line(&at) + "\n"),
-            json: self.json.then(|| chain::Unlinked::new(shown.json(&at))),
+            json: self.json.then(|| chain::Unlinked::new(shown.json_line(&at, chain::GENESIS))),
             journal: self.journal.then(|| shown.journal_entry(&at)),
         }
     }
@@ -822,7 +882,9 @@ mod tests {
             // Rendered first and linked later, as the writer thread does,
             // the line is the same.
             let prev = chain::hash(&line);
-            prop_assert_eq!(chain::Unlinked::new(shown.json(AT)).link(&prev), chain::link(shown.json(AT), &prev));
+            let reference = chain::link(shown.json(AT), &prev);
+            prop_assert_eq!(&shown.json_line(AT, &prev), &reference);
+            prop_assert_eq!(&chain::Unlinked::new(shown.json_line(AT, chain::GENESIS)).link(&prev), &reference);
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
             prop_assert_eq!(back["reason"].as_str(), Some(reason.as_str()));
