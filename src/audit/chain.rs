@@ -17,12 +17,12 @@ use super::SCHEMA_VERSION;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 of a line (without its newline), in hex.
-pub fn hash(line: &str) -> String {
+pub fn hash(line: impl AsRef<[u8]>) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // Every record is hashed on the audit writer's thread, which every
     // audited command waits for: no allocation per byte.
     let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(line.as_bytes()) {
+    for b in Sha256::digest(line.as_ref()) {
         hex.push(HEX[usize::from(b >> 4)] as char);
         hex.push(HEX[usize::from(b & 0xf)] as char);
     }
@@ -57,10 +57,12 @@ impl Unlinked {
         Unlinked { line, at }
     }
 
-    /// The line linked to the line before it, whose hash is `prev`.
-    pub fn link(mut self, prev: &str) -> String {
-        self.line.replace_range(self.at..self.at + GENESIS.len(), prev);
-        self.line
+    /// Appends the line, linked to the line before it (whose hash is
+    /// `prev`), to `out`.
+    pub fn link_into(&self, prev: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.line.as_bytes()[..self.at]);
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(&self.line.as_bytes()[self.at + GENESIS.len()..]);
     }
 }
 
@@ -83,7 +85,7 @@ pub fn last_line_hash(path: &Path) -> io::Result<Option<String>> {
             last = Some(line);
         }
     }
-    Ok(last.map(|l| hash(&String::from_utf8_lossy(&l))))
+    Ok(last.map(|l| hash(String::from_utf8_lossy(&l).as_bytes())))
 }
 
 /// Checks a JSON audit log: Ok(number of records) when the chain is whole,
@@ -111,7 +113,7 @@ pub fn verify(path: &Path) -> Result<usize, String> {
                 }
             }
             Some(before) => {
-                if prev != hash(&String::from_utf8_lossy(before)) {
+                if prev != hash(String::from_utf8_lossy(before).as_bytes()) {
                     return Err(format!(
                         "line {n} (request {}): its prev_sha256 does not match line {}: that line was edited, or records \
                          before line {n} were removed or reordered",

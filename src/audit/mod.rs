@@ -454,8 +454,16 @@ const RENDER_INLINE: usize = 64 * 1024;
 type Done = oneshot::Sender<Result<(), String>>;
 
 enum Job {
-    Write(Rendered, Done),
+    Write(Rendered, oneshot::Sender<Written>),
     Reopen(Done),
+}
+
+/// A batch's answer to one of its commands, with the record's buffers
+/// handed back: the thread that allocated them frees them, which glibc's
+/// allocator does without taking another thread's arena lock.
+struct Written {
+    result: Result<(), String>,
+    _rendered: Rendered,
 }
 
 /// A record as each configured sink takes it, rendered by the caller, so
@@ -541,7 +549,15 @@ impl Auditor {
         let journal = config.journal.then(Journal::system);
         let journal_missed = Arc::new(AtomicU64::new(0));
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let writer = Writer { config, text, json, last_hash, journal, journal_missed: journal_missed.clone() };
+        let writer = Writer {
+            config,
+            text,
+            json,
+            last_hash,
+            journal,
+            journal_missed: journal_missed.clone(),
+            batch: Batch::default(),
+        };
         std::thread::Builder::new()
             .name("corral-audit".into())
             .spawn(move || writer.run(queue))
@@ -561,21 +577,21 @@ impl Auditor {
                 .await
                 .map_err(|e| format!("rendering the audit record failed: {e}"))?
         };
-        self.ask(|done| Job::Write(rendered, done)).await
+        self.ask(|done| Job::Write(rendered, done)).await?.result
     }
 
     /// Reopens the files at their configured paths (after logrotate moved
     /// them), after every record queued before. A new JSON file starts with
     /// an anchor linking to the last record of the old one.
     pub async fn reopen(&self) -> Result<(), String> {
-        self.ask(Job::Reopen).await
+        self.ask(Job::Reopen).await?
     }
 
-    async fn ask(&self, job: impl FnOnce(Done) -> Job) -> Result<(), String> {
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, String> {
         let (done, answer) = oneshot::channel();
         let gone = || "the audit writer has stopped".to_string();
         self.jobs.send(job(done)).await.map_err(|_| gone())?;
-        answer.await.unwrap_or_else(|_| Err(gone()))
+        answer.await.map_err(|_| gone())
     }
 
     /// Records the journal did not get (no journal, or it failed).
@@ -598,6 +614,8 @@ struct Writer {
     last_hash: String,
     journal: Option<Journal>,
     journal_missed: Arc<AtomicU64>,
+    /// Kept from batch to batch for its buffers.
+    batch: Batch,
 }
 
 /// One batch on its way to the files: rendered lines not yet written, and
@@ -610,7 +628,6 @@ struct Batch {
     json_hash: String,
     text_error: Option<String>,
     json_error: Option<String>,
-    journal: Vec<Vec<u8>>,
 }
 
 impl Writer {
@@ -637,7 +654,7 @@ impl Writer {
 
     /// Writes the records of a batch in order, syncs each file once, sends
     /// the journal entries, then lets every command of the batch go.
-    fn commit(&mut self, records: &mut Vec<(Rendered, Done)>) {
+    fn commit(&mut self, records: &mut Vec<(Rendered, oneshot::Sender<Written>)>) {
         if records.is_empty() {
             return;
         }
@@ -647,19 +664,17 @@ impl Writer {
         if let Some(ms) = std::env::var("CORRAL_FAULT_SLOW_AUDIT_MS").ok().and_then(|v| v.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        let mut batch = Batch { json_hash: self.last_hash.clone(), ..Batch::default() };
-        for (record, _) in records.iter_mut() {
-            if let Some(line) = record.text.take() {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.json_hash.clone_from(&self.last_hash);
+        for (record, _) in records.iter() {
+            if let Some(line) = &record.text {
                 batch.text.extend_from_slice(line.as_bytes());
             }
-            if let Some(unlinked) = record.json.take() {
-                let line = unlinked.link(&batch.json_hash);
-                batch.json_hash = chain::hash(&line);
-                batch.json.extend_from_slice(line.as_bytes());
+            if let Some(unlinked) = &record.json {
+                let start = batch.json.len();
+                unlinked.link_into(&batch.json_hash, &mut batch.json);
+                batch.json_hash = chain::hash(&batch.json[start..]);
                 batch.json.push(b'\n');
-            }
-            if let Some(entry) = record.journal.take() {
-                batch.journal.push(entry);
             }
             if batch.text.len() + batch.json.len() >= WRITE_CHUNK {
                 self.write_out(&mut batch);
@@ -674,10 +689,10 @@ impl Writer {
             }
         }
         if let Some(journal) = &mut self.journal {
-            let missed = batch.journal.iter().filter(|entry| !journal.send(entry)).count();
+            let missed = records.iter().filter_map(|(r, _)| r.journal.as_ref()).filter(|e| !journal.send(e)).count();
             self.journal_missed.fetch_add(missed as u64, Ordering::Relaxed);
         }
-        let result = match batch.text_error.or(batch.json_error) {
+        let result = match batch.text_error.take().or(batch.json_error.take()) {
             Some(e) if self.config.continue_on_failure => {
                 tracing::error!(
                     "AUDIT RECORD LOST: {} records not written, their commands allowed anyway (audit_failure = \"continue\"): {e}",
@@ -688,8 +703,9 @@ impl Writer {
             Some(e) => Err(e),
             None => Ok(()),
         };
-        for (_, done) in records.drain(..) {
-            let _ = done.send(result.clone());
+        self.batch = batch;
+        for (rendered, done) in records.drain(..) {
+            let _ = done.send(Written { result: result.clone(), _rendered: rendered });
         }
     }
 
@@ -884,7 +900,9 @@ mod tests {
             let prev = chain::hash(&line);
             let reference = chain::link(shown.json(AT), &prev);
             prop_assert_eq!(&shown.json_line(AT, &prev), &reference);
-            prop_assert_eq!(&chain::Unlinked::new(shown.json_line(AT, chain::GENESIS)).link(&prev), &reference);
+            let mut linked = Vec::new();
+            chain::Unlinked::new(shown.json_line(AT, chain::GENESIS)).link_into(&prev, &mut linked);
+            prop_assert_eq!(String::from_utf8(linked).unwrap(), reference);
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
             prop_assert_eq!(back["reason"].as_str(), Some(reason.as_str()));
