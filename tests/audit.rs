@@ -189,12 +189,12 @@ async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {
     assert_eq!(answer.status(), Status::Ok, "after the lookup timed out, the record is written without the name");
 }
 
-#[test]
-fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
+#[tokio::test]
+async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let config = corral::audit::AuditConfig { json_target: Some(path.clone()), ..Default::default() };
-    let auditor = corral::audit::Auditor::open(config, None).unwrap();
+    let auditor = corral::audit::Auditor::open(config).unwrap();
     for id in 1..=5 {
         let record = corral::audit::Record {
             session: 1,
@@ -208,7 +208,7 @@ fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
             result: corral::audit::Outcome::Accepted,
             reason: String::new(),
         };
-        auditor.write(&record).unwrap();
+        auditor.write(record).await.unwrap();
     }
     let good = lines(&path);
     let check = |lines: &[String]| {
@@ -236,4 +236,130 @@ fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
     swapped.swap(2, 3);
     let (ok, out) = check(&swapped);
     assert!(!ok && out.contains("line 3 (request 3)"), "{out}");
+}
+
+/// `(session, request_id, result)` of every audit record, in file order.
+fn json_trail(path: &Path) -> Vec<(u64, u64, String)> {
+    json_lines(path)
+        .iter()
+        .filter(|r| r["record"] == "audit")
+        .map(|r| {
+            (r["session"].as_u64().unwrap(), r["request_id"].as_u64().unwrap(), r["result"].as_str().unwrap().into())
+        })
+        .collect()
+}
+
+fn text_trail(path: &Path) -> Vec<(u64, u64, String)> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let mut slots = l.trim_start_matches('[').split(' ');
+            let session = slots.next().unwrap().parse().unwrap();
+            let request = slots.next().unwrap().parse().unwrap();
+            let result = l.split('\t').find_map(|f| f.strip_prefix("result=")).unwrap();
+            (session, request, result.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_many_concurrent_clients_every_answered_command_has_its_records_in_both_files_in_order() {
+    let mut c = Corrald::new("");
+    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{WEB}"
+    ));
+    // With fault injection every batch waits first, as on a slow disk: an
+    // answer sent before its record was written would show.
+    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "20".into()));
+    c.start();
+    c.wait_ready("web", 2).await;
+    const CLIENTS: u64 = 32;
+    const EACH: u64 = 20;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let mut client = c.client().await;
+        clients.spawn(async move {
+            let mut answered = 0;
+            for _ in 0..EACH {
+                let start = Cmd::Start(proto::Start { target: "web-1".into() });
+                let last = client.call(start, |_| {}).await.unwrap();
+                assert_eq!(last.status(), Status::Ok, "{last:?}");
+                answered += 1;
+            }
+            answered
+        });
+    }
+    let answered: u64 = clients.join_all().await.into_iter().sum();
+    assert_eq!(answered, CLIENTS * EACH);
+
+    // Read as soon as the last answer came: each answer went out after its
+    // outcome record was written.
+    let trail = json_trail(&json);
+    assert_eq!(trail.len() as u64, 2 * CLIENTS * EACH, "an accepted and an ok record per command");
+    assert_eq!(text_trail(&text), trail, "both files hold the same records in the same order");
+    assert_eq!(corral::audit::chain::verify(&json), Ok(trail.len()));
+    let mut sessions: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
+    for (session, request, result) in trail {
+        sessions.entry(session).or_default().push((request, result));
+    }
+    assert_eq!(sessions.len() as u64, CLIENTS);
+    let want: Vec<(u64, String)> =
+        (1..=EACH).flat_map(|id| [(id, "accepted".to_string()), (id, "ok".to_string())]).collect();
+    for (session, records) in &sessions {
+        assert_eq!(records, &want, "session {session}: each request accepted, then ok, in the order sent");
+    }
+    c.shutdown_ok().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stop_takes_effect_before_its_record_is_in_both_files() {
+    let mut c = Corrald::new("");
+    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
+        WEB.replace("count = 2", "count = 8")
+    ));
+    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "100".into()));
+    c.start();
+    c.wait_ready("web", 8).await;
+    // The first effect of a soft stop that anyone can see: the worker logs
+    // its exit. Whenever one shows, its stop's record must already be in
+    // both files.
+    let (log, text_path, json_path) = (c.log.clone(), text.clone(), json.clone());
+    let watcher = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 8 {
+            assert!(std::time::Instant::now() < deadline, "only {seen:?} exited");
+            for worker in
+                lines(&log).iter().filter_map(|l| l.strip_prefix("exit ")?.split(' ').next().map(String::from))
+            {
+                if !seen.insert(worker.clone()) {
+                    continue;
+                }
+                let accepted = format!("\tAUDIT\tStop(target={worker}, hard=false)\t");
+                assert!(
+                    lines(&text_path).iter().any(|l| l.contains(&accepted) && l.ends_with("result=accepted\treason=-")),
+                    "{worker} exited before its stop was in the text log"
+                );
+                let in_json = json_lines(&json_path)
+                    .iter()
+                    .any(|r| r["arguments"][0] == format!("target={worker}") && r["result"] == "accepted");
+                assert!(in_json, "{worker} exited before its stop was in the JSON log");
+            }
+            std::thread::yield_now();
+        }
+    });
+    let mut stops = tokio::task::JoinSet::new();
+    for i in 1..=8 {
+        let mut client = c.client().await;
+        stops.spawn(async move { client.call(stop(&format!("web-{i}"), false), |_| {}).await.unwrap() });
+    }
+    for last in stops.join_all().await {
+        assert_eq!(last.status(), Status::Ok, "{last:?}");
+    }
+    watcher.join().unwrap();
+    c.shutdown_ok().await;
 }

@@ -681,3 +681,44 @@ fn the_shipped_unit_gives_corrald_the_open_file_limit_the_readme_states() {
     assert_eq!(show("corrald.service", "LimitNOFILESoft"), "1024");
     assert_eq!(open_files(&show("corrald.service", "MainPID")), (4096, 4096));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_burst_of_audited_commands_reaches_the_journal_whole() {
+    let dir = Path::new("/var/log/corral-burst");
+    let _ = std::fs::remove_dir_all(dir);
+    let text = dir.join("audit.log");
+    let _i = Installed::new(&format!("audit_logs_target = {text:?}\n{}", group("burst", 1, &[], "")));
+    systemctl(&["start", "corrald.service"]);
+    // 32 clients, each a command after the other as fast as answers come:
+    // 16,000 records in a few seconds, through corrald's own journal socket.
+    const CLIENTS: u64 = 32;
+    const EACH: u64 = 250;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let mut client = corral::ctl::Client::connect(Path::new(SOCKET)).await.unwrap();
+        clients.spawn(async move {
+            for _ in 0..EACH {
+                let start = corral::proto::request::Command::Start(corral::proto::Start { target: "burst-1".into() });
+                let last = client.call(start, |_| {}).await.unwrap();
+                assert_eq!(last.status(), corral::proto::Status::Ok, "{last:?}");
+            }
+        });
+    }
+    clients.join_all().await;
+    let records = std::fs::read_to_string(&text).unwrap().lines().count();
+    assert_eq!(records as u64, 2 * CLIENTS * EACH, "the text log has every record");
+    assert_eq!(supervisor_status()["audit_journal_missed"], 0);
+    // Each record was handed to journald before its command went ahead.
+    let entries = journal(&[&format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID), "CORRAL_AUDIT_WORKER=burst-1"]);
+    let distinct: BTreeSet<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e[name].as_str().unwrap_or_default().to_string();
+            (field("CORRAL_AUDIT_SESSION"), field("CORRAL_AUDIT_REQUEST_ID"), field("CORRAL_AUDIT_RESULT"))
+        })
+        .collect();
+    assert_eq!(entries.len(), records, "the journal has as many records as the text log");
+    assert_eq!(distinct.len(), records, "and each one once");
+    let _ = std::fs::remove_dir_all(dir);
+}

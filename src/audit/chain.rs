@@ -17,8 +17,16 @@ use super::SCHEMA_VERSION;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 of a line (without its newline), in hex.
-pub fn hash(line: &str) -> String {
-    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+pub fn hash(line: impl AsRef<[u8]>) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Every record is hashed on the audit writer's thread, which every
+    // audited command waits for: no allocation per byte.
+    let mut hex = String::with_capacity(64);
+    for b in Sha256::digest(line.as_ref()) {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    hex
 }
 
 /// A record's line with its link to the previous one.
@@ -27,6 +35,35 @@ pub fn link(mut record: Value, prev: &str) -> String {
         map.insert("prev_sha256".into(), Value::String(prev.to_string()));
     }
     record.to_string()
+}
+
+/// A record's line rendered before its place in the chain is known: the
+/// link is filled in by whoever writes the lines in order, so rendering
+/// (the costly part) can happen anywhere.
+pub struct Unlinked {
+    line: String,
+    /// Where the placeholder link starts in `line`.
+    at: usize,
+}
+
+/// The key and opening quote of the link. A quote inside a value is always
+/// escaped, so this can only be the record's own key.
+const LINK_KEY: &str = "\"prev_sha256\":\"";
+
+impl Unlinked {
+    /// `line` as rendered with [`GENESIS`] for its link.
+    pub fn new(line: String) -> Unlinked {
+        let at = line.find(LINK_KEY).map(|i| i + LINK_KEY.len()).expect("every record line has a link");
+        Unlinked { line, at }
+    }
+
+    /// Appends the line, linked to the line before it (whose hash is
+    /// `prev`), to `out`.
+    pub fn link_into(&self, prev: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.line.as_bytes()[..self.at]);
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(&self.line.as_bytes()[self.at + GENESIS.len()..]);
+    }
 }
 
 /// The first line of a file: where its chain starts, and why.
@@ -48,7 +85,7 @@ pub fn last_line_hash(path: &Path) -> io::Result<Option<String>> {
             last = Some(line);
         }
     }
-    Ok(last.map(|l| hash(&String::from_utf8_lossy(&l))))
+    Ok(last.map(|l| hash(String::from_utf8_lossy(&l).as_bytes())))
 }
 
 /// Checks a JSON audit log: Ok(number of records) when the chain is whole,
@@ -76,7 +113,7 @@ pub fn verify(path: &Path) -> Result<usize, String> {
                 }
             }
             Some(before) => {
-                if prev != hash(&String::from_utf8_lossy(before)) {
+                if prev != hash(String::from_utf8_lossy(before).as_bytes()) {
                     return Err(format!(
                         "line {n} (request {}): its prev_sha256 does not match line {}: that line was edited, or records \
                          before line {n} were removed or reordered",
@@ -93,4 +130,13 @@ pub fn verify(path: &Path) -> Result<usize, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_hash_is_sha256_in_lower_case_hex() {
+        assert_eq!(super::hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }

@@ -8,22 +8,28 @@
 //! each optional. The file sinks are written, and with `audit_sync` synced,
 //! before the command is let through: if they cannot be, the command is
 //! refused (fail closed) unless the config says `audit_failure = "continue"`.
-//! The journal never holds a command up; what it misses is counted.
+//! The journal gets the record before the command is let through too, and a
+//! journald that is slow to take it slows the commands down rather than
+//! lose it; only what an absent or failing journal misses is lost, and
+//! counted ([`journal`]).
+//!
+//! One thread writes every record, in batches: see [`Auditor`].
 
 pub mod chain;
+pub mod journal;
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::journal::{Entry, Output, Source};
 use crate::sanitise::sanitise;
+use journal::Journal;
 
 /// The version of the JSON record layout (docs/audit-schema.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -217,10 +223,43 @@ impl Shown<'_> {
         )
     }
 
-    /// The JSON object (docs/audit-schema.md), without the chain link.
+    /// The JSON line (docs/audit-schema.md) with its link to the line
+    /// before, whose hash is `prev`. Serialised straight from the fields
+    /// (no intermediate map), keys in the order a map would sort them, so
+    /// the line is the one [`Shown::json`] and [`chain::link`] give.
+    pub fn json_line(&self, at: &str, prev: &str) -> String {
+        let r = self.record;
+        let line = JsonLine {
+            actor: JsonActor {
+                comm: self.comm.as_deref(),
+                gid: r.actor.gid,
+                pid: r.actor.pid,
+                uid: r.actor.uid,
+                user: self.user.as_deref(),
+            },
+            arguments: &self.arguments,
+            command: &self.command,
+            group: self.group.as_deref(),
+            prev_sha256: prev,
+            reason: &self.reason,
+            record: "audit",
+            request_id: r.request_id,
+            result: r.result.name(),
+            schema_version: SCHEMA_VERSION,
+            session: r.session,
+            socket: &self.socket,
+            timestamp: at,
+            worker: self.worker.as_deref(),
+        };
+        serde_json::to_string(&line).expect("a record always serialises")
+    }
+
+    /// The JSON object without the chain link, as the schema describes it:
+    /// the reference the writer's [`Shown::json_line`] is checked against.
+    #[cfg(test)]
     pub fn json(&self, at: &str) -> serde_json::Value {
         let r = self.record;
-        json!({
+        serde_json::json!({
             "schema_version": SCHEMA_VERSION,
             "record": "audit",
             "timestamp": at,
@@ -243,10 +282,14 @@ impl Shown<'_> {
         })
     }
 
-    fn journal_entry(&self, at: &str) -> Entry {
+    /// The record as one native-protocol journal entry: the fields every
+    /// record has, then those it has a value for.
+    fn journal_entry(&self, at: &str) -> Vec<u8> {
         let r = self.record;
-        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-        let mut fields = vec![
+        let always = [
+            ("PRIORITY", r.result.priority().to_string()),
+            ("MESSAGE", self.text_line(at).replace('\t', " ")),
+            ("SYSLOG_IDENTIFIER", "corrald".to_string()),
             ("MESSAGE_ID", MESSAGE_ID.to_string()),
             ("CORRAL_AUDIT_TIMESTAMP", at.to_string()),
             ("CORRAL_AUDIT_SESSION", r.session.to_string()),
@@ -260,19 +303,47 @@ impl Shown<'_> {
             ("CORRAL_AUDIT_REASON", self.reason.clone()),
         ];
         let optional = [
-            ("CORRAL_AUDIT_GROUP", opt(&self.group)),
-            ("CORRAL_AUDIT_WORKER", opt(&self.worker)),
-            ("CORRAL_AUDIT_ACTOR_PID", r.actor.pid.map(|p| p.to_string()).unwrap_or_default()),
-            ("CORRAL_AUDIT_ACTOR_USER", opt(&self.user)),
-            ("CORRAL_AUDIT_ACTOR_COMM", opt(&self.comm)),
+            ("CORRAL_AUDIT_GROUP", self.group.clone()),
+            ("CORRAL_AUDIT_WORKER", self.worker.clone()),
+            ("CORRAL_AUDIT_ACTOR_PID", r.actor.pid.map(|p| p.to_string())),
+            ("CORRAL_AUDIT_ACTOR_USER", self.user.clone()),
+            ("CORRAL_AUDIT_ACTOR_COMM", self.comm.clone()),
         ];
-        fields.extend(optional.into_iter().filter(|(_, v)| !v.is_empty()));
-        Entry {
-            priority: r.result.priority(),
-            message: self.text_line(at).replace('\t', " ").into_bytes(),
-            source: Source::Corrald(fields),
+        let present = optional.into_iter().filter_map(|(k, v)| Some((k, v.filter(|v| !v.is_empty())?)));
+        let mut entry = Vec::new();
+        for (name, value) in always.into_iter().chain(present) {
+            journal::field(&mut entry, name, value.as_bytes());
         }
+        entry
     }
+}
+
+/// A JSON record's fields in sorted order (see [`Shown::json_line`]).
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    actor: JsonActor<'a>,
+    arguments: &'a [String],
+    command: &'a str,
+    group: Option<&'a str>,
+    prev_sha256: &'a str,
+    reason: &'a str,
+    record: &'static str,
+    request_id: u64,
+    result: &'static str,
+    schema_version: u32,
+    session: u64,
+    socket: &'a str,
+    timestamp: &'a str,
+    worker: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonActor<'a> {
+    comm: Option<&'a str>,
+    gid: u32,
+    pid: Option<u32>,
+    uid: u32,
+    user: Option<&'a str>,
 }
 
 /// Where records go and what a failure to write them means.
@@ -326,12 +397,59 @@ impl FileSink {
         Ok(FileSink { key, path: path.to_path_buf(), file })
     }
 
+    fn failed(&self, e: io::Error) -> String {
+        format!("cannot write the audit log {} ({}): {e}", self.path.display(), self.key)
+    }
+
+    /// Writes whole lines (each ending in a newline).
+    fn write(&mut self, lines: &[u8]) -> Result<(), String> {
+        self.file.write_all(lines).map_err(|e| self.failed(e))
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| self.failed(e))
+    }
+
+    /// One line, synced with `sync`: the anchors, outside any batch.
     fn append(&mut self, line: &str, sync: bool) -> Result<(), String> {
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        let result = self.file.write_all(&bytes).and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        result.map_err(|e| format!("cannot write the audit log {} ({}): {e}", self.path.display(), self.key))
+        self.write(format!("{line}\n").as_bytes())?;
+        if sync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// A file to sync, and where its first failure goes.
+type ToSync<'a> = (&'a mut Option<FileSink>, &'a mut Option<String>);
+
+fn sync_one((sink, error): ToSync) {
+    if let (Some(sink), None) = (sink, &error) {
+        *error = sink.sync().err();
+    }
+}
+
+/// Syncs both files at once: the file system can commit the two in one
+/// journal transaction, and a batch waits for one sync, not two in a row.
+/// The text file is synced through a duplicate of its descriptor on a
+/// short-lived thread; without one, the two are synced in turn.
+fn sync_both(text: ToSync, json: ToSync) {
+    let duplicate = match (&text, &json) {
+        ((Some(t), None), (Some(_), None)) => t.file.try_clone().ok(),
+        _ => None,
+    };
+    let helper = duplicate.and_then(|file| {
+        std::thread::Builder::new().name("corral-audit-sync".into()).spawn(move || file.sync_data()).ok()
+    });
+    let Some(helper) = helper else {
+        sync_one(text);
+        sync_one(json);
+        return;
+    };
+    sync_one(json);
+    let synced = helper.join().unwrap_or_else(|_| Err(io::Error::other("the sync thread failed")));
+    if let (Some(sink), Err(e)) = (text.0, synced) {
+        *text.1 = Some(sink.failed(e));
     }
 }
 
@@ -350,94 +468,296 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
     }
 }
 
-struct Files {
-    text: Option<FileSink>,
-    json: Option<FileSink>,
-    /// SHA-256 of the last JSON line written: the next record's link.
-    last_hash: String,
+/// Records that may wait for the audit writer at once; a command whose
+/// record finds the queue full waits (without holding a runtime thread)
+/// for room. Each connection has at most two records on their way (its
+/// request's, and an earlier request's outcome), so `limits.max_connections`
+/// bounds the queue well before this does.
+pub const QUEUE: usize = 1024;
+
+/// Bytes of rendered lines held before they are written out; one sync still
+/// covers the whole batch.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Requests whose fields hold more than this many bytes are rendered on a
+/// blocking thread: their record is bounded, but digesting what was cut
+/// reads all of it.
+const RENDER_INLINE: usize = 64 * 1024;
+
+type Done = oneshot::Sender<Result<(), String>>;
+
+enum Job {
+    Write(Rendered, oneshot::Sender<Written>),
+    Reopen(Done),
 }
 
-/// The audit trail. Writing blocks (file I/O): call [`Auditor::write`]
-/// off the async runtime's worker threads.
+/// A batch's answer to one of its commands, with the record's buffers
+/// handed back: the thread that allocated them frees them, which glibc's
+/// allocator does without taking another thread's arena lock.
+struct Written {
+    result: Result<(), String>,
+    _rendered: Rendered,
+}
+
+/// A record as each configured sink takes it, rendered by the caller, so
+/// the writer thread only links, writes and syncs.
+struct Rendered {
+    text: Option<String>,
+    json: Option<chain::Unlinked>,
+    journal: Option<Vec<u8>>,
+}
+
+/// Which sinks a record is rendered for.
+#[derive(Clone, Copy)]
+struct Sinks {
+    text: bool,
+    json: bool,
+    journal: bool,
+    max_argument: usize,
+}
+
+impl Sinks {
+    fn render(self, record: &Record) -> Rendered {
+        let at = now();
+        let shown = record.shown(self.max_argument);
+        Rendered {
+            text: self.text.then(|| shown.text_line(&at) + "\n"),
+            json: self.json.then(|| chain::Unlinked::new(shown.json_line(&at, chain::GENESIS))),
+            journal: self.journal.then(|| shown.journal_entry(&at)),
+        }
+    }
+}
+
+impl Record {
+    /// Bytes of the fields a caller controls, before any bound.
+    fn raw_len(&self) -> usize {
+        let optional = [&self.group, &self.worker, &self.actor.user, &self.actor.comm];
+        self.command.len()
+            + self.socket.len()
+            + self.reason.len()
+            + self.arguments.iter().map(String::len).sum::<usize>()
+            + optional.iter().filter_map(|v| v.as_ref()).map(String::len).sum::<usize>()
+    }
+}
+
+/// The audit trail. One thread, `corral-audit`, writes every record:
+/// whatever queued while it wrote and synced the last batch goes out as the
+/// next, with one write and one fdatasync per file, and each command waits
+/// for the sync that covers its record (group commit).
 pub struct Auditor {
-    config: AuditConfig,
-    files: Mutex<Files>,
-    journal: Option<Output>,
-    journal_missed: AtomicU64,
+    sinks: Sinks,
+    jobs: mpsc::Sender<Job>,
+    journal_missed: Arc<AtomicU64>,
 }
 
 impl Auditor {
-    /// Opens the configured files; an unusable path is an error naming
-    /// its config key.
-    pub fn open(config: AuditConfig, output: Option<Output>) -> Result<Auditor, String> {
+    /// Opens the configured files and starts the writer; an unusable path
+    /// is an error naming its config key.
+    pub fn open(config: AuditConfig) -> Result<Auditor, String> {
         let open = |key: &'static str, path: &Option<PathBuf>| -> Result<Option<FileSink>, String> {
             path.as_ref()
                 .map(|p| FileSink::open(key, p).map_err(|e| format!("{key}: cannot open {}: {e}", p.display())))
                 .transpose()
         };
         let text = open("audit_logs_target", &config.text_target)?;
-        let json = open("audit_logs_json_target", &config.json_target)?;
-        let mut files = Files { text, json, last_hash: chain::GENESIS.to_string() };
-        if let Some(json) = &mut files.json {
+        let mut json = open("audit_logs_json_target", &config.json_target)?;
+        let mut last_hash = chain::GENESIS.to_string();
+        if let Some(json) = &mut json {
             let last = chain::last_line_hash(&json.path).map_err(|e| format!("audit_logs_json_target: {e}"))?;
             match last {
-                Some(hash) => files.last_hash = hash,
+                Some(hash) => last_hash = hash,
                 None => {
-                    let anchor = chain::anchor(
-                        &humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                        chain::GENESIS,
-                        "new file",
-                    );
+                    let anchor = chain::anchor(&now(), chain::GENESIS, "new file");
                     json.append(&anchor, config.sync)?;
-                    files.last_hash = chain::hash(&anchor);
+                    last_hash = chain::hash(&anchor);
                 }
             }
         }
-        let journal = if config.journal { output } else { None };
-        Ok(Auditor { config, files: Mutex::new(files), journal, journal_missed: AtomicU64::new(0) })
+        let sinks = Sinks {
+            text: text.is_some(),
+            json: json.is_some(),
+            journal: config.journal,
+            max_argument: config.max_argument,
+        };
+        let journal = config.journal.then(Journal::system);
+        let journal_missed = Arc::new(AtomicU64::new(0));
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            config,
+            text,
+            json,
+            last_hash,
+            journal,
+            journal_missed: journal_missed.clone(),
+            batch: Batch::default(),
+        };
+        std::thread::Builder::new()
+            .name("corral-audit".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(Auditor { sinks, jobs, journal_missed })
     }
 
-    /// Writes one record to every sink. An error names the file sink that
-    /// failed; with `audit_failure = "continue"` it is logged instead.
-    pub fn write(&self, record: &Record) -> Result<(), String> {
-        let at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let shown = record.shown(self.config.max_argument);
-        let result = self.write_files(&shown, &at);
-        if let Some(output) = &self.journal {
-            if output.sink() != crate::journal::Sink::Journal || !output.own(shown.journal_entry(&at)) {
-                self.journal_missed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        match result {
-            Err(e) if self.config.continue_on_failure => {
-                tracing::error!("AUDIT RECORD LOST, command allowed anyway (audit_failure = \"continue\"): {e}");
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    fn write_files(&self, record: &Shown, at: &str) -> Result<(), String> {
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let files = &mut *files;
-        if let Some(text) = &mut files.text {
-            text.append(&record.text_line(at), self.config.sync)?;
-        }
-        if let Some(json) = &mut files.json {
-            let line = chain::link(record.json(at), &files.last_hash);
-            json.append(&line, self.config.sync)?;
-            files.last_hash = chain::hash(&line);
-        }
-        Ok(())
+    /// Writes one record to every sink, and returns once it is written (and
+    /// with `audit_sync`, synced). An error names the file sink that failed;
+    /// with `audit_failure = "continue"` it is logged instead.
+    pub async fn write(&self, record: Record) -> Result<(), String> {
+        let sinks = self.sinks;
+        let rendered = if record.raw_len() <= RENDER_INLINE {
+            sinks.render(&record)
+        } else {
+            tokio::task::spawn_blocking(move || sinks.render(&record))
+                .await
+                .map_err(|e| format!("rendering the audit record failed: {e}"))?
+        };
+        self.ask(|done| Job::Write(rendered, done)).await?.result
     }
 
     /// Reopens the files at their configured paths (after logrotate moved
-    /// them). A new JSON file starts with an anchor linking to the last
-    /// record of the old one.
-    pub fn reopen(&self) -> Result<(), String> {
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+    /// them), after every record queued before. A new JSON file starts with
+    /// an anchor linking to the last record of the old one.
+    pub async fn reopen(&self) -> Result<(), String> {
+        self.ask(Job::Reopen).await?
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, String> {
+        let (done, answer) = oneshot::channel();
+        let gone = || "the audit writer has stopped".to_string();
+        self.jobs.send(job(done)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Records the journal did not get (no journal, or it failed).
+    pub fn journal_missed(&self) -> u64 {
+        self.journal_missed.load(Ordering::Relaxed)
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// The `corral-audit` thread: the only place audit files and the audit
+/// journal socket are written.
+struct Writer {
+    config: AuditConfig,
+    text: Option<FileSink>,
+    json: Option<FileSink>,
+    /// SHA-256 of the last JSON line written: the next record's link.
+    last_hash: String,
+    journal: Option<Journal>,
+    journal_missed: Arc<AtomicU64>,
+    /// Kept from batch to batch for its buffers.
+    batch: Batch,
+}
+
+/// One batch on its way to the files: rendered lines not yet written, and
+/// the first failure of each file.
+#[derive(Default)]
+struct Batch {
+    text: Vec<u8>,
+    json: Vec<u8>,
+    /// The chain's last link once `json` is written.
+    json_hash: String,
+    text_error: Option<String>,
+    json_error: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut waiting = Vec::new();
+        let mut batch = Vec::new();
+        while let Some(first) = queue.blocking_recv() {
+            waiting.push(first);
+            while let Ok(job) = queue.try_recv() {
+                waiting.push(job);
+            }
+            for job in waiting.drain(..) {
+                match job {
+                    Job::Write(record, done) => batch.push((record, done)),
+                    Job::Reopen(done) => {
+                        self.commit(&mut batch);
+                        let _ = done.send(self.reopen());
+                    }
+                }
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    /// Writes the records of a batch in order, syncs each file once, sends
+    /// the journal entries, then lets every command of the batch go.
+    fn commit(&mut self, records: &mut Vec<(Rendered, oneshot::Sender<Written>)>) {
+        if records.is_empty() {
+            return;
+        }
+        // Test builds only: a slow disk, so a test can tell a command that
+        // waited for its record from one that did not.
+        #[cfg(feature = "fault-injection")]
+        if let Some(ms) = std::env::var("CORRAL_FAULT_SLOW_AUDIT_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.json_hash.clone_from(&self.last_hash);
+        for (record, _) in records.iter() {
+            if let Some(line) = &record.text {
+                batch.text.extend_from_slice(line.as_bytes());
+            }
+            if let Some(unlinked) = &record.json {
+                let start = batch.json.len();
+                unlinked.link_into(&batch.json_hash, &mut batch.json);
+                batch.json_hash = chain::hash(&batch.json[start..]);
+                batch.json.push(b'\n');
+            }
+            if batch.text.len() + batch.json.len() >= WRITE_CHUNK {
+                self.write_out(&mut batch);
+            }
+        }
+        self.write_out(&mut batch);
+        if self.config.sync {
+            sync_both((&mut self.text, &mut batch.text_error), (&mut self.json, &mut batch.json_error));
+        }
+        if let Some(journal) = &mut self.journal {
+            let missed = records.iter().filter_map(|(r, _)| r.journal.as_ref()).filter(|e| !journal.send(e)).count();
+            self.journal_missed.fetch_add(missed as u64, Ordering::Relaxed);
+        }
+        let result = match batch.text_error.take().or(batch.json_error.take()) {
+            Some(e) if self.config.continue_on_failure => {
+                tracing::error!(
+                    "AUDIT RECORD LOST: {} records not written, their commands allowed anyway (audit_failure = \"continue\"): {e}",
+                    records.len()
+                );
+                Ok(())
+            }
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        self.batch = batch;
+        for (rendered, done) in records.drain(..) {
+            let _ = done.send(Written { result: result.clone(), _rendered: rendered });
+        }
+    }
+
+    /// Writes what the batch holds so far. After a failed write a file gets
+    /// nothing more of the batch; the chain goes on from the last line that
+    /// was written whole.
+    fn write_out(&mut self, batch: &mut Batch) {
+        if let (Some(text), None) = (&mut self.text, &batch.text_error) {
+            batch.text_error = text.write(&batch.text).err();
+        }
+        if let (Some(json), None) = (&mut self.json, &batch.json_error) {
+            batch.json_error = json.write(&batch.json).err();
+            if batch.json_error.is_none() {
+                self.last_hash.clone_from(&batch.json_hash);
+            }
+        }
+        batch.text.clear();
+        batch.json.clear();
+    }
+
+    fn reopen(&mut self) -> Result<(), String> {
         if let Some(path) = &self.config.text_target {
-            files.text = Some(
+            self.text = Some(
                 FileSink::open("audit_logs_target", path)
                     .map_err(|e| format!("audit_logs_target: cannot reopen {}: {e}", path.display()))?,
             );
@@ -446,22 +766,16 @@ impl Auditor {
             let mut json = FileSink::open("audit_logs_json_target", path)
                 .map_err(|e| format!("audit_logs_json_target: cannot reopen {}: {e}", path.display()))?;
             match chain::last_line_hash(path).map_err(|e| format!("audit_logs_json_target: {e}"))? {
-                Some(hash) => files.last_hash = hash,
+                Some(hash) => self.last_hash = hash,
                 None => {
-                    let at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-                    let anchor = chain::anchor(&at, &files.last_hash, "reopened");
+                    let anchor = chain::anchor(&now(), &self.last_hash, "reopened");
                     json.append(&anchor, self.config.sync)?;
-                    files.last_hash = chain::hash(&anchor);
+                    self.last_hash = chain::hash(&anchor);
                 }
             }
-            files.json = Some(json);
+            self.json = Some(json);
         }
         Ok(())
-    }
-
-    /// Records the journal did not get (no journal, or its queue full).
-    pub fn journal_missed(&self) -> u64 {
-        self.journal_missed.load(Ordering::Relaxed)
     }
 }
 
@@ -510,6 +824,7 @@ mod tests {
         "[",
         "=",
         "\"",
+        "\"prev_sha256\":\"",
         "web",
         "ü",
         "漢",
@@ -590,11 +905,6 @@ mod tests {
         count
     }
 
-    fn journal_len(entry: &Entry) -> usize {
-        let Source::Corrald(fields) = &entry.source else { panic!("an audit entry is corrald's own") };
-        entry.message.len() + fields.iter().map(|(k, v)| k.len() + 1 + v.len()).sum::<usize>()
-    }
-
     proptest! {
         #[test]
         fn hostile_text_never_breaks_a_record(
@@ -614,6 +924,14 @@ mod tests {
 
             let json = chain::link(shown.json(AT), chain::GENESIS);
             prop_assert!(!json.contains('\n'));
+            // Rendered first and linked later, as the writer thread does,
+            // the line is the same.
+            let prev = chain::hash(&line);
+            let reference = chain::link(shown.json(AT), &prev);
+            prop_assert_eq!(&shown.json_line(AT, &prev), &reference);
+            let mut linked = Vec::new();
+            chain::Unlinked::new(shown.json_line(AT, chain::GENESIS)).link_into(&prev, &mut linked);
+            prop_assert_eq!(String::from_utf8(linked).unwrap(), reference);
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             let (reason, group, user) = (sanitise(&reason), sanitise(&group), sanitise(&user));
             prop_assert_eq!(back["reason"].as_str(), Some(reason.as_str()));
@@ -645,7 +963,7 @@ mod tests {
             prop_assert!(line.len() <= bound, "text: {} > {bound}", line.len());
             let json = chain::link(shown.json(AT), chain::GENESIS);
             prop_assert!(json.len() <= bound, "JSON: {} > {bound}", json.len());
-            let journal = journal_len(&shown.journal_entry(AT));
+            let journal = shown.journal_entry(AT).len();
             prop_assert!(journal <= 2 * bound, "journal: {journal} > 2 * {bound}");
         }
     }
@@ -675,7 +993,7 @@ mod tests {
         // The bound is not loose by much: the JSON of the worst case fills
         // most of it.
         assert!(json.len() > bound * 3 / 4, "JSON {} of {bound}", json.len());
-        assert!(journal_len(&shown.journal_entry(AT)) <= 2 * bound);
+        assert!(shown.journal_entry(AT).len() <= 2 * bound);
     }
 
     #[test]
@@ -736,14 +1054,14 @@ mod tests {
         assert!(line.contains("\\u{2026}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20"), "{line}");
     }
 
-    #[test]
-    fn a_megabyte_request_writes_a_bounded_trail() {
+    #[tokio::test]
+    async fn a_megabyte_request_writes_a_bounded_trail() {
         let dir = tempfile::tempdir().unwrap();
         let (text, json) = (dir.path().join("audit.log"), dir.path().join("audit.jsonl"));
         let config =
             AuditConfig { text_target: Some(text.clone()), json_target: Some(json.clone()), ..Default::default() };
         assert_eq!(config.max_argument, DEFAULT_MAX_ARGUMENT);
-        let auditor = Auditor::open(config, None).unwrap();
+        let auditor = Auditor::open(config).unwrap();
         // As the command socket describes `Stop` with a 1 MB target.
         let target = "\u{1}".repeat(1024 * 1024);
         let r = record(
@@ -754,7 +1072,7 @@ mod tests {
             "corralctl".into(),
             format!("no group named {target:?}"),
         );
-        auditor.write(&r).unwrap();
+        auditor.write(r).await.unwrap();
         let written = std::fs::metadata(&text).unwrap().len() + std::fs::metadata(&json).unwrap().len();
         assert!(written <= 2 * max_record_len(DEFAULT_MAX_ARGUMENT) as u64, "{written} bytes for one record");
         assert_eq!(chain::verify(&json), Ok(1));

@@ -242,7 +242,7 @@ async fn run(
         }
     };
     let auditor = if config.audit.text_target.is_some() || config.audit.json_target.is_some() || config.audit.journal {
-        match Auditor::open(config.audit.clone(), Some(output.clone())) {
+        match Auditor::open(config.audit.clone()) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 eprintln!("corrald: {}: {e}", config.path.display());
@@ -329,11 +329,10 @@ async fn run(
                 }
                 _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, 0, tx.clone())),
                 _ = hup.recv() => {
-                    if let Some(auditor) = auditor.clone() {
-                        match tokio::task::spawn_blocking(move || auditor.reopen()).await {
-                            Ok(Ok(())) => tracing::info!("audit log files reopened"),
-                            Ok(Err(e)) => tracing::error!("{e}"),
-                            Err(e) => tracing::error!("reopening the audit logs failed: {e}"),
+                    if let Some(auditor) = &auditor {
+                        match auditor.reopen().await {
+                            Ok(()) => tracing::info!("audit log files reopened"),
+                            Err(e) => tracing::error!("{e}"),
                         }
                     }
                     signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, 0, tx.clone()));

@@ -200,14 +200,13 @@ impl Drop for Listener {
 }
 
 async fn reopen_audit(auditor: &Option<Arc<Auditor>>, reply: Reply) {
-    let Some(auditor) = auditor.clone() else {
+    let Some(auditor) = auditor else {
         reply.ok("no audit log files are configured".into(), None);
         return;
     };
-    match tokio::task::spawn_blocking(move || auditor.reopen()).await {
-        Ok(Ok(())) => reply.ok("audit log files reopened".into(), None),
-        Ok(Err(e)) => reply.failure(e, None),
-        Err(e) => reply.failure(format!("reopening the audit logs failed: {e}"), None),
+    match auditor.reopen().await {
+        Ok(()) => reply.ok("audit log files reopened".into(), None),
+        Err(e) => reply.failure(e, None),
     }
 }
 
@@ -441,7 +440,7 @@ impl Session {
             tracing::warn!(session = self.id, uid = self.peer.uid, "request {kind}: {}", sanitise(&why));
             if let Some(auditor) = self.access.auditor.clone() {
                 let record = self.record(id, &described, Outcome::Denied, why.clone()).await;
-                if let Err(e) = write_record(auditor, record).await {
+                if let Err(e) = auditor.write(record).await {
                     tracing::error!("the refusal could not be audited: {e}");
                 }
             }
@@ -452,7 +451,8 @@ impl Session {
         }
         let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
         let record = self.record(id, &described, Outcome::Accepted, String::new()).await;
-        write_record(auditor, record.clone())
+        auditor
+            .write(record.clone())
             .await
             .map_err(|e| format!("refused, nothing was done: the audit record could not be written: {e}"))?;
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, record);
@@ -460,20 +460,13 @@ impl Session {
     }
 }
 
-/// Writes a record off the async threads: file I/O may block.
-async fn write_record(auditor: Arc<Auditor>, record: Record) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || auditor.write(&record))
-        .await
-        .unwrap_or_else(|e| Err(format!("the audit writer failed: {e}")))
-}
-
 /// Records the outcome of an audited request as its final answer goes out.
 async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &proto::Response) {
     let started = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
-    let (Some(auditor), Some(mut record)) = (auditor.clone(), started) else { return };
+    let (Some(auditor), Some(mut record)) = (auditor, started) else { return };
     record.result = if response.status() == Status::Ok { Outcome::Ok } else { Outcome::Failed };
     record.reason = response.message.clone();
-    if let Err(e) = write_record(auditor, record).await {
+    if let Err(e) = auditor.write(record).await {
         tracing::error!("the outcome of request {} could not be audited: {e}", response.id);
     }
 }
