@@ -46,6 +46,28 @@ async fn workers_get_a_clean_environment_with_their_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_the_open_file_limit_corrald_was_started_with() {
+    let mut c = Corrald::new("");
+    let out = c.dir.path().join("limits.out");
+    c.write_config(&format!(
+        "[groups.fds]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"(ulimit -Sn; ulimit -Hn; echo END) > {out}.tmp; mv {out}.tmp {out}; exec sleep 600\"]\n\
+         stop_mode = \"signal\"\nready_after = \"10ms\"\n",
+        out = out.display()
+    ));
+    // corrald raises its own soft limit to the hard one; its workers must
+    // not inherit that (select() breaks above 1024).
+    c.wrapper = ["prlimit", "--nofile=512:4096"].map(String::from).to_vec();
+    c.start();
+    let pid = c.child.as_ref().unwrap().id();
+    let corrald_limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = corrald_limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["4096", "4096"], "{open_files}");
+    let text = wait_for_file(&out).await;
+    assert_eq!(text, "512\n4096\nEND\n");
+    c.shutdown_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_runs_as_its_configured_user() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (CI runs as root) to switch users");
     let mut c = Corrald::new("");

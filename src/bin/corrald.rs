@@ -139,10 +139,15 @@ fn passed_descriptors() -> Result<(Option<OwnedFd>, HashMap<String, OwnedFd>), S
 /// Raises the soft limit on open descriptors to the hard limit: each
 /// worker and each client holds some, and the soft limit systemd leaves
 /// (1024) would cap the fleet at a few hundred workers. The hard limit
-/// stays what the unit (LimitNOFILE=) or the administrator set.
+/// stays what the unit (LimitNOFILE=) or the administrator set. Workers
+/// get the limits corrald was started with.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limits = getrlimit(Resource::RLIMIT_NOFILE);
+    if let Ok((soft, hard)) = limits {
+        corral::supervisor::keep_open_file_limit_for_workers(soft, hard);
+    }
+    match limits {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
             Err(e) => tracing::warn!("cannot raise the open file limit from {soft} to {hard}: {e}"),

@@ -41,6 +41,17 @@ const HIGH_FD: RawFd = 10;
 /// the size systemd gives its services' streams.
 const STREAM_SNDBUF: libc::c_int = 8 * 1024 * 1024;
 
+/// The open-file limit workers start with: the one corrald itself was
+/// started with, before it raised its own soft limit to the hard one.
+/// Programs that use select() break with descriptors above 1024, which
+/// is why systemd, too, gives services a soft limit of 1024.
+static WORKER_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// Records the open-file limit corrald was started with, for its workers.
+pub fn keep_open_file_limit_for_workers(soft: u64, hard: u64) {
+    let _ = WORKER_NOFILE.set(libc::rlimit { rlim_cur: soft, rlim_max: hard });
+}
+
 /// What a failure report from the child says went wrong, before its exec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -233,6 +244,7 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
     let argv = pointers(&plan.argv);
     let envp = pointers(&plan.envp);
     let journal = JournalAddress::new();
+    let nofile = WORKER_NOFILE.get().copied();
     // SAFETY: fork in a threaded process: the child runs only `child`,
     // which makes async-signal-safe system calls on memory prepared above
     // and never returns.
@@ -242,7 +254,7 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
     }
     if pid == 0 {
         // SAFETY: in the child, see above.
-        unsafe { child(plan, &fds, &argv, &envp, &journal) }
+        unsafe { child(plan, &fds, &argv, &envp, &journal, nofile) }
     }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -298,6 +310,7 @@ unsafe fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     journal: &JournalAddress,
+    nofile: Option<libc::rlimit>,
 ) -> ! {
     let mut report_fd = fds.report;
     let fail = |report_fd: RawFd, stage: Stage| -> ! {
@@ -310,6 +323,9 @@ unsafe fn child(
     libc::sigemptyset(&mut set);
     libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    if let Some(limit) = &nofile {
+        libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+    }
     // Its own process group: a Ctrl-C at corrald's terminal is corrald's to
     // handle, and a hard stop can kill the worker's children with it.
     if libc::setpgid(0, 0) < 0 || libc::dup2(fds.null, 0) < 0 {

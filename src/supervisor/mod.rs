@@ -38,6 +38,7 @@ use launch::OutputRoute;
 use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
+pub use launch::keep_open_file_limit_for_workers;
 pub use process::start_time;
 pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 
