@@ -40,6 +40,21 @@ const OWN_BUDGET: usize = 1024 * 1024;
 /// `SyslogLevel=` spell them.
 const PRIORITY_NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
 
+/// One field in journald's native protocol: `NAME=value\n`, or for a
+/// value holding a newline `NAME\n`, its length as 64-bit little endian,
+/// the value, `\n`.
+pub fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+    buf.extend_from_slice(name.as_bytes());
+    if value.contains(&b'\n') {
+        buf.push(b'\n');
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        buf.push(b'=');
+    }
+    buf.extend_from_slice(value);
+    buf.push(b'\n');
+}
+
 /// Parses a priority name ("warning") or number ("4").
 pub fn parse_priority(text: &str) -> Option<u8> {
     match text.parse::<u8>() {
@@ -117,20 +132,8 @@ impl Entry {
         self.message.len() + fields + 48
     }
 
-    /// The native protocol: `NAME=value\n`, or for a value holding a
-    /// newline `NAME\n`, its length as 64-bit little endian, the value, `\n`.
+    /// The entry in journald's native protocol (see [`field`]).
     fn encode(&self, buf: &mut Vec<u8>) {
-        fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
-            buf.extend_from_slice(name.as_bytes());
-            if value.contains(&b'\n') {
-                buf.push(b'\n');
-                buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            } else {
-                buf.push(b'=');
-            }
-            buf.extend_from_slice(value);
-            buf.push(b'\n');
-        }
         buf.clear();
         field(buf, "PRIORITY", &[b'0' + self.priority.min(7)]);
         field(buf, "MESSAGE", &self.message);

@@ -33,20 +33,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
-/// One native-protocol field: `NAME=value\n`, or for a value holding a
-/// newline `NAME\n`, its length as 64-bit little endian, the value, `\n`.
-pub fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
-    buf.extend_from_slice(name.as_bytes());
-    if value.contains(&b'\n') {
-        buf.push(b'\n');
-        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
-    } else {
-        buf.push(b'=');
-    }
-    buf.extend_from_slice(value);
-    buf.push(b'\n');
-}
-
 pub struct Journal {
     path: PathBuf,
     socket: Option<UnixDatagram>,
@@ -187,7 +173,7 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let mut journal = Journal::at(&path);
         let mut entry = Vec::new();
-        field(&mut entry, "MESSAGE", &vec![b'x'; 4 * 1024 * 1024]);
+        crate::journal::field(&mut entry, "MESSAGE", &vec![b'x'; 4 * 1024 * 1024]);
         assert!(journal.send(&entry));
         let got = receive(&server);
         assert!(got == entry, "{} bytes received of {}", got.len(), entry.len());

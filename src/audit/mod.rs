@@ -312,7 +312,7 @@ impl Shown<'_> {
         let present = optional.into_iter().filter_map(|(k, v)| Some((k, v.filter(|v| !v.is_empty())?)));
         let mut entry = Vec::new();
         for (name, value) in always.into_iter().chain(present) {
-            journal::field(&mut entry, name, value.as_bytes());
+            crate::journal::field(&mut entry, name, value.as_bytes());
         }
         entry
     }
