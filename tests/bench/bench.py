@@ -262,8 +262,24 @@ def section_ready(ctx, param):
                 t0 = proc_ticks(pid)
                 time.sleep(window)  # the measuring window itself
                 ctx.emit(f"idle_cpu.{n}", (proc_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / window * 100)
+        if status:
+            socket_restart(ctx, f"{mode}.{n}", n)
         ms, err = stop_corrald()
         ctx.emit(f"svcstop.{mode}.{n}", ms) if err is None else ctx.emit(f"svcstop.{mode}.{n}", fail=err)
+
+
+def socket_restart(ctx, key, n):
+    """The same start without corrald's own start-up: every worker soft
+    stopped, then a start request timed from its frame to the final OK."""
+    r = bench_json(ctx, "request", "--socket", SOCKET, "stop", "--target", "w")
+    if r["status"] != "OK":
+        ctx.emit(f"sockstart.{key}", fail=f"the stop before it answered {r['status']}: {r['message'][:120]}")
+        return
+    r = bench_json(ctx, "request", "--socket", SOCKET, "start", "--target", "w")
+    if r["status"] == "OK" and r["succeeded"] == n:
+        ctx.emit(f"sockstart.{key}", r["ms"])
+    else:
+        ctx.emit(f"sockstart.{key}", fail=f"{r['status']} {r.get('succeeded')}/{n} ready: {r['message'][:120]}")
 
 
 def max_n(ctx):
@@ -466,19 +482,25 @@ def quantile(sorted_values, q):
 
 
 def journal_cursor():
-    out = run(["journalctl", "-n", "0", "--show-cursor", "-q"], 30, check=False).stdout
+    """The cursor of the journal's last entry (None when it is empty).
+    Readers start *at* it (--cursor), not after it: journalctl 252 with
+    --after-cursor and a match skips the first matching entry."""
+    out = run(["journalctl", "-n", "1", "--show-cursor", "-q"], 30, check=False).stdout
     for line in out.splitlines():
         if line.startswith("-- cursor: "):
             return line[len("-- cursor: "):]
-    # An empty journal has no cursor; every entry is then new.
     return None
 
 
-def follow_until(cursor, sentinel, timeout):
-    """Blocks until journald has an entry whose MESSAGE is `sentinel`
-    (journalctl -f wakes on the journal's inotify). True if it came."""
-    cmd = ["journalctl", "-f", "-q", "-o", "cat", f"MESSAGE={sentinel}"]
-    cmd += [f"--after-cursor={cursor}"] if cursor else ["--since=-1h"]
+def since(cursor):
+    return [f"--cursor={cursor}"] if cursor else []
+
+
+def follow_until(cursor, sentinel):
+    """Starts following the journal for an entry whose MESSAGE is
+    `sentinel` (journalctl -f wakes on the journal's inotify); the event is
+    set when it came."""
+    cmd = ["journalctl", "-f", "-q", "-o", "cat", f"MESSAGE={sentinel}", *since(cursor)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     got = threading.Event()
 
@@ -492,10 +514,10 @@ def follow_until(cursor, sentinel, timeout):
     return p, got
 
 
-def count_entries(cursor, identifier):
-    cmd = ["journalctl", "-q", "-o", "cat", f"SYSLOG_IDENTIFIER={identifier}"]
-    cmd += [f"--after-cursor={cursor}"] if cursor else []
-    return len(run(cmd, 300, check=False).stdout.splitlines())
+def count_entries(cursor, identifier, sentinel):
+    """Our lines of this run in the journal: the numbered ones and the sentinel."""
+    out = run(["journalctl", "-q", "-o", "cat", f"SYSLOG_IDENTIFIER={identifier}", *since(cursor)], 300, check=False)
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("bench line ") or line == sentinel)
 
 
 def section_journal(ctx, param):
@@ -530,7 +552,7 @@ def section_journal(ctx, param):
                        "-p", "LogRateLimitBurst=1000000", f"--setenv=BENCH_SENTINEL={sentinel}",
                        "systemd-cat", "-t", "benchcat", "/bin/sh", "-c", script]
                 ident = "benchcat"
-            follower, got = follow_until(cursor, sentinel, 300)
+            follower, got = follow_until(cursor, sentinel)
             cpu0 = proc_ticks(journald)
             t = time.monotonic()
             client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -547,7 +569,7 @@ def section_journal(ctx, param):
             if came:
                 ctx.emit(f"journal.{way}.{lines}", ms)
                 ctx.emit(f"journald_cpu.{way}.{lines}", cpu * 1000)
-                have = count_entries(cursor, ident)
+                have = count_entries(cursor, ident, sentinel)
                 ctx.emit(f"journal_missing.{way}.{lines}", lines + 1 - have)
             else:
                 ctx.emit(f"journal.{way}.{lines}", fail="sentinel not in the journal within 300s")
