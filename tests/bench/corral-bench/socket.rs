@@ -129,11 +129,13 @@ pub async fn request(socket: &Path, op: Op, with_probe: bool, timeout: Duration)
     let prober = with_probe.then(|| tokio::spawn(probe(socket.to_path_buf(), stop.clone())));
     let t = Instant::now();
     let mut first_progress_ms = None;
-    let answer =
-        tokio::time::timeout(timeout, client.call(command, |_| {
+    let answer = tokio::time::timeout(
+        timeout,
+        client.call(command, |_| {
             first_progress_ms.get_or_insert(t.elapsed().as_secs_f64() * 1000.0);
-        }))
-        .await;
+        }),
+    )
+    .await;
     let elapsed = t.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut out = match answer {
