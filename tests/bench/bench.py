@@ -202,7 +202,7 @@ def start_corrald(timeout):
         return None, f"no READY within {timeout}s"
     ms = (time.monotonic() - t) * 1000
     if r.returncode != 0:
-        return None, f"start failed: {r.stderr.strip()[-200:]}"
+        return None, f"start failed: {(r.stderr.strip().splitlines() or ['?'])[0][:200]}"
     return ms, None
 
 
@@ -247,12 +247,15 @@ def section_ready(ctx, param):
             err = err or f"no status: {e}"
         if err is None and ready < desired:
             err = f"{ready}/{desired} ready"
+        elif err is not None and status:
+            err += f" ({ready}/{desired} ready)"
         if err:
             ctx.emit(f"ready.{mode}.{n}", fail=err)
         else:
             ctx.emit(f"ready.{mode}.{n}", ms)
         pid = main_pid("corrald.service")
-        if pid and status:
+        # What corrald holds is only a figure for the whole fleet.
+        if pid and err is None:
             ctx.emit(f"rss.{mode}.{n}", rss_mib(pid))
             ctx.emit(f"fds.{mode}.{n}", len(os.listdir(f"/proc/{pid}/fd")) / max(ready, 1))
             if mode == "group" and n == max_n(ctx):

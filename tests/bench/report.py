@@ -139,6 +139,12 @@ def rows_for(ns, stops, lines):
     return rows
 
 
+def cell_text(text, limit=160):
+    """A failure as one table cell: one line, no column bar, bounded."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load(path):
     samples, fails = {}, {}
     with open(path) as f:
@@ -197,7 +203,8 @@ def report(results, out, meta_path):
         vals = sorted(samples.get(key, []))
         cell = f"{fmt(vals[0])} / **{fmt(med[key])}** / {fmt(vals[-1])}" if vals else "—"
         if key in fails:
-            cell += f"; {len(fails[key])} of {len(vals) + len(fails[key])} failed: " + "; ".join(sorted(set(fails[key])))
+            why = "; ".join(sorted({cell_text(f) for f in fails[key]}))
+            cell += f"; {len(fails[key])} of {len(vals) + len(fails[key])} failed: {why}"
         a = med.get(anchor) if anchor else None
         ratio = med[key] / a if vals and a else None
         acell = fmt(a) if a is not None else ("—" if not anchor else "failed" if anchor in fails else "—")
