@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The benchmark suite's logic; tests/bench/run is its driver.
 
-  bench.py plan  --quick|--full [--only S,...] [--repeat R]   the container boots, one per line
-  bench.py inside --bin-dir D --bench B --venv V --repeat R JOB...   runs inside the container
-  bench.py report RESULTS OUT.md                               the table
+  bench.py plan [--quick] [--only S,...] [--repeat R]         the container boots, one per line
+  bench.py inside --bin-dir D --bench B --venv V [--quick] JOB... --repeat=R   inside the container
+  bench.py report RESULTS OUT.md --meta META                  the table
 
 Inside the container every measurement prints one line `RESULT {json}` on
 stdout: {"key": figure, "value": number} or {"key": figure, "fail": why}.
@@ -28,6 +28,8 @@ import xmlrpc.client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# No __pycache__ of report.py and audit_section.py in the source tree.
+sys.dont_write_bytecode = True
 
 SECTIONS = ["ready", "anchors", "supervisord", "stop", "status", "audit", "journal"]
 
