@@ -286,7 +286,7 @@ async fn run(
     let limits = config.limits.clone();
     let manager = systemd.clone();
     let config_path = config.path.clone();
-    let mut supervisor = Supervisor::new(config, systemd, notifier, output.clone());
+    let mut supervisor = Supervisor::new(config, systemd, notifier.clone(), output.clone());
     supervisor.adopt(stored);
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
@@ -384,6 +384,12 @@ async fn run(
         listener = server.await.ok();
     }
     output.drain(Duration::from_secs(3)).await;
+    if matches!(ending, Ending::Upgrade { .. } | Ending::Handover) {
+        // The workers' descriptors must be in the store before whoever
+        // takes them over looks.
+        let notifier = notifier.clone();
+        let _ = tokio::task::spawn_blocking(move || notifier.flush_store(Duration::from_secs(10))).await;
+    }
     match ending {
         Ending::Upgrade { binary, fds } => {
             let Some(listener) = listener.map(Listener::into_handover).and_then(Result::ok) else {

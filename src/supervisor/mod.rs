@@ -475,10 +475,15 @@ impl Supervisor {
             // What is already waiting is handled in one batch: a thousand
             // workers exiting at once cost one rewrite, not a thousand.
             quiet = true;
-            for _ in 0..BATCH {
+            let mut handled = 0;
+            loop {
                 quiet &= matches!(&msg, Msg::Request { request, .. } if read_only(request));
                 if let Some(ending) = self.on_message(msg) {
                     return ending;
+                }
+                handled += 1;
+                if handled == BATCH {
+                    break;
                 }
                 match self.rx.try_recv() {
                     Ok(next) => msg = next,
@@ -1872,5 +1877,36 @@ fn describe_target(target: &str) -> String {
         "all workers".into()
     } else {
         target.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More requests waiting at once than the actor takes in one batch:
+    /// every one is still answered, once.
+    #[tokio::test]
+    async fn every_waiting_request_is_answered_across_batches() {
+        let config = Config::parse("", std::path::Path::new("/nonexistent/corral.toml")).expect("an empty config");
+        let supervisor = Supervisor::new(config, None, Notifier::none(), Output::start(1 << 20));
+        let handle = supervisor.handle();
+        let (replies, mut queue) = Replies::channel();
+        let asked = 2 * BATCH as u64 + 1;
+        for id in 1..=asked {
+            let request = proto::Request { id, command: Some(Command::Status(proto::StatusRequest {})) };
+            handle.request(request, Reply::new(id, id, replies.clone()));
+        }
+        let run = tokio::spawn(supervisor.run());
+        let mut answered = std::collections::BTreeSet::new();
+        while (answered.len() as u64) < asked {
+            let out = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {asked} requests never answered", asked - answered.len() as u64))
+                .expect("the queue stays open");
+            assert_eq!(out.response.status(), Status::Ok, "{:?}", out.response);
+            assert!(answered.insert(out.response.id), "{} answered twice", out.response.id);
+        }
+        run.abort();
     }
 }

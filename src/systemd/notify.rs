@@ -4,10 +4,15 @@
 //!
 //! Outside a `Type=notify` service (no `NOTIFY_SOCKET`) every call is a
 //! no-op, so the supervisor calls these unconditionally.
+//!
+//! Descriptor store traffic goes through a thread of its own: systemd 252
+//! compares each stored descriptor with every one it holds, so with
+//! thousands stored it reads its notify socket slowly, and a send to a
+//! full socket blocks. The supervisor must never wait on that.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -21,6 +26,47 @@ struct Inner {
     ready: AtomicBool,
     status: Mutex<String>,
     watchdog: Option<Duration>,
+    /// To the store thread, in order: a removal never overtakes its store.
+    store: Mutex<mpsc::Sender<StoreOp>>,
+}
+
+enum StoreOp {
+    Add(String, Vec<OwnedFd>),
+    Remove(String),
+    /// Answered once everything queued before it has been sent.
+    Flush(mpsc::Sender<()>),
+}
+
+/// Sends descriptor store operations as the manager takes them.
+fn store_thread(ops: mpsc::Receiver<StoreOp>) {
+    for op in ops {
+        if let StoreOp::Flush(done) = &op {
+            let _ = done.send(());
+            continue;
+        }
+        let result = match &op {
+            StoreOp::Add(name, fds) => {
+                let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+                sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &fds)
+            }
+            StoreOp::Remove(name) => sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]),
+            StoreOp::Flush(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            let name = match &op {
+                StoreOp::Add(name, _) | StoreOp::Remove(name) => name.as_str(),
+                StoreOp::Flush(_) => "",
+            };
+            tracing::warn!("the service manager's descriptor store did not take {name}: {e}");
+        }
+    }
+}
+
+impl Inner {
+    fn queue(&self, op: StoreOp) {
+        // Without the thread the operation is lost, as said at start.
+        let _ = self.store.lock().unwrap_or_else(|e| e.into_inner()).send(op);
+    }
 }
 
 impl Notifier {
@@ -30,8 +76,17 @@ impl Notifier {
             return Notifier { inner: None };
         }
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        let (store, ops) = mpsc::channel();
+        if let Err(e) = std::thread::Builder::new().name("corral-fdstore".into()).spawn(move || store_thread(ops)) {
+            tracing::warn!("cannot start the descriptor store thread ({e}): workers' descriptors are not stored");
+        }
         Notifier {
-            inner: Some(Arc::new(Inner { ready: AtomicBool::new(false), status: Mutex::new(String::new()), watchdog })),
+            inner: Some(Arc::new(Inner {
+                ready: AtomicBool::new(false),
+                status: Mutex::new(String::new()),
+                watchdog,
+                store: Mutex::new(store),
+            })),
         }
     }
 
@@ -101,15 +156,35 @@ impl Notifier {
     /// they outlive this corrald and come back to the next one in
     /// `LISTEN_FDS` (the unit needs `FileDescriptorStoreMax=`).
     pub fn store_fds(&self, name: &str, fds: &[BorrowedFd<'_>]) {
-        if self.inner.is_some() && !fds.is_empty() {
-            if let Err(e) = sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], fds) {
-                tracing::warn!("cannot hand {name} to the service manager's descriptor store: {e}");
-            }
+        let Some(inner) = &self.inner else { return };
+        if fds.is_empty() {
+            return;
+        }
+        // Copies, since the store thread sends them later; they close once sent.
+        let copies: Result<Vec<OwnedFd>, _> = fds.iter().map(|fd| fd.try_clone_to_owned()).collect();
+        match copies {
+            Ok(copies) => inner.queue(StoreOp::Add(name.to_string(), copies)),
+            Err(e) => tracing::warn!("cannot hand {name} to the service manager's descriptor store: {e}"),
+        }
+    }
+
+    /// Waits, at most `timeout`, until every store operation queued so far
+    /// has been sent: before corrald leaves its workers to a successor.
+    pub fn flush_store(&self, timeout: Duration) {
+        let Some(inner) = &self.inner else { return };
+        let (done, wait) = mpsc::channel();
+        inner.queue(StoreOp::Flush(done));
+        if wait.recv_timeout(timeout).is_err() {
+            tracing::warn!(
+                "the service manager's descriptor store is behind: some workers' descriptors may not be kept"
+            );
         }
     }
 
     /// Drops descriptors stored under `name`.
     pub fn remove_fds(&self, name: &str) {
-        self.send(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
+        if let Some(inner) = &self.inner {
+            inner.queue(StoreOp::Remove(name.to_string()));
+        }
     }
 }
