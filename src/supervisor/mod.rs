@@ -1021,8 +1021,12 @@ impl Supervisor {
             }
             ProcEvent::Exited { description, clean } => {
                 let proc = slot.proc.take().expect("generation matched");
-                for (name, _) in &proc.shared {
-                    self.notifier.remove_fds(name);
+                // In a shutdown the manager empties the store itself when
+                // corrald stops; a removal each would only hold it up.
+                if !self.shutting_down {
+                    for (name, _) in &proc.shared {
+                        self.notifier.remove_fds(name);
+                    }
                 }
                 self.runtime_dirty = true;
                 if let (Some(sd), Some(group)) = (&self.systemd, self.groups.get(&key.group)) {

@@ -258,6 +258,16 @@ impl Systemd {
     /// Puts `pid` into its scope and confirms it is there. Returns a note
     /// when an existing scope was joined rather than created.
     pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, String> {
+        // A group scope whose cgroup is there is live: its next workers
+        // join it with one call each, as many at once as the window
+        // allows. Should the scope be on its way out after all, the join
+        // fails and the careful path below, one placement at a time,
+        // decides.
+        if let Some(leaf) = placement.leaf.as_deref() {
+            if self.cached_scope_exists(&placement.unit) && self.join_live(pid, &placement.unit, leaf).await {
+                return Ok(None);
+            }
+        }
         let lock = if placement.leaf.is_some() {
             let mut locks = self.unit_locks.lock().expect("unit locks");
             Some(locks.entry(placement.unit.clone()).or_default().clone())
@@ -303,21 +313,13 @@ impl Systemd {
         let unit = &placement.unit;
         let leaf = placement.leaf.as_deref();
         let mut note = None;
-        // A group scope whose cgroup is there is live: its next worker
-        // joins with one call. Should the scope be on its way out after
-        // all, the join fails and the careful path below decides.
-        let fast = match leaf {
-            Some(leaf) if self.cached_scope_exists(unit) => self.join_leaf(&link, unit, leaf, pid).await.is_ok(),
+        let joined = match leaf {
+            Some(leaf) if self.is_active(&link, unit).await => {
+                self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
+                true
+            }
             _ => false,
         };
-        let joined = fast
-            || match leaf {
-                Some(leaf) if self.is_active(&link, unit).await => {
-                    self.join_leaf(&link, unit, leaf, pid).await.map_err(|e| (e, false))?;
-                    true
-                }
-                _ => false,
-            };
         if !joined {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
@@ -383,6 +385,13 @@ impl Systemd {
         };
         make_leaf(&scope_path, leaf).map_err(|e| format!("{unit}: {e}"))?;
         self.attach(link, unit, Some(leaf), pid).await
+    }
+
+    /// One try at joining a live group scope's leaf, without its lock.
+    async fn join_live(&self, pid: u32, unit: &str, leaf: &str) -> bool {
+        let Ok(_permit) = self.window.acquire().await else { return false };
+        let Ok(link) = self.link().await else { return false };
+        self.join_leaf(&link, unit, leaf, pid).await.is_ok() && confirm_in_unit(pid, unit, Some(leaf)).is_ok()
     }
 
     /// Whether a group scope placed into before still has its cgroup.
