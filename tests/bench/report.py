@@ -130,10 +130,13 @@ def rows_for(ns, stops, lines):
         s = f"Worker output into journald, {n:,} lines (start until the sentinel line is in the journal)"
         rows += [
             (s, "through corrald", f"journal.corrald.{n}", ms, f"journal.cat.{n}", "≤ 1.25× (rate ≥ 80 % of systemd-cat)", ratio_le(1.25)),
+            (s, 'through the workers\' own streams (`output = "journal"`)', f"journal.stream.{n}", ms, f"journal.cat.{n}", "≤ 1.25× (rate ≥ 80 % of systemd-cat)", ratio_le(1.25)),
             (s, "anchor: through `systemd-cat`", f"journal.cat.{n}", ms, None, "", None),
             (s, "journald CPU, corrald's lines", f"journald_cpu.corrald.{n}", ms, f"journald_cpu.cat.{n}", "(ratio to systemd-cat)", None),
+            (s, "journald CPU, the workers' own streams", f"journald_cpu.stream.{n}", ms, f"journald_cpu.cat.{n}", "(ratio to systemd-cat)", None),
             (s, "journald CPU, systemd-cat's lines", f"journald_cpu.cat.{n}", ms, None, "", None),
             (s, "lines missing in the journal, corrald", f"journal_missing.corrald.{n}", num, None, "0", le(0)),
+            (s, "lines missing in the journal, the workers' own streams", f"journal_missing.stream.{n}", num, None, "0", le(0)),
             (s, "lines missing in the journal, systemd-cat", f"journal_missing.cat.{n}", num, None, "", None),
         ]
     return rows
