@@ -14,25 +14,14 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
+use crate::Children;
+
 /// JobRemoved can arrive before the reply that names its job: results wait
 /// here for their caller, and callers wait here for their result.
 #[derive(Default)]
 struct Jobs {
     done: HashMap<String, String>,
     waiting: HashMap<String, oneshot::Sender<String>>,
-}
-
-/// Kills and reaps the processes on every way out, so a failed run leaves
-/// no scope behind with a live process in it.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 pub async fn raw_scopes(count: usize, window: usize, prefix: &str, timeout: Duration) -> Result<Value, String> {

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral::proto::{WorkerEvent, WorkerResponse};
@@ -14,16 +14,7 @@ use prost::Message;
 use serde_json::{json, Value};
 use tokio_util::codec::FramedRead;
 
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use crate::Children;
 
 pub async fn fork_ready(count: usize, worker: &Path, args: &[String], timeout: Duration) -> Result<Value, String> {
     let mut children = Children(Vec::with_capacity(count));

@@ -11,11 +11,24 @@ mod mutations;
 mod socket;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Child, ExitCode};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+
+/// Kills and reaps the processes a measurement started, on every way out,
+/// so a failed run leaves no scope behind with a live process in it.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "corral-bench")]
