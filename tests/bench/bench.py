@@ -269,8 +269,15 @@ def section_ready(ctx, param):
                 ctx.emit(f"idle_cpu.{n}", (proc_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / window * 100)
         if status:
             socket_restart(ctx, f"{mode}.{n}", n)
+        started = err is None
         ms, err = stop_corrald()
-        ctx.emit(f"svcstop.{mode}.{n}", ms) if err is None else ctx.emit(f"svcstop.{mode}.{n}", fail=err)
+        # Stopping a corrald that never started drains nothing: no figure.
+        if not started:
+            ctx.emit(f"svcstop.{mode}.{n}", fail="corrald did not start its fleet")
+        elif err is None:
+            ctx.emit(f"svcstop.{mode}.{n}", ms)
+        else:
+            ctx.emit(f"svcstop.{mode}.{n}", fail=err)
 
 
 def socket_restart(ctx, key, n):
