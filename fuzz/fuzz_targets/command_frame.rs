@@ -81,7 +81,8 @@ fn audit(id: u64, command: &Command) {
     let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
     assert_eq!(slots, Some(4), "{line:?}");
 
-    let json = shown.json(AT).to_string();
+    // As the writer renders it, with its chain link.
+    let json = shown.json_line(AT, &"0".repeat(64));
     assert!(json.len() <= bound, "a JSON record of {} bytes", json.len());
     let back: serde_json::Value = serde_json::from_str(&json).expect("a record's JSON parses");
     assert_eq!(back["request_id"].as_u64(), Some(id));
