@@ -256,17 +256,15 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
         // SAFETY: in the child, see above.
         unsafe { child(plan, &fds, &argv, &envp, &journal, nofile) }
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        let err = io::Error::last_os_error();
-        // Without a pidfd its end could not be watched: it must not run.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        return Err(err);
-    }
-    // SAFETY: the kernel just returned this descriptor; we own it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let pidfd = match pidfd_open(pid as u32) {
+        Ok(fd) => fd,
+        Err(err) => {
+            // Without a pidfd its end could not be watched: it must not run.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Err(err);
+        }
+    };
     Ok(Forked {
         pid: pid as u32,
         pidfd,
@@ -276,6 +274,18 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
         stdout: stdout.map(|(read, _)| read),
         stderr: stderr.map(|(read, _)| read),
     })
+}
+
+/// A descriptor that becomes readable when process `pid` exits, whoever
+/// its parent is.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {

@@ -213,7 +213,7 @@ pub fn spawn(
         None => None,
     };
     let exit = Exit::watch(forked.pidfd, pid)?;
-    let start = Start { reports: Some(pipe::Receiver::from_owned_fd(forked.reports)?), ready_after: cfg.ready_after };
+    let start = Start { reports: pipe::Receiver::from_owned_fd(forked.reports)?, ready_after: cfg.ready_after };
     let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, Some(start));
     Ok(Spawned { pid, started_at, tx, gate: forked.gate.map(Gate), shared })
 }
@@ -221,7 +221,7 @@ pub fn spawn(
 /// What the task of a process it started itself watches until the exec.
 struct Start {
     /// The child's failure reports (see [`launch`]); end of file at exec.
-    reports: Option<pipe::Receiver>,
+    reports: pipe::Receiver,
     /// A signal-mode worker counts as ready this long after its exec.
     ready_after: Duration,
 }
@@ -256,13 +256,7 @@ pub fn adopt(
             shared.push((fd_name(generation, what), FdIdentity::of(fd.as_fd())?));
         }
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; we own it.
-    let exit = Exit::watch(unsafe { OwnedFd::from_raw_fd(raw as i32) }, pid)?;
+    let exit = Exit::watch(launch::pidfd_open(pid)?, pid)?;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
     for (fd, stream, policy, what) in
@@ -419,7 +413,7 @@ impl ProcessTask {
         let mut next_request_id = 1u64;
         let mut soft_request_id = 0u64;
         let (mut reports, ready_after) = match start {
-            Some(s) => (s.reports.map(Reports::new), Some(s.ready_after)),
+            Some(s) => (Some(Reports::new(s.reports)), Some(s.ready_after)),
             None => (None, None),
         };
         // Why it never ran its command, when the child said so.

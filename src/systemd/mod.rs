@@ -397,10 +397,8 @@ impl Systemd {
     /// Whether a group scope placed into before still has its cgroup.
     fn cached_scope_exists(&self, unit: &str) -> bool {
         let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return false };
-        cgroup_mounts().iter().any(|(mount_point, root)| {
-            below_root(&scope_path, root)
-                .is_some_and(|below| std::path::Path::new(&format!("{mount_point}{below}")).is_dir())
-        })
+        let live = cgroup_dirs(&scope_path).any(|dir| std::path::Path::new(&dir).is_dir());
+        live
     }
 
     /// The unit's cgroup path, as systemd shows it (`ControlGroup`).
@@ -426,9 +424,8 @@ impl Systemd {
     /// worker joins it meanwhile.
     pub fn release_leaf(&self, unit: &str, leaf: &str) {
         let Some(scope_path) = self.scope_paths.lock().expect("scope paths").get(unit).cloned() else { return };
-        for (mount_point, root) in cgroup_mounts() {
-            let Some(below) = below_root(&scope_path, root) else { continue };
-            let dir = format!("{mount_point}{below}/{leaf}");
+        for scope_dir in cgroup_dirs(&scope_path) {
+            let dir = format!("{scope_dir}/{leaf}");
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
@@ -624,14 +621,19 @@ fn below_root<'a>(path: &'a str, root: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// Where a cgroup path is in each mounted hierarchy that holds it.
+fn cgroup_dirs(path: &str) -> impl Iterator<Item = String> + '_ {
+    cgroup_mounts()
+        .iter()
+        .filter_map(move |(mount_point, root)| below_root(path, root).map(|below| format!("{mount_point}{below}")))
+}
+
 /// Creates `leaf` under the scope's cgroup in every hierarchy that has the
 /// scope (the unified one, and on a hybrid host systemd's own v1 one).
 fn make_leaf(scope_path: &str, leaf: &str) -> Result<(), String> {
     let mut made = false;
     let mut failures = Vec::new();
-    for (mount_point, root) in cgroup_mounts() {
-        let Some(below) = below_root(scope_path, root) else { continue };
-        let scope_dir = format!("{mount_point}{below}");
+    for scope_dir in cgroup_dirs(scope_path) {
         if !std::path::Path::new(&scope_dir).is_dir() {
             continue;
         }

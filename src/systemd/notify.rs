@@ -27,7 +27,7 @@ struct Inner {
     status: Mutex<String>,
     watchdog: Option<Duration>,
     /// To the store thread, in order: a removal never overtakes its store.
-    store: Mutex<mpsc::Sender<StoreOp>>,
+    store: mpsc::Sender<StoreOp>,
 }
 
 enum StoreOp {
@@ -65,7 +65,7 @@ fn store_thread(ops: mpsc::Receiver<StoreOp>) {
 impl Inner {
     fn queue(&self, op: StoreOp) {
         // Without the thread the operation is lost, as said at start.
-        let _ = self.store.lock().unwrap_or_else(|e| e.into_inner()).send(op);
+        let _ = self.store.send(op);
     }
 }
 
@@ -85,7 +85,7 @@ impl Notifier {
                 ready: AtomicBool::new(false),
                 status: Mutex::new(String::new()),
                 watchdog,
-                store: Mutex::new(store),
+                store,
             })),
         }
     }
