@@ -665,26 +665,7 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
     name.parse().ok()
 }
 
-/// Group names become worker ids (`<group>-<n>`) and, later, unit names, so
-/// they are kept to characters every one of those accepts, and must not end
-/// in `-<digits>`, which would make `web-1` both a group and a worker id.
-pub fn check_group_name(name: &str) -> Result<(), String> {
-    let valid_chars = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !name.starts_with('-');
-    if !valid_chars {
-        return Err(format!(
-            "group name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-', not starting with '-'"
-        ));
-    }
-    if let Some((_, tail)) = name.rsplit_once('-') {
-        if !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!("group name {name:?} must not end in -<number>: that is the form of a worker id"));
-        }
-    }
-    Ok(())
-}
+pub use crate::target::check_group_name;
 
 /// The checks of one group that need nothing but the file. Errors are whole
 /// messages naming the key.
@@ -1006,7 +987,8 @@ impl Config {
                 }
             }
         }
-        if let Some(cycle) = find_cycle(&groups) {
+        let edges = groups.values().map(|g| (g.name.as_str(), g.after.as_slice()));
+        if let Err(cycle) = dependency_layers(edges) {
             return Err(err(format!("key `groups.{cycle}.after`: groups start after each other in a cycle")));
         }
 
@@ -1118,41 +1100,42 @@ impl Config {
             .map(Some)
             .map_err(|m| ConfigError { file: self.path.clone(), message: format!("key `command_socket_group`: {m}") })
     }
-
-    /// Group names in an order where every group comes after the groups it
-    /// starts after.
-    pub fn start_order(&self) -> Vec<String> {
-        let mut done = BTreeSet::new();
-        let mut order = Vec::new();
-        while order.len() < self.groups.len() {
-            for g in self.groups.values() {
-                if !done.contains(&g.name) && g.after.iter().all(|d| done.contains(d)) {
-                    done.insert(g.name.clone());
-                    order.push(g.name.clone());
-                }
-            }
-        }
-        order
-    }
 }
 
-/// Returns a group on a cycle of `after` edges, if there is one.
-fn find_cycle(groups: &BTreeMap<String, GroupConfig>) -> Option<String> {
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    loop {
-        let before = done.len();
-        for g in groups.values() {
-            if !done.contains(g.name.as_str()) && g.after.iter().all(|d| done.contains(d.as_str())) {
-                done.insert(&g.name);
+/// Groups in layers by their `after` edges: layer 0 starts after nothing,
+/// and every other group is one layer past the deepest group it starts
+/// after. The one walk over the dependencies: config validation uses it to
+/// find a cycle (the `Err` names a group on one, or after one), and the supervisor to
+/// start groups in order and to stop them in reverse. An edge to a group
+/// not among `groups` is ignored: a group removed by a reload no longer
+/// holds anyone back.
+pub fn dependency_layers<'a>(
+    groups: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Result<Vec<Vec<String>>, String> {
+    let groups: BTreeMap<&str, &[String]> = groups.into_iter().collect();
+    let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
+    while depth.len() < groups.len() {
+        let before = depth.len();
+        for (name, after) in &groups {
+            if depth.contains_key(name) {
+                continue;
+            }
+            let known = after.iter().filter(|d| groups.contains_key(d.as_str()));
+            let deps: Option<Vec<usize>> = known.map(|d| depth.get(d.as_str()).copied()).collect();
+            if let Some(deps) = deps {
+                depth.insert(name, deps.into_iter().map(|d| d + 1).max().unwrap_or(0));
             }
         }
-        if done.len() == groups.len() {
-            return None;
-        }
-        if done.len() == before {
-            return groups.keys().find(|n| !done.contains(n.as_str())).cloned();
+        if depth.len() == before {
+            let stuck = groups.keys().find(|n| !depth.contains_key(*n)).expect("some group is left");
+            return Err(stuck.to_string());
         }
     }
+    let mut layers = vec![Vec::new(); depth.values().max().map_or(0, |d| d + 1)];
+    for (name, d) in depth {
+        layers[d].push(name.to_string());
+    }
+    Ok(layers)
 }
 
 #[cfg(test)]
@@ -1223,8 +1206,22 @@ mod tests {
         assert_eq!(web.restart, RestartPolicy::OnFailure);
         assert_eq!(web.stop_signal, Signal::SIGTERM);
         assert_eq!(c.groups["db"].command, "sleep");
-        let order = c.start_order();
-        assert_eq!(order.last().unwrap(), "api");
+        let edges = c.groups.values().map(|g| (g.name.as_str(), g.after.as_slice()));
+        let layers = dependency_layers(edges).unwrap();
+        assert_eq!(layers, vec![vec!["db".to_string(), "web".into()], vec!["api".into()]]);
+    }
+
+    #[test]
+    fn dependency_layers_put_each_group_past_its_deepest_dependency() {
+        let v = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<String>>();
+        let (none, db, cache, api) = (v(&[]), v(&["db"]), v(&["db"]), v(&["cache", "db", "gone"]));
+        let edges = [("api", api.as_slice()), ("cache", cache.as_slice()), ("db", none.as_slice()), ("web", db.as_slice())];
+        let layers = dependency_layers(edges).unwrap();
+        assert_eq!(layers, vec![v(&["db"]), v(&["cache", "web"]), v(&["api"])]);
+        assert_eq!(dependency_layers([]).unwrap(), Vec::<Vec<String>>::new());
+        let (a, b) = (v(&["b"]), v(&["a"]));
+        let cycle = dependency_layers([("a", a.as_slice()), ("b", b.as_slice()), ("c", none.as_slice())]);
+        assert_eq!(cycle.unwrap_err(), "a");
     }
 
     /// Asserts that `text` is refused with a message naming the file and `key`.

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod sanitise;
 pub mod supervisor;
 pub mod systemd;
+pub mod target;
 pub mod worker;
 
 /// Types generated from `proto/corral.proto`, the single source of the wire format.
