@@ -1215,7 +1215,8 @@ mod tests {
     fn dependency_layers_put_each_group_past_its_deepest_dependency() {
         let v = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<String>>();
         let (none, db, cache, api) = (v(&[]), v(&["db"]), v(&["db"]), v(&["cache", "db", "gone"]));
-        let edges = [("api", api.as_slice()), ("cache", cache.as_slice()), ("db", none.as_slice()), ("web", db.as_slice())];
+        let edges =
+            [("api", api.as_slice()), ("cache", cache.as_slice()), ("db", none.as_slice()), ("web", db.as_slice())];
         let layers = dependency_layers(edges).unwrap();
         assert_eq!(layers, vec![v(&["db"]), v(&["cache", "web"]), v(&["api"])]);
         assert_eq!(dependency_layers([]).unwrap(), Vec::<Vec<String>>::new());
