@@ -5,7 +5,7 @@
 //! that silently ignores a misspelt `stop_timout` would kill workers the
 //! operator meant to drain.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::ops::RangeInclusive;

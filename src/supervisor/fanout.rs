@@ -57,9 +57,9 @@ impl Fanout {
         }
     }
 
-    /// Registers workers about to be sent the request and returns the sink
-    /// they report to.
-    pub fn expect(&mut self, workers: impl IntoIterator<Item = String>) -> OpSink {
+    /// Starts tracking workers about to be sent the request and returns
+    /// the sink they report to.
+    pub fn track(&mut self, workers: impl IntoIterator<Item = String>) -> OpSink {
         for w in workers {
             self.pending.insert(w);
         }

@@ -8,10 +8,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::actor::{Handle, Orchestration};
 use super::fanout::{Fanout, OpEvent};
-use super::state::ReloadSummary;
-use super::{Handle, Msg, Reply, SlotKey};
+use super::fleet::ReloadPlan;
+use super::Reply;
 use crate::proto::FailureKind;
+use crate::target::SlotKey;
 
 fn ids(keys: &[SlotKey]) -> Vec<String> {
     keys.iter().map(SlotKey::id).collect()
@@ -28,8 +30,8 @@ async fn stop_layers(handle: &Handle, fan: &mut Fanout, layers: Vec<Vec<SlotKey>
             }
             continue;
         }
-        let op = fan.expect(ids(&layer));
-        handle.send(Msg::Stop { keys: layer, hard, op });
+        let op = fan.track(ids(&layer));
+        handle.orchestrate(Orchestration::Stop { keys: layer, hard, op });
         fan.wait(deadline).await;
     }
 }
@@ -50,8 +52,8 @@ pub fn start(handle: Handle, reply: Reply, keys: Vec<SlotKey>, ready_timeout: Du
         let total = keys.len();
         let mut fan = Fanout::new(reply, total, "ready");
         if total > 0 {
-            let op = fan.expect(ids(&keys));
-            handle.send(Msg::Start { keys, waiter: op });
+            let op = fan.track(ids(&keys));
+            handle.orchestrate(Orchestration::Start { keys, waiter: op });
             fan.wait(Instant::now() + ready_timeout).await;
         }
         fan.finish(format!("{total} workers started and ready"));
@@ -74,9 +76,9 @@ pub fn restart(
         let mut fan = Fanout::new(reply, total, "replaced and ready");
         let mut chunks = keys.chunks(batch.max(1));
         for chunk in chunks.by_ref() {
-            fan.expect(ids(chunk));
+            fan.track(ids(chunk));
             let (tx, mut rx) = mpsc::unbounded_channel();
-            handle.send(Msg::Stop { keys: chunk.to_vec(), hard: false, op: tx });
+            handle.orchestrate(Orchestration::Stop { keys: chunk.to_vec(), hard: false, op: tx });
             let mut waiting: BTreeSet<String> = ids(chunk).into_iter().collect();
             let mut stopped = Vec::new();
             let deadline = Instant::now() + stop_timeout;
@@ -105,8 +107,8 @@ pub fn restart(
             }
             let restartable: Vec<SlotKey> = chunk.iter().filter(|k| stopped.contains(&k.id())).cloned().collect();
             if !restartable.is_empty() {
-                let op = fan.expect(ids(&restartable));
-                handle.send(Msg::Start { keys: restartable, waiter: op });
+                let op = fan.track(ids(&restartable));
+                handle.orchestrate(Orchestration::Start { keys: restartable, waiter: op });
                 fan.wait(Instant::now() + ready_timeout).await;
             }
             if fan.has_failures() {
@@ -120,46 +122,27 @@ pub fn restart(
     });
 }
 
-/// What a reload (or a loaded state) changes.
-pub struct ReloadPlan {
-    pub to_stop: Vec<SlotKey>,
-    /// Slots to start at once.
-    pub to_start: Vec<SlotKey>,
-    /// Slots of added groups: they start in dependency order by themselves;
-    /// the reload waits until they are ready.
-    pub to_await: Vec<SlotKey>,
-    /// Groups to forget once drained.
-    pub removed: Vec<String>,
-    pub summary: ReloadSummary,
-}
-
 /// Applies a reload or a loaded state: stops what must go, starts what must
 /// come and waits for added groups, and finally forgets groups the config
 /// no longer has. The returned handle ends when the answer has been given.
-pub fn reload(
-    handle: Handle,
-    reply: Reply,
-    plan: ReloadPlan,
-    stop_timeout: Duration,
-    ready_timeout: Duration,
-) -> tokio::task::JoinHandle<()> {
+pub fn reload(handle: Handle, reply: Reply, plan: ReloadPlan) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let ReloadPlan { to_stop, to_start, to_await, removed, summary } = plan;
+        let ReloadPlan { to_stop, to_start, to_await, removed, summary, stop_timeout, ready_timeout } = plan;
         let mut fan = Fanout::new(reply, to_stop.len() + to_start.len() + to_await.len(), "done");
         if !to_stop.is_empty() {
             stop_layers(&handle, &mut fan, vec![to_stop], false, Instant::now() + stop_timeout).await;
         }
         for name in removed {
-            handle.send(Msg::ForgetGroup(name));
+            handle.orchestrate(Orchestration::ForgetGroup(name));
         }
         if !to_start.is_empty() || !to_await.is_empty() {
             if !to_start.is_empty() {
-                let op = fan.expect(ids(&to_start));
-                handle.send(Msg::Start { keys: to_start, waiter: op });
+                let op = fan.track(ids(&to_start));
+                handle.orchestrate(Orchestration::Start { keys: to_start, waiter: op });
             }
             if !to_await.is_empty() {
-                let op = fan.expect(ids(&to_await));
-                handle.send(Msg::AwaitReady { keys: to_await, waiter: op });
+                let op = fan.track(ids(&to_await));
+                handle.orchestrate(Orchestration::AwaitReady { keys: to_await, waiter: op });
             }
             fan.wait(Instant::now() + ready_timeout).await;
         }
@@ -179,7 +162,7 @@ pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout
         if !clean {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut left = all.len();
-            handle.send(Msg::Stop { keys: all, hard: true, op: tx });
+            handle.orchestrate(Orchestration::Stop { keys: all, hard: true, op: tx });
             let deadline = Instant::now() + Duration::from_secs(5);
             while left > 0 {
                 tokio::select! {
@@ -198,6 +181,6 @@ pub fn shutdown(handle: Handle, reply: Reply, layers: Vec<Vec<SlotKey>>, timeout
             n => format!("drained {n} workers"),
         };
         fan.finish(format!("{drained}; corrald exits"));
-        handle.send(Msg::Exit { clean });
+        handle.exit(clean);
     });
 }

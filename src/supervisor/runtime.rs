@@ -4,6 +4,7 @@
 //! in the state directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,9 +90,80 @@ pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
     Ok(runtime.workers)
 }
 
+/// Writes the runtime file on a thread of its own, so the actor never
+/// waits on the disk. Writes queued meanwhile collapse into the newest:
+/// only the last state of the fleet matters.
+pub struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    path: PathBuf,
+}
+
+enum Job {
+    Write(Vec<RuntimeWorker>),
+    /// Answered once everything queued before it is on disk.
+    Flush(mpsc::Sender<()>),
+}
+
+impl Writer {
+    pub fn start(path: PathBuf) -> Writer {
+        let (tx, rx) = mpsc::channel();
+        let thread_path = path.clone();
+        let spawned =
+            std::thread::Builder::new().name("corral-runtime".into()).spawn(move || write_jobs(&thread_path, rx));
+        match spawned {
+            Ok(_) => Writer { tx: Some(tx), path },
+            Err(e) => {
+                tracing::warn!("cannot start the thread that writes {}: {e}; corrald writes it itself", path.display());
+                Writer { tx: None, path }
+            }
+        }
+    }
+
+    pub fn write(&self, workers: Vec<RuntimeWorker>) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(mpsc::SendError(Job::Write(workers))) = tx.send(Job::Write(workers)) {
+                    save(&self.path, workers);
+                }
+            }
+            None => save(&self.path, workers),
+        }
+    }
+
+    /// Writes and waits until it is on disk: for the moment corrald leaves
+    /// its workers to another.
+    pub fn write_now(&self, workers: Vec<RuntimeWorker>) {
+        self.write(workers);
+        let Some(tx) = &self.tx else { return };
+        let (done, wait) = mpsc::channel();
+        if tx.send(Job::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+fn write_jobs(path: &Path, rx: mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        let mut newest = None;
+        let mut flushes = Vec::new();
+        for job in std::iter::once(job).chain(rx.try_iter()) {
+            match job {
+                Job::Write(workers) => newest = Some(workers),
+                Job::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Some(workers) = newest {
+            save(path, workers);
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// Not synced: it must survive corrald, and workers do not survive the
 /// machine.
-pub fn save(path: &Path, workers: Vec<RuntimeWorker>) {
+fn save(path: &Path, workers: Vec<RuntimeWorker>) {
     let written = serde_json::to_vec(&Runtime { version: VERSION, workers })
         .map_err(|e| format!("cannot encode {}: {e}", path.display()))
         .and_then(|text| files::write_atomically(path, &text, false));

@@ -71,37 +71,3 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
 fn shown(value: &str) -> String {
     format!("\"{}\"", excerpt(value, 48))
 }
-
-/// What a reload (or a state load) changed, for the operator.
-#[derive(Debug, Default)]
-pub struct ReloadSummary {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    pub scaled: Vec<String>,
-    pub unchanged: Vec<String>,
-    pub notes: Vec<String>,
-}
-
-impl ReloadSummary {
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (label, names) in [
-            ("added", &self.added),
-            ("removed", &self.removed),
-            ("changed", &self.changed),
-            ("rescaled", &self.scaled),
-            ("unchanged", &self.unchanged),
-        ] {
-            if !names.is_empty() {
-                parts.push(format!("{label}: {}", names.join(", ")));
-            }
-        }
-        parts.extend(self.notes.iter().cloned());
-        if parts.is_empty() {
-            "nothing to change".into()
-        } else {
-            parts.join("; ")
-        }
-    }
-}

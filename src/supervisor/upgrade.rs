@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::actor::Orchestration;
+use super::{Reply, Supervisor};
 use crate::files::shown;
 use crate::sanitise;
 
@@ -29,6 +31,48 @@ pub const HANDSHAKE_ARG: &str = "--handover-protocol";
 /// What a corrald prints for [`HANDSHAKE_ARG`].
 pub fn handshake_line() -> String {
     format!("corrald handover-protocol {HANDOVER_PROTOCOL} version {}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Supervisor {
+    /// Starts an upgrade: the new binary must pass [`preflight`] (off the
+    /// actor) before anything is torn down.
+    pub(super) fn upgrade(&mut self, binary: &str, reply: Reply) {
+        if self.upgrades.is_none() {
+            return reply.failure("this corrald cannot be upgraded in place".into(), None);
+        }
+        if self.upgrading.is_some() {
+            return reply.failure("an upgrade is already in progress".into(), None);
+        }
+        let binary = if binary.is_empty() {
+            match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return reply.failure(format!("cannot find the running binary: {e}"), None),
+            }
+        } else {
+            PathBuf::from(binary)
+        };
+        let (config, handle) = (self.config.path.clone(), self.handle());
+        tokio::spawn(async move {
+            match preflight(&binary, &config).await {
+                Ok(binary) => handle.orchestrate(Orchestration::UpgradeChecked { binary, reply }),
+                Err(why) => reply.failure(format!("upgrade refused, the running corrald stays: {why}"), None),
+            }
+        });
+    }
+
+    /// The binary passed: answer, and tell corrald's main loop, which
+    /// quiets the socket and then releases the run loop.
+    pub(super) fn upgrade_checked(&mut self, binary: PathBuf, reply: Reply) {
+        if self.fleet.shutting_down() {
+            return reply.failure("corrald is shutting down".into(), None);
+        }
+        let workers = self.fleet.running();
+        let Some(upgrades) = &self.upgrades else { return };
+        tracing::info!(binary = %binary.display(), workers, "upgrading in place");
+        reply.ok(format!("upgrading to {}: the socket and {workers} workers carry over", shown(&binary)), None);
+        let _ = upgrades.send(binary.clone());
+        self.upgrading = Some(binary);
+    }
 }
 
 /// How long each probe of the new binary may take.

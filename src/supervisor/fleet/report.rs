@@ -1,0 +1,136 @@
+//! What the fleet shows: the service manager's status line, the status
+//! and worker listing clients ask for, and the runtime file a later
+//! corrald adopts from.
+
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+use super::group::GroupPhase;
+use super::slot::SlotState;
+use super::Fleet;
+use crate::config::ScopeMode;
+use crate::proto;
+use crate::sanitise::sanitise;
+use crate::supervisor::runtime::RuntimeWorker;
+
+/// The status line for the service manager, and whether startup has
+/// settled (every group ready, stopped, failed, or blocked by a failed
+/// one): the moment for READY=1.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FleetLine {
+    pub text: String,
+    pub settled: bool,
+}
+
+impl<H> Fleet<H> {
+    /// `scopes`: whether workers are placed in scopes; `dropped`: output
+    /// lines dropped so far.
+    pub fn line(&self, scopes: bool, dropped: u64) -> FleetLine {
+        let (mut desired, mut ready, mut live_scopes) = (0, 0, 0);
+        let mut failed = Vec::new();
+        let mut settled = true;
+        for g in self.groups.values().filter(|g| g.phase != GroupPhase::Removing) {
+            desired += g.desired;
+            ready += g.ready_workers();
+            let running = g.running();
+            live_scopes += match g.config.scope {
+                ScopeMode::Group => u32::from(running > 0),
+                ScopeMode::Worker => running,
+            };
+            if matches!(g.phase, GroupPhase::Failed(_)) {
+                failed.push(g.name());
+            }
+            // A group waiting on a failed one will not start by itself.
+            let blocked = g
+                .config
+                .after
+                .iter()
+                .any(|d| self.groups.get(d).is_some_and(|d| matches!(d.phase, GroupPhase::Failed(_))));
+            settled &= g.settled(blocked);
+        }
+        let mut text = if self.shutting_down {
+            format!("shutting down: {} workers left", self.running())
+        } else if scopes {
+            let noun = if live_scopes == 1 { "scope" } else { "scopes" };
+            format!("{ready}/{desired} workers ready in {live_scopes} {noun}")
+        } else {
+            format!("{ready}/{desired} workers ready (no scopes)")
+        };
+        if !failed.is_empty() {
+            text.push_str(&format!("; failed: {}", failed.join(", ")));
+        }
+        if dropped > 0 {
+            text.push_str(&format!("; {dropped} output lines dropped"));
+        }
+        FleetLine { text, settled: settled && !self.shutting_down }
+    }
+
+    pub fn group_statuses(&self) -> Vec<proto::GroupStatus> {
+        self.groups
+            .values()
+            .map(|g| {
+                let count = |f: &dyn Fn(&SlotState<H>) -> bool| g.slots.values().filter(|s| f(&s.state)).count() as u32;
+                let (state, reason) = g.shown();
+                proto::GroupStatus {
+                    name: g.name().to_string(),
+                    state: state.into(),
+                    desired: g.desired,
+                    running: g.running(),
+                    ready: g.ready_workers(),
+                    stopped: count(&|s| matches!(s, SlotState::Stopped { .. })),
+                    failed: count(&|s| matches!(s, SlotState::Failed)),
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    /// Every worker, or one group's (`only`).
+    pub fn workers(&self, only: &str) -> Result<Vec<proto::WorkerInfo>, String> {
+        if !only.is_empty() && !self.groups.contains_key(only) {
+            return Err(format!("no group named \"{}\"", sanitise(only)));
+        }
+        let groups = self.groups.values().filter(|g| only.is_empty() || g.name() == only);
+        Ok(groups
+            .flat_map(|g| {
+                g.slots.iter().map(move |(index, s)| {
+                    let proc = s.state.proc();
+                    proto::WorkerInfo {
+                        id: g.key(*index).id(),
+                        group: g.name().to_string(),
+                        pid: proc.map_or(0, |p| p.pid),
+                        state: s.state.name().into(),
+                        started_at_ms: proc
+                            .and_then(|p| p.started_at.duration_since(UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_millis() as u64),
+                        restarts: s.restarts,
+                        last_exit: s.last_exit.clone(),
+                        output_dropped: s.output_dropped.load(Ordering::Relaxed),
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// The running workers as the runtime file records them.
+    pub fn runtime_workers(&self, scopes: bool) -> Vec<RuntimeWorker> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                g.slots.iter().filter_map(move |(index, slot)| {
+                    let proc = slot.state.proc()?;
+                    Some(RuntimeWorker {
+                        id: g.key(*index).id(),
+                        group: g.name().to_string(),
+                        index: *index,
+                        generation: proc.generation,
+                        pid: proc.pid,
+                        start_time: proc.start_time,
+                        scope: scopes.then(|| g.scope_unit(*index)),
+                        direct_output: proc.direct_output,
+                    })
+                })
+            })
+            .collect()
+    }
+}

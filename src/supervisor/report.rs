@@ -1,0 +1,49 @@
+//! What the actor tells others about the fleet: the service manager
+//! (status line, READY), clients (status), and a later corrald (the
+//! runtime file).
+
+use super::Supervisor;
+use crate::proto;
+
+impl Supervisor {
+    /// Tells the service manager how the fleet is: READY once every group
+    /// has settled after startup, and a one-line status.
+    pub(super) fn announce(&self) {
+        let line = self.fleet.line(self.systemd.is_some(), self.output.dropped());
+        self.notifier.status(&line.text);
+        if line.settled {
+            self.notifier.ready();
+        }
+    }
+
+    /// Has the runtime file rewritten when the set of worker processes
+    /// changed (on the writer's thread).
+    pub(super) fn persist(&mut self) {
+        if std::mem::take(&mut self.runtime_dirty) {
+            self.runtime_file.write(self.fleet.runtime_workers(self.systemd.is_some()));
+        }
+    }
+
+    /// Makes the runtime file current before corrald leaves its workers.
+    pub(super) fn persist_now(&mut self) {
+        if std::mem::take(&mut self.runtime_dirty) {
+            self.runtime_file.write_now(self.fleet.runtime_workers(self.systemd.is_some()));
+        }
+    }
+
+    pub(super) fn status(&self) -> proto::SupervisorStatus {
+        proto::SupervisorStatus {
+            pid: std::process::id(),
+            config_path: self.config.path.display().to_string(),
+            socket_path: self.config.socket.display().to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            groups: self.fleet.group_statuses(),
+            scopes_active: self.systemd.is_some(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            output_sink: self.output.sink().name().into(),
+            output_dropped: self.output.dropped(),
+            // Filled in by the command socket, which owns the audit trail.
+            audit_journal_missed: 0,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Carrying out the fleet's decisions about slots: forks (paced), their
+//! placement in scopes, the events of worker processes, restarts after
+//! their delay, and the stops and starts orchestrations ask for.
+
+use tokio::time::Instant;
+
+use super::actor::{Msg, Placement, Timer};
+use super::fanout::{OpEvent, OpSink};
+use super::fleet::{AfterExit, Exited, Proc, StartStep, StopStep};
+use super::launch::OutputRoute;
+use super::process::{self, ProcCmd, ProcEvent};
+use super::{ProcIo, Supervisor};
+use crate::config::{OutputMode, ScopeMode};
+use crate::proto::FailureKind;
+use crate::systemd;
+use crate::target::SlotKey;
+
+/// Forks per turn of the actor: a fork of corrald costs a fraction of a
+/// millisecond, so a turn stays within a few.
+const FORKS_PER_TURN: usize = 16;
+
+/// Children waiting at their gate at once: enough to keep systemd's
+/// placement window busy.
+const MAX_GATED: usize = 32;
+
+impl Supervisor {
+    /// Starts the groups whose dependencies are now ready.
+    pub(super) fn start_waiting_groups(&mut self) {
+        for (group, workers) in self.fleet.start_waiting_groups() {
+            tracing::info!(%group, workers, "starting group");
+        }
+    }
+
+    /// Forks queued slots, a few per turn and no more than [`MAX_GATED`]
+    /// waiting at their gates, and asks for another turn while some are
+    /// left: requests in between are answered at once.
+    pub(super) fn fork_queued(&mut self) {
+        let mut forked = 0;
+        while forked < FORKS_PER_TURN {
+            if self.systemd.is_some() && self.gated >= MAX_GATED {
+                // `Placement::Settled` brings the next turn.
+                return;
+            }
+            let Some(key) = self.fleet.next_to_fork() else { break };
+            self.fork_slot(&key);
+            forked += 1;
+        }
+        if self.fleet.fork_queue_len() > 0 && !self.fork_more_sent {
+            self.fork_more_sent = true;
+            self.handle.send(Msg::Timer(Timer::ForkMore));
+        }
+    }
+
+    /// Forks a process for a slot and, with scopes, starts its placement.
+    fn fork_slot(&mut self, key: &SlotKey) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let Some(group) = self.fleet.group(&key.group) else { return };
+        let Some(slot) = group.slots.get(&key.index) else { return };
+        let config = group.config.clone();
+        let route = if config.output == OutputMode::Journal && self.journal_streams {
+            OutputRoute::Journal
+        } else {
+            OutputRoute::Pipes
+        };
+        let plumbing =
+            process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
+        let events = self.handle.tx.clone();
+        let gated = self.systemd.is_some();
+        let spawned = match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, route, plumbing)
+        {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                tracing::warn!(worker = %key, command = %config.command, "failed to start: {e}");
+                // Out of descriptors, processes or memory is corrald's
+                // plight, not the worker's (see `Fleet::fork_failed`).
+                let transient = matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EAGAIN | nix::libc::ENOMEM)
+                );
+                let next = self.fleet.fork_failed(key, e.to_string(), transient, Instant::now());
+                self.after_exit(key, next);
+                return;
+            }
+        };
+        tracing::debug!(worker = %key, pid = spawned.pid, "spawned");
+        if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
+            let placement = systemd::Placement {
+                unit: group.scope_unit(key.index),
+                description: match config.scope {
+                    ScopeMode::Group => format!("corral worker group {}", key.group),
+                    ScopeMode::Worker => format!("corral worker {key}"),
+                },
+                slice: self.config.slice.clone(),
+                leaf: (config.scope == ScopeMode::Group).then(|| key.id()),
+                properties: group.properties(),
+            };
+            self.gated += 1;
+            let (sd, handle, key, pid) = (sd.clone(), self.handle.clone(), key.clone(), spawned.pid);
+            tokio::spawn(async move {
+                match sd.place(pid, &placement).await {
+                    Ok(note) => {
+                        if let Some(note) = note {
+                            tracing::info!(worker = %key, "{note}");
+                        }
+                        gate.open();
+                    }
+                    Err(error) => {
+                        drop(gate);
+                        handle.send(Msg::Placement(Placement::Failed { key, generation, error }));
+                    }
+                }
+                handle.send(Msg::Placement(Placement::Settled));
+            });
+        }
+        let proc = Proc {
+            generation,
+            pid: spawned.pid,
+            start_time: process::start_time(spawned.pid).unwrap_or(0),
+            started_at: spawned.started_at,
+            direct_output: route == OutputRoute::Journal,
+            started: Instant::now(),
+            placement_error: None,
+            handle: ProcIo { tx: spawned.tx, shared: spawned.shared },
+        };
+        self.fleet.forked(key, proc);
+        self.runtime_dirty = true;
+    }
+
+    pub(super) fn on_process_event(&mut self, key: SlotKey, generation: u64, event: ProcEvent) {
+        match event {
+            ProcEvent::Ready => {
+                let Some(pid) = self.fleet.proc(&key, generation).map(|p| p.pid) else { return };
+                if self.fleet.mark_ready(&key, generation) {
+                    self.finish_waiters(&key, Ok(()));
+                    tracing::debug!(worker = %key, pid, "ready");
+                    self.start_waiting_groups();
+                }
+            }
+            ProcEvent::StopAbandoned => self.fleet.stop_abandoned(&key, generation),
+            ProcEvent::Exited { description, clean } => {
+                let pid = self.fleet.proc(&key, generation).map(|p| p.pid);
+                let Some(pid) = pid else { return };
+                tracing::info!(worker = %key, pid, "{description}");
+                let Some(Exited { proc, described, next }) =
+                    self.fleet.exited(&key, generation, description, clean, Instant::now())
+                else {
+                    return;
+                };
+                // In a shutdown the manager empties the store itself when
+                // corrald stops; a removal each would only hold it up.
+                if !self.fleet.shutting_down() {
+                    for (name, _) in &proc.handle.shared {
+                        self.notifier.remove_fds(name);
+                    }
+                }
+                self.runtime_dirty = true;
+                self.release_leaf(&key);
+                self.finish_waiters(&key, Err(format!("{described} before it was ready")));
+                self.after_exit(&key, next);
+            }
+        }
+    }
+
+    /// A group scope's leaf sub-cgroup of an exited worker goes with it.
+    fn release_leaf(&self, key: &SlotKey) {
+        let (Some(sd), Some(group)) = (&self.systemd, self.fleet.group(&key.group)) else { return };
+        if group.config.scope == ScopeMode::Group {
+            sd.release_leaf(&group.scope_unit(key.index), &key.id());
+        }
+    }
+
+    /// Carries out what follows an exit: a restart timer, a log line.
+    fn after_exit(&mut self, key: &SlotKey, next: AfterExit) {
+        match next {
+            AfterExit::Stopped => self.start_waiting_groups(),
+            AfterExit::Down => {}
+            AfterExit::GroupFailed(reason) => {
+                tracing::error!(group = %key.group, "{reason}; the group is marked failed")
+            }
+            AfterExit::Restart { delay, token } => {
+                tracing::info!(worker = %key, "restarting in {}", humantime::format_duration(delay));
+                let (handle, key) = (self.handle.clone(), key.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    handle.send(Msg::Timer(Timer::RestartDue { key, token }));
+                });
+            }
+        }
+    }
+
+    /// Tells whoever waits for a slot to be ready how that ended.
+    fn finish_waiters(&mut self, key: &SlotKey, result: Result<(), String>) {
+        for waiter in self.waiters.remove(key).unwrap_or_default() {
+            let result = result.clone().map_err(|detail| (FailureKind::Failed, detail));
+            let _ = waiter.send(OpEvent::Finished(key.id(), result));
+        }
+    }
+
+    pub(super) fn stop_slots(&mut self, keys: Vec<SlotKey>, hard: bool, op: OpSink) {
+        for key in keys {
+            let id = key.id();
+            match self.fleet.stop(&key) {
+                StopStep::Signal(io) => {
+                    let cmd = if hard { ProcCmd::HardStop(op.clone()) } else { ProcCmd::SoftStop(op.clone()) };
+                    if io.tx.send(cmd).is_err() {
+                        let _ = op.send(OpEvent::Finished(id, Err((FailureKind::Died, "worker task is gone".into()))));
+                    }
+                }
+                StopStep::StoppedNow => {
+                    self.finish_waiters(&key, Err("stopped before it was ready".into()));
+                    let _ = op.send(OpEvent::Finished(id, Ok(())));
+                    self.start_waiting_groups();
+                }
+                StopStep::Absent => {
+                    let _ = op.send(OpEvent::Finished(id, Ok(())));
+                }
+            }
+        }
+    }
+
+    pub(super) fn start_slots(&mut self, keys: Vec<SlotKey>, waiter: OpSink) {
+        for key in keys {
+            match self.fleet.start(&key) {
+                StartStep::AlreadyReady => {
+                    let _ = waiter.send(OpEvent::Finished(key.id(), Ok(())));
+                }
+                StartStep::Wait => self.waiters.entry(key).or_default().push(waiter.clone()),
+                StartStep::Refused(why) => {
+                    let _ = waiter.send(OpEvent::Finished(key.id(), Err((FailureKind::Failed, why.to_string()))));
+                }
+            }
+        }
+    }
+}
