@@ -19,7 +19,7 @@ use corral::config::Config;
 use corral::config::{BusChoice, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::proto;
-use corral::supervisor::{handshake_line, Ending, Replies, Reply, Supervisor};
+use corral::supervisor::{handshake_line, Ending, Replies, Reply, Request, Supervisor};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
@@ -317,7 +317,6 @@ async fn run(
         };
         // Responses to signal-initiated requests go nowhere but the log.
         let (tx, mut rx) = Replies::channel();
-        let command = |c| proto::Request { id: 0, command: Some(c) };
         loop {
             tokio::select! {
                 _ = term.recv() => {
@@ -330,9 +329,9 @@ async fn run(
                             continue;
                         }
                     }
-                    signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, 0, tx.clone()));
+                    signals.request(Request::Shutdown, Reply::new(0, 0, tx.clone()));
                 }
-                _ = int.recv() => signals.request(command(proto::request::Command::Shutdown(proto::Shutdown {})), Reply::new(0, 0, tx.clone())),
+                _ = int.recv() => signals.request(Request::Shutdown, Reply::new(0, 0, tx.clone())),
                 _ = hup.recv() => {
                     if let Some(auditor) = &auditor {
                         match auditor.reopen().await {
@@ -340,15 +339,15 @@ async fn run(
                             Err(e) => tracing::error!("{e}"),
                         }
                     }
-                    signals.request(command(proto::request::Command::ReloadConfig(proto::ReloadConfig {})), Reply::new(0, 0, tx.clone()));
+                    signals.request(Request::ReloadConfig, Reply::new(0, 0, tx.clone()));
                 }
                 Some(event) = async { systemd_events.as_mut()?.recv().await }, if systemd_events.is_some() => {
                     let systemd::Event::RequestStop { unit } = event;
                     match systemd::target_of_scope(&unit) {
                         Some(target) => {
                             tracing::info!(%unit, "systemd asks to stop the scope: draining its workers");
-                            let stop = proto::request::Command::Stop(proto::Stop { target, hard: false });
-                            signals.request(command(stop), Reply::new(0, 0, tx.clone()));
+                            let stop = Request::Stop(proto::Stop { target, hard: false });
+                            signals.request(stop, Reply::new(0, 0, tx.clone()));
                         }
                         None => tracing::warn!(%unit, "RequestStop for a unit that is not corral's"),
                     }

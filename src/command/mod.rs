@@ -36,7 +36,7 @@ use crate::config::Limits;
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
 use crate::sanitise::sanitise;
-use crate::supervisor::{Handle, Outgoing, Replies, Reply, ReplyQueue};
+use crate::supervisor::{self, Handle, Outgoing, Replies, Reply, ReplyQueue, SocketCommand};
 use authorise::{Described, Policy, Tier};
 use peer::{Peer, UserNames};
 
@@ -652,7 +652,7 @@ async fn connection(
             tx.send(0, failure(0, why.into()));
             break;
         }
-        let Some(command) = request.command.as_ref() else {
+        let Some(command) = request.command else {
             tx.send(0, failure(id, "unknown or missing command".into()));
             continue;
         };
@@ -664,15 +664,15 @@ async fn connection(
         tracing::trace!(session = session_id, id, "request");
         let seq = next_seq;
         next_seq += 1;
-        if let Err(why) = session.admit(seq, id, command, &pending).await {
+        if let Err(why) = session.admit(seq, id, &command, &pending).await {
             tx.send(0, failure(id, why));
             continue;
         }
         flow.in_flight().insert(id);
         let reply = Reply::new(id, seq, tx.clone());
-        match command {
-            Command::AuditReopen(_) => reopen_audit(&session.access.auditor, reply).await,
-            _ => handle.request(request, reply),
+        match supervisor::Request::from_command(command) {
+            Ok(request) => handle.request(request, reply),
+            Err(SocketCommand::AuditReopen) => reopen_audit(&session.access.auditor, reply).await,
         }
     }
     // Responses to requests still in flight keep flowing until the

@@ -9,16 +9,17 @@ use tokio::sync::mpsc;
 use super::fanout::{OpEvent, OpSink};
 use super::fleet::AwaitStep;
 use super::process::ProcEvent;
+use super::requests::Request;
 use super::state::SavedState;
 use super::{process, Ending, Reply, Supervisor};
 use crate::config::Config;
-use crate::proto::{self, request::Command, FailureKind};
+use crate::proto::FailureKind;
 use crate::target::SlotKey;
 
 /// Messages to the supervisor actor, by who sends them.
 pub enum Msg {
     /// A client's request, from the command socket.
-    Request { request: proto::Request, reply: Reply },
+    Request { request: Request, reply: Reply },
     /// From a worker's process task.
     Process { key: SlotKey, generation: u64, event: ProcEvent },
     /// From a placement task.
@@ -92,7 +93,7 @@ pub struct Handle {
 
 impl Handle {
     /// Submits a request from a client; responses go to `reply`.
-    pub fn request(&self, request: proto::Request, reply: Reply) {
+    pub fn request(&self, request: Request, reply: Reply) {
         self.send(Msg::Request { request, reply });
     }
 
@@ -129,11 +130,6 @@ impl Handle {
 /// to date.
 pub(super) const BATCH: usize = 256;
 
-/// Requests that only read the supervisor's state.
-fn read_only(request: &proto::Request) -> bool {
-    matches!(request.command, Some(Command::Status(_) | Command::ListWorkers(_)))
-}
-
 impl Supervisor {
     /// Starts the groups whose dependencies allow it, then serves until a
     /// shutdown, a hand-over or an upgrade ends the loop.
@@ -165,7 +161,7 @@ impl Supervisor {
             quiet = true;
             let mut handled = 0;
             loop {
-                quiet &= matches!(&msg, Msg::Request { request, .. } if read_only(request));
+                quiet &= matches!(&msg, Msg::Request { request, .. } if request.read_only());
                 if let Some(ending) = self.on_message(msg) {
                     return ending;
                 }

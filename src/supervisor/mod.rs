@@ -55,6 +55,7 @@ pub use actor::{Handle, Msg};
 pub use launch::keep_open_file_limit_for_workers;
 pub use process::start_time;
 pub use reply::{Outgoing, Replies, Reply, ReplyQueue};
+pub use requests::{Request, SocketCommand};
 pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 
 /// What the actor keeps of a worker process beyond the fleet's view of it:
@@ -157,7 +158,7 @@ mod tests {
 
     use super::actor::BATCH;
     use super::*;
-    use crate::proto::{self, request::Command, Status};
+    use crate::proto::Status;
 
     /// More requests waiting at once than the actor takes in one batch:
     /// every one is still answered, once.
@@ -169,8 +170,7 @@ mod tests {
         let (replies, mut queue) = Replies::channel();
         let asked = 2 * BATCH as u64 + 1;
         for id in 1..=asked {
-            let request = proto::Request { id, command: Some(Command::Status(proto::StatusRequest {})) };
-            handle.request(request, Reply::new(id, id, replies.clone()));
+            handle.request(Request::Status, Reply::new(id, id, replies.clone()));
         }
         let run = tokio::spawn(supervisor.run());
         let mut answered = std::collections::BTreeSet::new();

@@ -13,36 +13,84 @@ use crate::target::{SlotKey, Target};
 /// How many workers one listing response carries at most: a few dozen KiB.
 const WORKERS_PER_RESPONSE: usize = 256;
 
+/// The requests the supervisor serves: every command of the protocol but
+/// those the command socket serves itself, so the actor has no branch for
+/// a command that never reaches it.
+#[derive(Debug)]
+pub enum Request {
+    Status,
+    ListWorkers(proto::ListWorkers),
+    Stop(proto::Stop),
+    Start(proto::Start),
+    Restart(proto::Restart),
+    Scale(proto::Scale),
+    ReloadConfig,
+    SaveState(proto::SaveState),
+    LoadState(proto::LoadState),
+    Shutdown,
+    Limit(proto::Limit),
+    Upgrade(proto::Upgrade),
+}
+
+/// The commands the command socket serves without the supervisor.
+#[derive(Debug)]
+pub enum SocketCommand {
+    /// The audit trail belongs to the socket layer.
+    AuditReopen,
+}
+
+impl Request {
+    /// Sorts a command: the supervisor's, or the socket's own.
+    pub fn from_command(command: Command) -> Result<Request, SocketCommand> {
+        Ok(match command {
+            Command::Status(_) => Request::Status,
+            Command::ListWorkers(r) => Request::ListWorkers(r),
+            Command::Stop(r) => Request::Stop(r),
+            Command::Start(r) => Request::Start(r),
+            Command::Restart(r) => Request::Restart(r),
+            Command::Scale(r) => Request::Scale(r),
+            Command::ReloadConfig(_) => Request::ReloadConfig,
+            Command::SaveState(r) => Request::SaveState(r),
+            Command::LoadState(r) => Request::LoadState(r),
+            Command::Shutdown(_) => Request::Shutdown,
+            Command::Limit(r) => Request::Limit(r),
+            Command::Upgrade(r) => Request::Upgrade(r),
+            Command::AuditReopen(_) => return Err(SocketCommand::AuditReopen),
+        })
+    }
+
+    /// Only reads the supervisor's state.
+    pub fn read_only(&self) -> bool {
+        matches!(self, Request::Status | Request::ListWorkers(_))
+    }
+}
+
 impl Supervisor {
-    pub(super) fn on_request(&mut self, request: proto::Request, reply: Reply) {
-        let Some(command) = request.command else {
-            reply.failure("unknown or missing command".into(), None);
-            return;
-        };
+    pub(super) fn on_request(&mut self, request: Request, reply: Reply) {
         if self.fleet.shutting_down()
-            && !matches!(command, Command::Status(_) | Command::ListWorkers(_) | Command::Stop(_))
+            && !matches!(request, Request::Status | Request::ListWorkers(_) | Request::Stop(_))
         {
             reply.failure("corrald is shutting down".into(), None);
             return;
         }
-        match command {
-            Command::Status(_) => reply.ok(String::new(), Some(Content::SupervisorStatus(self.status()))),
-            Command::ListWorkers(req) => self.list_workers(&req.group, reply),
-            Command::Stop(req) => {
+        match request {
+            Request::Status => reply.ok(String::new(), Some(Content::SupervisorStatus(self.status()))),
+            Request::ListWorkers(req) => self.list_workers(&req.group, reply),
+            Request::Stop(req) => {
                 let Some((target, keys)) = self.resolve(&req.target, &reply) else { return };
                 let layers = if target == Target::All { self.fleet.stop_layers(keys) } else { vec![keys] };
                 let timeout = self.fleet.stop_timeout(&layers);
                 let what = if target == Target::All { "all workers".to_string() } else { target.to_string() };
                 orchestrate::stop(self.handle(), reply, layers, req.hard, timeout, what);
             }
-            Command::Start(req) => {
+            Request::Start(req) => {
                 let Some((_, keys)) = self.resolve(&req.target, &reply) else { return };
                 let down = |k: &SlotKey| self.fleet.slot(k).is_some_and(|s| !s.state.is_running());
                 let keys: Vec<SlotKey> = keys.into_iter().filter(down).collect();
                 let timeout = self.fleet.ready_timeout(&keys);
                 orchestrate::start(self.handle(), reply, keys, timeout);
             }
-            Command::Restart(req) => {
+            Request::Restart(req) => {
                 let Some((_, keys)) = self.resolve(&req.target, &reply) else { return };
                 let batch = match (req.rolling, req.max_unavailable) {
                     (true, 0) => {
@@ -55,16 +103,13 @@ impl Supervisor {
                 let ready_timeout = self.fleet.ready_timeout(&keys);
                 orchestrate::restart(self.handle(), reply, keys, batch as usize, stop_timeout, ready_timeout);
             }
-            Command::Scale(req) => self.scale(&req.group, req.count, reply),
-            Command::ReloadConfig(_) => self.reload(reply),
-            Command::SaveState(req) => self.save_state(&req.path, reply),
-            Command::LoadState(req) => self.load_state(&req.path, reply),
-            Command::Shutdown(_) => self.shutdown(reply),
-            Command::Limit(req) => self.limit(&req.target, &req.properties, reply),
-            // The audit trail belongs to the command socket, which answers
-            // this itself and never passes it on.
-            Command::AuditReopen(_) => reply.failure("audit reopen is served by the command socket".into(), None),
-            Command::Upgrade(req) => self.upgrade(&req.binary, reply),
+            Request::Scale(req) => self.scale(&req.group, req.count, reply),
+            Request::ReloadConfig => self.reload(reply),
+            Request::SaveState(req) => self.save_state(&req.path, reply),
+            Request::LoadState(req) => self.load_state(&req.path, reply),
+            Request::Shutdown => self.shutdown(reply),
+            Request::Limit(req) => self.limit(&req.target, &req.properties, reply),
+            Request::Upgrade(req) => self.upgrade(&req.binary, reply),
         }
     }
 
