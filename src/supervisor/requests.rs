@@ -1,7 +1,7 @@
 //! Client requests: each is answered at once from the fleet, or turned
 //! into an orchestration task that answers as the workers report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::actor::Orchestration;
 use super::fleet::ScalePlan;
@@ -236,27 +236,30 @@ impl Supervisor {
 
     /// Where a state file named in a request lives: a plain name in the
     /// `saved` directory under the state directory (the only form below
-    /// the admin tier), a path as given.
-    fn state_file(&self, name: &str) -> Result<PathBuf, String> {
+    /// the admin tier), a path as given. The directory is made and checked
+    /// by [`StateFile::prepare`], off the actor.
+    fn state_file(&self, name: &str) -> Result<StateFile, String> {
         if name.contains('/') {
             let path = PathBuf::from(name);
-            return if path.is_absolute() { Ok(path) } else { Err("a state path must be absolute".into()) };
+            if !path.is_absolute() {
+                return Err("a state path must be absolute".into());
+            }
+            return Ok(StateFile { path, private_dir: None });
         }
         let dir = self.config.state_directory.join("saved");
-        crate::files::private_dir(&dir, 0o700)?;
-        Ok(dir.join(name))
+        Ok(StateFile { path: dir.join(name), private_dir: Some(dir) })
     }
 
     /// Writes the scales and stopped workers, off the actor.
     fn save_state(&self, name: &str, reply: Reply) {
         let saved = self.fleet.saved_state();
-        let path = match self.state_file(name) {
-            Ok(path) => path,
+        let file = match self.state_file(name) {
+            Ok(file) => file,
             Err(e) => return reply.failure(e, None),
         };
         tokio::spawn(async move {
-            let shown = crate::files::shown(&path);
-            match tokio::task::spawn_blocking(move || state::save(&path, &saved)).await {
+            let shown = crate::files::shown(&file.path);
+            match tokio::task::spawn_blocking(move || state::save(file.prepare()?, &saved)).await {
                 Ok(Ok(())) => reply.ok(format!("state saved to {shown}"), None),
                 Ok(Err(e)) => reply.failure(e, None),
                 Err(e) => reply.failure(format!("saving state failed: {e}"), None),
@@ -267,21 +270,35 @@ impl Supervisor {
     /// Reads a state file off the actor (it may be slow or large), then
     /// applies it on the actor.
     fn load_state(&self, name: &str, reply: Reply) {
-        let path = match self.state_file(name) {
-            Ok(path) => path,
+        let file = match self.state_file(name) {
+            Ok(file) => file,
             Err(e) => return reply.failure(e, None),
         };
         let (handle, max) = (self.handle(), self.config.limits.max_state_file_size);
         tokio::spawn(async move {
-            let read = {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || state::load(&path, max)).await
-            };
+            let path = file.path.clone();
+            let read = tokio::task::spawn_blocking(move || state::load(file.prepare()?, max)).await;
             match read {
                 Ok(Ok(saved)) => handle.orchestrate(Orchestration::ApplyState { saved, path, reply }),
                 Ok(Err(e)) => reply.failure(e, None),
                 Err(e) => reply.failure(format!("loading state failed: {e}"), None),
             }
         });
+    }
+}
+
+/// A state file, and the private directory it must be in, if any.
+struct StateFile {
+    path: PathBuf,
+    private_dir: Option<PathBuf>,
+}
+
+impl StateFile {
+    /// Makes sure the directory exists and no one else can write it.
+    fn prepare(&self) -> Result<&Path, String> {
+        if let Some(dir) = &self.private_dir {
+            crate::files::private_dir(dir, 0o700)?;
+        }
+        Ok(&self.path)
     }
 }
