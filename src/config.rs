@@ -5,7 +5,7 @@
 //! that silently ignores a misspelt `stop_timout` would kill workers the
 //! operator meant to drain.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::ops::RangeInclusive;
@@ -17,8 +17,6 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Deserializer};
 
-use crate::audit::AuditConfig;
-use crate::journal::StreamPolicy;
 use crate::sanitise::sanitise;
 use crate::systemd::properties;
 
@@ -163,6 +161,10 @@ pub struct Limits {
     pub max_scopes: u32,
 }
 
+/// What `limits.max_audit_argument` is unless the config says otherwise:
+/// bytes an audit record keeps of each argument's value.
+pub const DEFAULT_MAX_AUDIT_ARGUMENT: usize = 256;
+
 /// The most `limits.max_scopes` may be: under the 506 controlled scopes at
 /// which systemd 252 with dbus-daemon's default limits loses the bus.
 pub const MAX_SCOPES_CEILING: u32 = 500;
@@ -192,7 +194,7 @@ impl Default for Limits {
             max_response_size: 16 << 20,
             frame_timeout: Duration::from_secs(10),
             max_state_file_size: 4 << 20,
-            max_audit_argument: 256,
+            max_audit_argument: DEFAULT_MAX_AUDIT_ARGUMENT,
             max_dbus_calls: 8,
             max_scopes: 256,
         }
@@ -213,6 +215,33 @@ pub struct AccessLists {
     /// May do what amounts to root (the admin tier).
     pub admin_uids: Vec<u32>,
     pub admin_gids: Vec<u32>,
+}
+
+/// Where audit records go and what a failure to write them means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub text_target: Option<PathBuf>,
+    pub json_target: Option<PathBuf>,
+    pub journal: bool,
+    /// fdatasync each record before the command runs.
+    pub sync: bool,
+    /// Log a sink failure and let the command run anyway.
+    pub continue_on_failure: bool,
+    /// Bytes kept of each argument's value (see `audit::Record::shown`).
+    pub max_argument: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            text_target: None,
+            json_target: None,
+            journal: false,
+            sync: false,
+            continue_on_failure: false,
+            max_argument: DEFAULT_MAX_AUDIT_ARGUMENT,
+        }
+    }
 }
 
 /// Whether workers are placed in systemd scopes.
@@ -259,6 +288,15 @@ pub enum OutputMode {
     /// attribution (`_PID`, `_SYSTEMD_UNIT`), but no corral fields, and a
     /// stuck journald blocks the worker as it blocks services.
     Journal,
+}
+
+/// How a worker's stream becomes log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPolicy {
+    pub priority: u8,
+    /// Honour a leading `<N>` as the line's priority, as systemd's
+    /// `SyslogLevelPrefix=` does.
+    pub level_prefix: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -312,7 +350,7 @@ pub struct GroupConfig {
     pub group: Option<String>,
     pub scope: ScopeMode,
     /// Resource properties for the group's scopes, in config order of keys.
-    pub resources: Vec<crate::systemd::Property>,
+    pub resources: Vec<properties::Property>,
     pub stdout: StreamPolicy,
     pub stderr: StreamPolicy,
     pub output: OutputMode,
@@ -634,11 +672,24 @@ fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
         Scalar::Number(n) => n.to_string(),
         Scalar::Text(t) => t,
     };
-    crate::journal::parse_priority(&text).ok_or_else(|| {
+    parse_priority(&text).ok_or_else(|| {
         serde::de::Error::custom(format!(
             "invalid priority {text:?} (emerg, alert, crit, err, warning, notice, info, debug, or 0 to 7)"
         ))
     })
+}
+
+/// Syslog priorities by name, as `journalctl -p` and systemd's
+/// `SyslogLevel=` spell them.
+const PRIORITY_NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+
+/// Parses a priority name ("warning") or number ("4").
+pub fn parse_priority(text: &str) -> Option<u8> {
+    match text.parse::<u8>() {
+        Ok(n) if n <= 7 => Some(n),
+        Ok(_) => None,
+        Err(_) => PRIORITY_NAMES.iter().position(|n| *n == text).map(|p| p as u8),
+    }
 }
 
 /// [`duration`] for a key that may be left out.
@@ -1153,6 +1204,14 @@ mod tests {
         assert!(text.starts_with("/etc/corral/test.toml: "), "{text}");
         assert!(text.contains("stop_timout"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn priorities_parse_by_name_and_number() {
+        assert_eq!(parse_priority("warning"), Some(4));
+        assert_eq!(parse_priority("3"), Some(3));
+        assert_eq!(parse_priority("8"), None);
+        assert_eq!(parse_priority("warn"), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::AuditConfig;
 use crate::sanitise::sanitise;
 use journal::Journal;
 
@@ -94,10 +95,6 @@ pub struct Record {
     pub result: Outcome,
     pub reason: String,
 }
-
-/// What `max_audit_argument` is unless the config says otherwise: bytes
-/// kept of each argument's value.
-pub const DEFAULT_MAX_ARGUMENT: usize = 256;
 
 /// Arguments a record keeps; the rest are counted.
 pub const MAX_ARGUMENTS: usize = 32;
@@ -344,33 +341,6 @@ struct JsonActor<'a> {
     pid: Option<u32>,
     uid: u32,
     user: Option<&'a str>,
-}
-
-/// Where records go and what a failure to write them means.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditConfig {
-    pub text_target: Option<PathBuf>,
-    pub json_target: Option<PathBuf>,
-    pub journal: bool,
-    /// fdatasync each record before the command runs.
-    pub sync: bool,
-    /// Log a sink failure and let the command run anyway.
-    pub continue_on_failure: bool,
-    /// Bytes kept of each argument's value (see [`Record::shown`]).
-    pub max_argument: usize,
-}
-
-impl Default for AuditConfig {
-    fn default() -> AuditConfig {
-        AuditConfig {
-            text_target: None,
-            json_target: None,
-            journal: false,
-            sync: false,
-            continue_on_failure: false,
-            max_argument: DEFAULT_MAX_ARGUMENT,
-        }
-    }
 }
 
 /// An append-only audit file: created 0640 (and missing directories
@@ -782,6 +752,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_AUDIT_ARGUMENT;
     use crate::sanitise::{sanitise, sanitise_bytes};
     use proptest::prelude::*;
 
@@ -915,7 +886,7 @@ mod tests {
             let mut args = args;
             args.push(sanitise_bytes(&raw));
             let r = record(group.clone(), worker, args.clone(), user.clone(), comm, reason.clone());
-            let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+            let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
             let line = shown.text_line(AT);
             check_layout(&line)?;
             // Nothing here is long enough to be cut, so a marker could only
@@ -951,7 +922,7 @@ mod tests {
         fn a_record_stays_bounded_however_large_its_request(
             group in huge(), worker in huge(), command in huge(), args in prop::collection::vec(huge(), 0..48),
             user in huge(), comm in huge(), socket in huge(), reason in huge(),
-            max_argument in prop::sample::select(vec![0usize, 1, 7, DEFAULT_MAX_ARGUMENT, 4096]),
+            max_argument in prop::sample::select(vec![0usize, 1, 7, DEFAULT_MAX_AUDIT_ARGUMENT, 4096]),
         ) {
             let mut r = record(group, worker, args, user, comm, reason);
             r.command = command;
@@ -976,7 +947,7 @@ mod tests {
         let mut r = record(
             control(MAX_FIELD),
             control(MAX_FIELD),
-            vec![format!("{}={}", control(MAX_ARGUMENT_NAME - 1), control(DEFAULT_MAX_ARGUMENT)); 40],
+            vec![format!("{}={}", control(MAX_ARGUMENT_NAME - 1), control(DEFAULT_MAX_AUDIT_ARGUMENT)); 40],
             control(MAX_FIELD),
             control(MAX_FIELD),
             control(MAX_REASON),
@@ -986,8 +957,8 @@ mod tests {
         r.session = u64::MAX;
         r.request_id = u64::MAX;
         r.actor = Actor { uid: u32::MAX, gid: u32::MAX, pid: Some(u32::MAX), ..r.actor };
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
-        let bound = max_record_len(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
+        let bound = max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT);
         let (text, json) = (shown.text_line(AT), chain::link(shown.json(AT), chain::GENESIS));
         assert!(text.len() <= bound && json.len() <= bound, "text {}, JSON {}, bound {bound}", text.len(), json.len());
         // The bound is not loose by much: the JSON of the worst case fills
@@ -1007,10 +978,10 @@ mod tests {
             "corralctl".into(),
             String::new(),
         );
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
         let want = format!(
             "target={}\\u{{2026}}[truncated: 1048576 bytes, sha256 {}]",
-            "a".repeat(DEFAULT_MAX_ARGUMENT),
+            "a".repeat(DEFAULT_MAX_AUDIT_ARGUMENT),
             chain::hash(&value)
         );
         assert_eq!(shown.arguments, [want.as_str(), "hard=false"]);
@@ -1030,7 +1001,10 @@ mod tests {
         );
         // A value that only looks cut shows its backslash doubled.
         r.arguments = vec!["target=web\\u{2026}[truncated: 9 bytes, sha256 00]".into()];
-        assert_eq!(r.shown(DEFAULT_MAX_ARGUMENT).arguments[0], "target=web\\\\u{2026}[truncated: 9 bytes, sha256 00]");
+        assert_eq!(
+            r.shown(DEFAULT_MAX_AUDIT_ARGUMENT).arguments[0],
+            "target=web\\\\u{2026}[truncated: 9 bytes, sha256 00]"
+        );
     }
 
     #[test]
@@ -1038,7 +1012,7 @@ mod tests {
         let args = (0..40).map(|i| format!("MemoryMax={i}M")).collect();
         let mut r = record("g".repeat(5000), "web-1".into(), args, "root".into(), "corralctl".into(), "x".repeat(9000));
         r.worker = None;
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
         assert_eq!(shown.arguments.len(), MAX_ARGUMENTS + 1);
         assert_eq!(shown.arguments[MAX_ARGUMENTS - 1], "MemoryMax=31M");
         assert_eq!(shown.arguments[MAX_ARGUMENTS], "\\u{2026}[8 more arguments]");
@@ -1060,7 +1034,7 @@ mod tests {
         let (text, json) = (dir.path().join("audit.log"), dir.path().join("audit.jsonl"));
         let config =
             AuditConfig { text_target: Some(text.clone()), json_target: Some(json.clone()), ..Default::default() };
-        assert_eq!(config.max_argument, DEFAULT_MAX_ARGUMENT);
+        assert_eq!(config.max_argument, DEFAULT_MAX_AUDIT_ARGUMENT);
         let auditor = Auditor::open(config).unwrap();
         // As the command socket describes `Stop` with a 1 MB target.
         let target = "\u{1}".repeat(1024 * 1024);
@@ -1074,7 +1048,7 @@ mod tests {
         );
         auditor.write(r).await.unwrap();
         let written = std::fs::metadata(&text).unwrap().len() + std::fs::metadata(&json).unwrap().len();
-        assert!(written <= 2 * max_record_len(DEFAULT_MAX_ARGUMENT) as u64, "{written} bytes for one record");
+        assert!(written <= 2 * max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT) as u64, "{written} bytes for one record");
         assert_eq!(chain::verify(&json), Ok(1));
     }
 }

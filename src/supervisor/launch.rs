@@ -24,8 +24,7 @@ use std::sync::OnceLock;
 
 use nix::libc;
 
-use crate::config::{find_command, resolve_identity, GroupConfig, Identity};
-use crate::journal::StreamPolicy;
+use crate::config::{find_command, resolve_identity, GroupConfig, Identity, StreamPolicy};
 
 /// The descriptor number at which a protocol worker finds its channel.
 pub const WORKER_FD: RawFd = 3;
