@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::sanitise::sanitise;
@@ -325,38 +326,71 @@ pub enum StopTimeoutAction {
     Fail,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One `[groups.<name>]` table: read from the file as it is (unknown keys
+/// refused), then completed by [`Config::parse`] (the name, paths made
+/// absolute) and [`Config::load`] (`host`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupConfig {
+    /// The table's key.
+    #[serde(skip)]
     pub name: String,
+    /// A path (absolute once parsed) or a bare name looked up in PATH.
     pub command: String,
+    #[serde(default)]
     pub args: Vec<String>,
+    #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Absolute once parsed.
     pub working_directory: Option<PathBuf>,
+    #[serde(default = "one")]
     pub count: u32,
+    #[serde(default = "default_restart")]
     pub restart: RestartPolicy,
+    #[serde(default = "ms::<100>", deserialize_with = "duration")]
     pub restart_backoff_initial: Duration,
+    #[serde(default = "ms::<30_000>", deserialize_with = "duration")]
     pub restart_backoff_max: Duration,
+    #[serde(default = "five")]
     pub start_limit_burst: u32,
+    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub start_limit_interval: Duration,
+    #[serde(default = "default_stop_mode")]
     pub stop_mode: StopMode,
+    #[serde(default = "sigterm", deserialize_with = "signal")]
     pub stop_signal: Signal,
+    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub stop_timeout: Duration,
+    #[serde(default = "default_timeout_action")]
     pub stop_timeout_action: StopTimeoutAction,
+    #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
     pub ready_after: Duration,
+    #[serde(default = "ms::<60_000>", deserialize_with = "duration")]
     pub ready_timeout: Duration,
+    #[serde(default)]
     pub after: Vec<String>,
+    #[serde(default = "one")]
     pub max_unavailable: u32,
     pub user: Option<String>,
     pub group: Option<String>,
+    #[serde(default = "default_scope_mode")]
     pub scope: ScopeMode,
-    /// Resource properties for the group's scopes, in config order of keys.
+    /// Resource properties for the group's scopes, in the order of their
+    /// names.
+    #[serde(default, deserialize_with = "resources")]
     pub resources: Vec<properties::Property>,
-    pub stdout: StreamPolicy,
-    pub stderr: StreamPolicy,
+    #[serde(default = "info", deserialize_with = "priority")]
+    pub stdout_priority: u8,
+    #[serde(default = "info", deserialize_with = "priority")]
+    pub stderr_priority: u8,
+    #[serde(default = "yes")]
+    pub level_prefix: bool,
+    #[serde(default)]
     pub output: OutputMode,
     /// What [`Config::load`] found on this host for the group, so that no
     /// spawn waits on the user database or searches PATH; empty after
     /// [`Config::parse`] alone.
+    #[serde(skip)]
     pub host: HostFacts,
 }
 
@@ -378,6 +412,16 @@ pub struct Identity {
 }
 
 impl GroupConfig {
+    /// How the workers' stdout becomes log lines.
+    pub fn stdout(&self) -> StreamPolicy {
+        StreamPolicy { priority: self.stdout_priority, level_prefix: self.level_prefix }
+    }
+
+    /// How the workers' stderr becomes log lines.
+    pub fn stderr(&self) -> StreamPolicy {
+        StreamPolicy { priority: self.stderr_priority, level_prefix: self.level_prefix }
+    }
+
     /// The PATH the group's workers get, and so where a bare command name is
     /// looked up: the group's own, else [`DEFAULT_PATH`].
     pub fn search_path(&self) -> &str {
@@ -419,7 +463,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    groups: BTreeMap<String, RawGroup>,
+    groups: BTreeMap<String, GroupConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -552,57 +596,42 @@ fn size_text(n: usize) -> String {
     n.to_string()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    command: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-    working_directory: Option<PathBuf>,
-    #[serde(default = "one")]
-    count: u32,
-    #[serde(default = "default_restart")]
-    restart: RestartPolicy,
-    #[serde(default = "ms::<100>", deserialize_with = "duration")]
-    restart_backoff_initial: Duration,
-    #[serde(default = "ms::<30_000>", deserialize_with = "duration")]
-    restart_backoff_max: Duration,
-    #[serde(default = "five")]
-    start_limit_burst: u32,
-    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
-    start_limit_interval: Duration,
-    #[serde(default = "default_stop_mode")]
-    stop_mode: StopMode,
-    #[serde(default = "sigterm", deserialize_with = "signal")]
-    stop_signal: Signal,
-    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
-    stop_timeout: Duration,
-    #[serde(default = "default_timeout_action")]
-    stop_timeout_action: StopTimeoutAction,
-    #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
-    ready_after: Duration,
-    #[serde(default = "ms::<60_000>", deserialize_with = "duration")]
-    ready_timeout: Duration,
-    #[serde(default)]
-    after: Vec<String>,
-    #[serde(default = "one")]
-    max_unavailable: u32,
-    user: Option<String>,
-    group: Option<String>,
-    #[serde(default = "default_scope_mode")]
-    scope: ScopeMode,
-    #[serde(default)]
-    resources: BTreeMap<String, Scalar>,
-    #[serde(default = "info", deserialize_with = "priority")]
-    stdout_priority: u8,
-    #[serde(default = "info", deserialize_with = "priority")]
-    stderr_priority: u8,
-    #[serde(default = "yes")]
-    level_prefix: bool,
-    #[serde(default)]
-    output: OutputMode,
+/// `[groups.<name>.resources]`: each property converted to systemd's terms
+/// as it is read, so an error names its key.
+fn resources<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<properties::Property>, D::Error> {
+    struct Table;
+    impl<'de> Visitor<'de> for Table {
+        type Value = Vec<properties::Property>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut by_name = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let property = map.next_value_seed(Resource(&name))?;
+                by_name.insert(name, property);
+            }
+            Ok(by_name.into_values().collect())
+        }
+    }
+    d.deserialize_map(Table)
+}
+
+/// One resource property's value, parsed under its name.
+struct Resource<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for Resource<'_> {
+    type Value = properties::Property;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<properties::Property, D::Error> {
+        let text = match Scalar::deserialize(d)? {
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Text(t) => t,
+        };
+        properties::parse(self.0, &text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A resource value, written as a string ("512M") or a bare number (100).
@@ -720,7 +749,7 @@ pub use crate::target::check_group_name;
 
 /// The checks of one group that need nothing but the file. Errors are whole
 /// messages naming the key.
-fn check_group(name: &str, g: &RawGroup, limits: &Limits) -> Result<(), String> {
+fn check_group(name: &str, g: &GroupConfig, limits: &Limits) -> Result<(), String> {
     let key = |k: &str| format!("groups.{name}.{k}");
     if g.command.is_empty() {
         return Err(format!("key `{}`: must not be empty", key("command")));
@@ -944,64 +973,22 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let mut groups = BTreeMap::new();
-        for (name, g) in raw.groups {
+        for (name, mut g) in raw.groups {
             let key = |k: &str| format!("groups.{name}.{k}");
             check_group_name(&name).map_err(|m| err(format!("key `groups.{name}`: {m}")))?;
             check_group(&name, &g, &limits).map_err(err)?;
-            let mut resources = Vec::new();
-            for (k, v) in &g.resources {
-                let text = match v {
-                    Scalar::Number(n) => n.to_string(),
-                    Scalar::Text(t) => t.clone(),
-                };
-                let prop = properties::parse(k, &text)
-                    .map_err(|m| err(format!("key `{}`: {m}", key(&format!("resources.{k}")))))?;
-                resources.push(prop);
-            }
             // A command with a slash is a path (relative ones are taken from
             // the config file's directory); a bare name is looked up in PATH.
-            let command = if g.command.contains('/') {
-                absolute(PathBuf::from(&g.command)).to_string_lossy().into_owned()
-            } else {
-                g.command
-            };
-            check_text(&key("command"), command.as_bytes()).map_err(err)?;
-            let working_directory = g.working_directory.map(absolute);
-            if let Some(dir) = &working_directory {
+            if g.command.contains('/') {
+                g.command = absolute(PathBuf::from(&g.command)).to_string_lossy().into_owned();
+            }
+            check_text(&key("command"), g.command.as_bytes()).map_err(err)?;
+            g.working_directory = g.working_directory.map(absolute);
+            if let Some(dir) = &g.working_directory {
                 check_text(&key("working_directory"), dir.as_os_str().as_bytes()).map_err(err)?;
             }
-            groups.insert(
-                name.clone(),
-                GroupConfig {
-                    name: name.clone(),
-                    command,
-                    args: g.args,
-                    environment: g.environment,
-                    working_directory,
-                    count: g.count,
-                    restart: g.restart,
-                    restart_backoff_initial: g.restart_backoff_initial,
-                    restart_backoff_max: g.restart_backoff_max,
-                    start_limit_burst: g.start_limit_burst,
-                    start_limit_interval: g.start_limit_interval,
-                    stop_mode: g.stop_mode,
-                    stop_signal: g.stop_signal,
-                    stop_timeout: g.stop_timeout,
-                    stop_timeout_action: g.stop_timeout_action,
-                    ready_after: g.ready_after,
-                    ready_timeout: g.ready_timeout,
-                    after: g.after,
-                    max_unavailable: g.max_unavailable,
-                    user: g.user,
-                    group: g.group,
-                    scope: g.scope,
-                    resources,
-                    stdout: StreamPolicy { priority: g.stdout_priority, level_prefix: g.level_prefix },
-                    stderr: StreamPolicy { priority: g.stderr_priority, level_prefix: g.level_prefix },
-                    output: g.output,
-                    host: HostFacts::default(),
-                },
-            );
+            g.name.clone_from(&name);
+            groups.insert(name, g);
         }
         let workers: u64 = groups.values().map(|g| u64::from(g.count)).sum();
         if workers > u64::from(limits.max_workers) {

@@ -157,7 +157,7 @@ impl Plan {
             Some(d) => Some(cstring(d.as_os_str().as_bytes(), "the working directory")?),
             None => None,
         };
-        let headers = [stream_header(worker_id, cfg.stdout), stream_header(worker_id, cfg.stderr)];
+        let headers = [stream_header(worker_id, cfg.stdout()), stream_header(worker_id, cfg.stderr())];
         Ok(Plan { path, argv, envp, dir, identity, route, headers })
     }
 }

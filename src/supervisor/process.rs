@@ -197,7 +197,7 @@ pub fn spawn(
         Ok(())
     };
     for (fd, stream, policy, what) in
-        [(forked.stdout, Stream::Stdout, cfg.stdout, "out"), (forked.stderr, Stream::Stderr, cfg.stderr, "err")]
+        [(forked.stdout, Stream::Stdout, cfg.stdout(), "out"), (forked.stderr, Stream::Stderr, cfg.stderr(), "err")]
     {
         if let Some(fd) = fd {
             share(what, fd.as_fd())?;
@@ -259,9 +259,10 @@ pub fn adopt(
     let exit = Exit::watch(launch::pidfd_open(pid)?, pid)?;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
-    for (fd, stream, policy, what) in
-        [(adoptee.stdout, Stream::Stdout, cfg.stdout, "stdout"), (adoptee.stderr, Stream::Stderr, cfg.stderr, "stderr")]
-    {
+    for (fd, stream, policy, what) in [
+        (adoptee.stdout, Stream::Stdout, cfg.stdout(), "stdout"),
+        (adoptee.stderr, Stream::Stderr, cfg.stderr(), "stderr"),
+    ] {
         match fd.map(pipe::Receiver::from_owned_fd).transpose()? {
             Some(pipe) => plumbing.output.pump(pipe, origin.clone(), stream, policy),
             None if adoptee.direct_output => {}
