@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod files;
 pub mod frame;
 pub mod journal;
+pub mod procfs;
 pub mod sanitise;
 pub mod supervisor;
 pub mod systemd;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::net::UnixStream;
 
-use crate::supervisor::start_time;
+use crate::procfs::start_time;
 
 /// Linux's option numbers; libc does not export them for every target yet.
 const SO_PEERPIDFD: nix::libc::c_int = 77;

@@ -39,7 +39,6 @@ use process::{ProcCmd, ProcEvent};
 
 pub use fanout::kind_name;
 pub use launch::keep_open_file_limit_for_workers;
-pub use process::start_time;
 pub use upgrade::{handshake_line, HANDSHAKE_ARG};
 
 /// A response on its way to a connection's writer, with the sequence
@@ -679,7 +678,7 @@ impl Supervisor {
                     sup.notifier.remove_fds(&process::fd_name(w.generation, what));
                 }
             };
-            if process::start_time(w.pid) != Some(w.start_time) {
+            if crate::procfs::start_time(w.pid) != Some(w.start_time) {
                 tracing::info!(worker = %w.id, pid = w.pid, "gone while corrald was down; its slot starts anew");
                 forget(self);
                 continue;
@@ -689,7 +688,7 @@ impl Supervisor {
             if let (Some(file_scope), Some(group)) = (&w.scope, self.groups.get(&w.group)) {
                 let key = SlotKey { group: w.group.clone(), index: w.index };
                 let scope = scope_unit(&group.config, &key);
-                if *file_scope != scope || !in_scope(w.pid, &scope) {
+                if *file_scope != scope || !crate::procfs::in_unit(w.pid, &scope) {
                     tracing::warn!(worker = %w.id, pid = w.pid, "not in the scope its slot belongs in; not adopted");
                     forget(self);
                     continue;
@@ -718,7 +717,7 @@ impl Supervisor {
                         start_time: w.start_time,
                         placement_error: None,
                         pid: w.pid,
-                        started_at: process::started_at(w.start_time).unwrap_or_else(SystemTime::now),
+                        started_at: crate::procfs::started_at(w.start_time).unwrap_or_else(SystemTime::now),
                         started: Instant::now(),
                         tx,
                         shared,
@@ -966,7 +965,7 @@ impl Supervisor {
                 }
                 slot.proc = Some(Proc {
                     generation,
-                    start_time: process::start_time(spawned.pid).unwrap_or(0),
+                    start_time: crate::procfs::start_time(spawned.pid).unwrap_or(0),
                     placement_error: None,
                     pid: spawned.pid,
                     started_at: spawned.started_at,
@@ -1860,12 +1859,6 @@ fn scope_unit(config: &GroupConfig, key: &SlotKey) -> String {
         ScopeMode::Group => systemd::scope_name(&key.group, None),
         ScopeMode::Worker => systemd::scope_name(&key.group, Some(key.index)),
     }
-}
-
-/// Whether /proc shows the process in `scope`.
-fn in_scope(pid: u32, scope: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .is_ok_and(|c| c.lines().any(|l| l.split('/').any(|part| part == scope)))
 }
 
 /// The group's configured properties with its runtime changes over them.
