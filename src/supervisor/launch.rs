@@ -278,13 +278,10 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
 /// A descriptor that becomes readable when process `pid` exits, whoever
 /// its parent is.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; we own it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+    // No pid 0 or past i32: the kernel's answer to those, without asking it.
+    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    let pid = pid.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
