@@ -388,17 +388,17 @@ pub struct GroupConfig {
     #[serde(default)]
     pub output: OutputMode,
     /// What [`Config::load`] found on this host for the group, so that no
-    /// spawn waits on the user database or searches PATH; empty after
-    /// [`Config::parse`] alone.
+    /// spawn waits on the user database or searches PATH. `None` after
+    /// [`Config::parse`] alone: such a group's workers cannot be started.
     #[serde(skip)]
-    pub host: HostFacts,
+    pub host: Option<HostFacts>,
 }
 
 /// A group's command and identity as this host resolves them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostFacts {
     /// The file the workers exec.
-    pub program: Option<PathBuf>,
+    pub program: PathBuf,
     /// Who the workers run as; none when the group names no user or group.
     pub identity: Option<Identity>,
 }
@@ -853,7 +853,7 @@ fn lookup_group(name: &str) -> Result<Gid, String> {
 /// Finds the file a worker's exec would run: a path as it is, a bare name
 /// the way execvp searches the worker's PATH (an empty entry or a relative
 /// one is taken from the working directory the worker starts in).
-pub fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
+fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
     if g.command.contains('/') {
         let path = PathBuf::from(&g.command);
         return executable(&path).map(|()| path);
@@ -871,7 +871,7 @@ pub fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
 /// Looks up who a group's workers run as: the user's uid, the group (the
 /// named one, else the user's primary one) and the user's supplementary
 /// groups. None when the group names neither user nor group.
-pub fn resolve_identity(g: &GroupConfig) -> Result<Option<Identity>, String> {
+fn resolve_identity(g: &GroupConfig) -> Result<Option<Identity>, String> {
     if g.user.is_none() && g.group.is_none() {
         return Ok(None);
     }
@@ -1126,7 +1126,7 @@ impl Config {
                 }
             }
             let program = find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
-            g.host = HostFacts { program: Some(program), identity };
+            g.host = Some(HostFacts { program, identity });
         }
         Ok(())
     }
@@ -1518,6 +1518,19 @@ mod tests {
         );
         std::fs::write(&path, wd).unwrap();
         Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn only_a_loaded_config_says_what_its_workers_exec_and_as_whom() {
+        let text = "[groups.web]\ncommand = \"/bin/true\"\n[groups.db]\ncommand = \"true\"\nuser = \"root\"\n";
+        assert!(parse(text).unwrap().groups.values().all(|g| g.host.is_none()));
+        let (_dir, _, result) = load(text);
+        let config = result.unwrap();
+        let web = config.groups["web"].host.as_ref().unwrap();
+        assert_eq!((web.program.as_path(), &web.identity), (Path::new("/bin/true"), &None));
+        let db = config.groups["db"].host.as_ref().unwrap();
+        assert!(db.program.ends_with("true"));
+        assert_eq!(db.identity.as_ref().map(|i| i.uid), Some(Uid::from_raw(0)));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use nix::libc;
 
-use crate::config::{find_command, resolve_identity, GroupConfig, Identity, StreamPolicy};
+use crate::config::{GroupConfig, StreamPolicy};
 
 /// The descriptor number at which a protocol worker finds its channel.
 pub const WORKER_FD: RawFd = 3;
@@ -125,17 +125,22 @@ fn stream_header(identifier: &str, policy: StreamPolicy) -> Vec<u8> {
 
 impl Plan {
     pub fn new(cfg: &GroupConfig, worker_id: &str, protocol: bool, route: OutputRoute) -> io::Result<Plan> {
-        let program = match &cfg.host.program {
-            Some(p) => p.clone(),
-            None => find_command(cfg).map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))?,
-        };
-        let identity: Option<Identity> = match &cfg.host.identity {
-            Some(i) => Some(i.clone()),
-            None => resolve_identity(cfg).map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))?,
-        };
-        let identity =
-            identity.map(|i| (i.uid.as_raw(), i.gid.as_raw(), i.groups.iter().map(|g| g.as_raw()).collect()));
-        let path = cstring(program.as_os_str().as_bytes(), "the command")?;
+        // Resolved at config load: a spawn never waits on the user database
+        // or searches PATH.
+        let host = cfg.host.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "group {}: its command and user were never resolved on this host (config not loaded)",
+                    cfg.name
+                ),
+            )
+        })?;
+        let identity = host
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw(), i.groups.iter().map(|g| g.as_raw()).collect()));
+        let path = cstring(host.program.as_os_str().as_bytes(), "the command")?;
         let mut argv = vec![cstring(cfg.command.as_bytes(), "the command")?];
         for a in &cfg.args {
             argv.push(cstring(a.as_bytes(), "an argument")?);
