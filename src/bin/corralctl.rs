@@ -360,7 +360,7 @@ impl Output {
         }
         if let Some(response::Content::Outcome(outcome)) = &resp.content {
             for f in &outcome.failures {
-                let kind = ctl::failure_kind_name(f.kind);
+                let kind = f.kind().name();
                 if f.detail.is_empty() {
                     text.push_str(&format!("  {}: {kind}\n", shown(&f.worker)));
                 } else {
