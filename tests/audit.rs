@@ -205,7 +205,7 @@ async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
             arguments: vec!["target=web".into()],
             actor: corral::audit::Actor { uid: 0, gid: 0, pid: Some(1), user: None, comm: None },
             socket: "/run/corral/corrald.sock".into(),
-            result: corral::audit::Outcome::Accepted,
+            result: corral::audit::RecordResult::Accepted,
             reason: String::new(),
         };
         auditor.write(record).await.unwrap();

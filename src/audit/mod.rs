@@ -50,31 +50,36 @@ pub struct Actor {
     pub comm: Option<String>,
 }
 
+/// A record's `result`: where the audited request stands. A request that
+/// runs has two records, `accepted` before and `ok` or `failed` after; a
+/// refused one has one, `denied`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RecordResult {
     /// Allowed and about to run.
     Accepted,
     /// Refused before anything ran.
     Denied,
+    /// Ran, and its final answer was OK.
     Ok,
+    /// Ran, and its final answer was a failure.
     Failed,
 }
 
-impl Outcome {
+impl RecordResult {
     pub fn name(self) -> &'static str {
         match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Denied => "denied",
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
+            RecordResult::Accepted => "accepted",
+            RecordResult::Denied => "denied",
+            RecordResult::Ok => "ok",
+            RecordResult::Failed => "failed",
         }
     }
 
     /// notice for what went as asked, warning for what did not.
     fn priority(self) -> u8 {
         match self {
-            Outcome::Accepted | Outcome::Ok => 5,
-            Outcome::Denied | Outcome::Failed => 4,
+            RecordResult::Accepted | RecordResult::Ok => 5,
+            RecordResult::Denied | RecordResult::Failed => 4,
         }
     }
 }
@@ -92,7 +97,7 @@ pub struct Record {
     pub arguments: Vec<String>,
     pub actor: Actor,
     pub socket: String,
-    pub result: Outcome,
+    pub result: RecordResult,
     pub reason: String,
 }
 
@@ -847,7 +852,7 @@ mod tests {
             arguments: args,
             actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some(user), comm: Some(comm) },
             socket: "/run/corral/corrald.sock".into(),
-            result: Outcome::Denied,
+            result: RecordResult::Denied,
             reason,
         }
     }
