@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use nix::libc;
 
 use crate::config::{GroupConfig, StreamPolicy};
+use crate::worker::{ENV_FD, ENV_GROUP, ENV_WORKER_ID};
 
 /// The descriptor number at which a protocol worker finds its channel.
 pub const WORKER_FD: RawFd = 3;
@@ -146,13 +147,13 @@ impl Plan {
             argv.push(cstring(a.as_bytes(), "an argument")?);
         }
         let mut env: Vec<(&str, &str)> = cfg.environment.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.retain(|(k, _)| !matches!(*k, "PATH" | "CORRAL_GROUP" | "CORRAL_WORKER_ID" | "CORRAL_WORKER_FD"));
+        env.retain(|(k, _)| !["PATH", ENV_GROUP, ENV_WORKER_ID, ENV_FD].contains(k));
         env.push(("PATH", cfg.search_path()));
-        env.push(("CORRAL_GROUP", &cfg.name));
-        env.push(("CORRAL_WORKER_ID", worker_id));
+        env.push((ENV_GROUP, &cfg.name));
+        env.push((ENV_WORKER_ID, worker_id));
         let fd = WORKER_FD.to_string();
         if protocol {
-            env.push(("CORRAL_WORKER_FD", &fd));
+            env.push((ENV_FD, &fd));
         }
         let mut envp = Vec::with_capacity(env.len());
         for (k, v) in env {
