@@ -529,43 +529,25 @@ impl Auditor {
     /// Opens the configured files and starts the writer; an unusable path
     /// is an error naming its config key.
     pub fn open(config: AuditConfig) -> Result<Auditor, String> {
-        let open = |key: &'static str, path: &Option<PathBuf>| -> Result<Option<FileSink>, String> {
-            path.as_ref()
-                .map(|p| FileSink::open(key, p).map_err(|e| format!("{key}: cannot open {}: {e}", p.display())))
-                .transpose()
-        };
-        let text = open("audit_logs_target", &config.text_target)?;
-        let mut json = open("audit_logs_json_target", &config.json_target)?;
-        let mut last_hash = chain::GENESIS.to_string();
-        if let Some(json) = &mut json {
-            let last = chain::last_line_hash(&json.path).map_err(|e| format!("audit_logs_json_target: {e}"))?;
-            match last {
-                Some(hash) => last_hash = hash,
-                None => {
-                    let anchor = chain::anchor(&now(), chain::GENESIS, "new file");
-                    json.append(&anchor, config.sync)?;
-                    last_hash = chain::hash(&anchor);
-                }
-            }
-        }
-        let sinks = Sinks {
-            text: text.is_some(),
-            json: json.is_some(),
-            journal: config.journal,
-            max_argument: config.max_argument,
-        };
-        let journal = config.journal.then(Journal::system);
         let journal_missed = Arc::new(AtomicU64::new(0));
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let writer = Writer {
+        let mut writer = Writer {
             config,
-            text,
-            json,
-            last_hash,
-            journal,
+            text: None,
+            json: None,
+            last_hash: chain::GENESIS.to_string(),
+            journal: None,
             journal_missed: journal_missed.clone(),
             batch: Batch::default(),
         };
+        writer.open_files(Opening::Start)?;
+        let sinks = Sinks {
+            text: writer.text.is_some(),
+            json: writer.json.is_some(),
+            journal: writer.config.journal,
+            max_argument: writer.config.max_argument,
+        };
+        writer.journal = writer.config.journal.then(Journal::system);
+        let (jobs, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("corral-audit".into())
             .spawn(move || writer.run(queue))
@@ -652,7 +634,7 @@ impl Writer {
                     Job::Write(record, done) => batch.push((record, done)),
                     Job::Reopen(done) => {
                         self.commit(&mut batch);
-                        let _ = done.send(self.reopen());
+                        let _ = done.send(self.open_files(Opening::Reopen));
                     }
                 }
             }
@@ -730,20 +712,30 @@ impl Writer {
         batch.json.clear();
     }
 
-    fn reopen(&mut self) -> Result<(), String> {
+    /// Opens the configured files at their paths, at start or again after
+    /// logrotate moved them: the one place both happen, so the checks and
+    /// errors are the same. A JSON file with no record yet starts with an
+    /// anchor linking to the last record written (the genesis at start).
+    /// Each file replaces the one before as soon as it is open, so a
+    /// failure keeps what was opened before it.
+    fn open_files(&mut self, opening: Opening) -> Result<(), String> {
+        let (verb, anchor_reason) = match opening {
+            Opening::Start => ("open", "new file"),
+            Opening::Reopen => ("reopen", "reopened"),
+        };
         if let Some(path) = &self.config.text_target {
             self.text = Some(
                 FileSink::open("audit_logs_target", path)
-                    .map_err(|e| format!("audit_logs_target: cannot reopen {}: {e}", path.display()))?,
+                    .map_err(|e| format!("audit_logs_target: cannot {verb} {}: {e}", path.display()))?,
             );
         }
         if let Some(path) = &self.config.json_target {
             let mut json = FileSink::open("audit_logs_json_target", path)
-                .map_err(|e| format!("audit_logs_json_target: cannot reopen {}: {e}", path.display()))?;
+                .map_err(|e| format!("audit_logs_json_target: cannot {verb} {}: {e}", path.display()))?;
             match chain::last_line_hash(path).map_err(|e| format!("audit_logs_json_target: {e}"))? {
                 Some(hash) => self.last_hash = hash,
                 None => {
-                    let anchor = chain::anchor(&now(), &self.last_hash, "reopened");
+                    let anchor = chain::anchor(&now(), &self.last_hash, anchor_reason);
                     json.append(&anchor, self.config.sync)?;
                     self.last_hash = chain::hash(&anchor);
                 }
@@ -752,6 +744,13 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// When [`Writer::open_files`] runs: at start, or for `audit-reopen`.
+#[derive(Clone, Copy)]
+enum Opening {
+    Start,
+    Reopen,
 }
 
 #[cfg(test)]
