@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::audit::AuditConfig;
-use crate::journal::StreamPolicy;
 use crate::sanitise::sanitise;
 use crate::systemd::properties;
 
@@ -163,6 +162,10 @@ pub struct Limits {
     pub max_scopes: u32,
 }
 
+/// What `limits.max_audit_argument` is unless the config says otherwise:
+/// bytes an audit record keeps of each argument's value.
+pub const DEFAULT_MAX_AUDIT_ARGUMENT: usize = 256;
+
 /// The most `limits.max_scopes` may be: under the 506 controlled scopes at
 /// which systemd 252 with dbus-daemon's default limits loses the bus.
 pub const MAX_SCOPES_CEILING: u32 = 500;
@@ -192,7 +195,7 @@ impl Default for Limits {
             max_response_size: 16 << 20,
             frame_timeout: Duration::from_secs(10),
             max_state_file_size: 4 << 20,
-            max_audit_argument: 256,
+            max_audit_argument: DEFAULT_MAX_AUDIT_ARGUMENT,
             max_dbus_calls: 8,
             max_scopes: 256,
         }
@@ -213,6 +216,33 @@ pub struct AccessLists {
     /// May do what amounts to root (the admin tier).
     pub admin_uids: Vec<u32>,
     pub admin_gids: Vec<u32>,
+}
+
+/// Where audit records go and what a failure to write them means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub text_target: Option<PathBuf>,
+    pub json_target: Option<PathBuf>,
+    pub journal: bool,
+    /// fdatasync each record before the command runs.
+    pub sync: bool,
+    /// Log a sink failure and let the command run anyway.
+    pub continue_on_failure: bool,
+    /// Bytes kept of each argument's value (see `audit::Record::shown`).
+    pub max_argument: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            text_target: None,
+            json_target: None,
+            journal: false,
+            sync: false,
+            continue_on_failure: false,
+            max_argument: DEFAULT_MAX_AUDIT_ARGUMENT,
+        }
+    }
 }
 
 /// Whether workers are placed in systemd scopes.
@@ -261,6 +291,15 @@ pub enum OutputMode {
     Journal,
 }
 
+/// How a worker's stream becomes log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPolicy {
+    pub priority: u8,
+    /// Honour a leading `<N>` as the line's priority, as systemd's
+    /// `SyslogLevelPrefix=` does.
+    pub level_prefix: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -287,46 +326,79 @@ pub enum StopTimeoutAction {
     Fail,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One `[groups.<name>]` table: read from the file as it is (unknown keys
+/// refused), then completed by [`Config::parse`] (the name, paths made
+/// absolute) and [`Config::load`] (`host`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupConfig {
+    /// The table's key.
+    #[serde(skip)]
     pub name: String,
+    /// A path (absolute once parsed) or a bare name looked up in PATH.
     pub command: String,
+    #[serde(default)]
     pub args: Vec<String>,
+    #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Absolute once parsed.
     pub working_directory: Option<PathBuf>,
+    #[serde(default = "one")]
     pub count: u32,
+    #[serde(default = "default_restart")]
     pub restart: RestartPolicy,
+    #[serde(default = "ms::<100>", deserialize_with = "duration")]
     pub restart_backoff_initial: Duration,
+    #[serde(default = "ms::<30_000>", deserialize_with = "duration")]
     pub restart_backoff_max: Duration,
+    #[serde(default = "five")]
     pub start_limit_burst: u32,
+    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub start_limit_interval: Duration,
+    #[serde(default = "default_stop_mode")]
     pub stop_mode: StopMode,
+    #[serde(default = "sigterm", deserialize_with = "signal")]
     pub stop_signal: Signal,
+    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub stop_timeout: Duration,
+    #[serde(default = "default_timeout_action")]
     pub stop_timeout_action: StopTimeoutAction,
+    #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
     pub ready_after: Duration,
+    #[serde(default = "ms::<60_000>", deserialize_with = "duration")]
     pub ready_timeout: Duration,
+    #[serde(default)]
     pub after: Vec<String>,
+    #[serde(default = "one")]
     pub max_unavailable: u32,
     pub user: Option<String>,
     pub group: Option<String>,
+    #[serde(default = "default_scope_mode")]
     pub scope: ScopeMode,
-    /// Resource properties for the group's scopes, in config order of keys.
-    pub resources: Vec<crate::systemd::Property>,
-    pub stdout: StreamPolicy,
-    pub stderr: StreamPolicy,
+    /// Resource properties for the group's scopes, in the order of their
+    /// names.
+    #[serde(default, deserialize_with = "resources")]
+    pub resources: Vec<properties::Property>,
+    #[serde(default = "info", deserialize_with = "priority")]
+    pub stdout_priority: u8,
+    #[serde(default = "info", deserialize_with = "priority")]
+    pub stderr_priority: u8,
+    #[serde(default = "yes")]
+    pub level_prefix: bool,
+    #[serde(default)]
     pub output: OutputMode,
     /// What [`Config::load`] found on this host for the group, so that no
-    /// spawn waits on the user database or searches PATH; empty after
-    /// [`Config::parse`] alone.
-    pub host: HostFacts,
+    /// spawn waits on the user database or searches PATH. `None` after
+    /// [`Config::parse`] alone: such a group's workers cannot be started.
+    #[serde(skip)]
+    pub host: Option<HostFacts>,
 }
 
 /// A group's command and identity as this host resolves them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostFacts {
     /// The file the workers exec.
-    pub program: Option<PathBuf>,
+    pub program: PathBuf,
     /// Who the workers run as; none when the group names no user or group.
     pub identity: Option<Identity>,
 }
@@ -340,6 +412,16 @@ pub struct Identity {
 }
 
 impl GroupConfig {
+    /// How the workers' stdout becomes log lines.
+    pub fn stdout(&self) -> StreamPolicy {
+        StreamPolicy { priority: self.stdout_priority, level_prefix: self.level_prefix }
+    }
+
+    /// How the workers' stderr becomes log lines.
+    pub fn stderr(&self) -> StreamPolicy {
+        StreamPolicy { priority: self.stderr_priority, level_prefix: self.level_prefix }
+    }
+
     /// The PATH the group's workers get, and so where a bare command name is
     /// looked up: the group's own, else [`DEFAULT_PATH`].
     pub fn search_path(&self) -> &str {
@@ -381,7 +463,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    groups: BTreeMap<String, RawGroup>,
+    groups: BTreeMap<String, GroupConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -514,57 +596,42 @@ fn size_text(n: usize) -> String {
     n.to_string()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    command: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-    working_directory: Option<PathBuf>,
-    #[serde(default = "one")]
-    count: u32,
-    #[serde(default = "default_restart")]
-    restart: RestartPolicy,
-    #[serde(default = "ms::<100>", deserialize_with = "duration")]
-    restart_backoff_initial: Duration,
-    #[serde(default = "ms::<30_000>", deserialize_with = "duration")]
-    restart_backoff_max: Duration,
-    #[serde(default = "five")]
-    start_limit_burst: u32,
-    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
-    start_limit_interval: Duration,
-    #[serde(default = "default_stop_mode")]
-    stop_mode: StopMode,
-    #[serde(default = "sigterm", deserialize_with = "signal")]
-    stop_signal: Signal,
-    #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
-    stop_timeout: Duration,
-    #[serde(default = "default_timeout_action")]
-    stop_timeout_action: StopTimeoutAction,
-    #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
-    ready_after: Duration,
-    #[serde(default = "ms::<60_000>", deserialize_with = "duration")]
-    ready_timeout: Duration,
-    #[serde(default)]
-    after: Vec<String>,
-    #[serde(default = "one")]
-    max_unavailable: u32,
-    user: Option<String>,
-    group: Option<String>,
-    #[serde(default = "default_scope_mode")]
-    scope: ScopeMode,
-    #[serde(default)]
-    resources: BTreeMap<String, Scalar>,
-    #[serde(default = "info", deserialize_with = "priority")]
-    stdout_priority: u8,
-    #[serde(default = "info", deserialize_with = "priority")]
-    stderr_priority: u8,
-    #[serde(default = "yes")]
-    level_prefix: bool,
-    #[serde(default)]
-    output: OutputMode,
+/// `[groups.<name>.resources]`: each property converted to systemd's terms
+/// as it is read, so an error names its key.
+fn resources<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<properties::Property>, D::Error> {
+    struct Table;
+    impl<'de> Visitor<'de> for Table {
+        type Value = Vec<properties::Property>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut by_name = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let property = map.next_value_seed(Resource(&name))?;
+                by_name.insert(name, property);
+            }
+            Ok(by_name.into_values().collect())
+        }
+    }
+    d.deserialize_map(Table)
+}
+
+/// One resource property's value, parsed under its name.
+struct Resource<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for Resource<'_> {
+    type Value = properties::Property;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<properties::Property, D::Error> {
+        let text = match Scalar::deserialize(d)? {
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Text(t) => t,
+        };
+        properties::parse(self.0, &text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A resource value, written as a string ("512M") or a bare number (100).
@@ -634,11 +701,24 @@ fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
         Scalar::Number(n) => n.to_string(),
         Scalar::Text(t) => t,
     };
-    crate::journal::parse_priority(&text).ok_or_else(|| {
+    parse_priority(&text).ok_or_else(|| {
         serde::de::Error::custom(format!(
             "invalid priority {text:?} (emerg, alert, crit, err, warning, notice, info, debug, or 0 to 7)"
         ))
     })
+}
+
+/// Syslog priorities by name, as `journalctl -p` and systemd's
+/// `SyslogLevel=` spell them.
+const PRIORITY_NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+
+/// Parses a priority name ("warning") or number ("4").
+pub fn parse_priority(text: &str) -> Option<u8> {
+    match text.parse::<u8>() {
+        Ok(n) if n <= 7 => Some(n),
+        Ok(_) => None,
+        Err(_) => PRIORITY_NAMES.iter().position(|n| *n == text).map(|p| p as u8),
+    }
 }
 
 /// [`duration`] for a key that may be left out.
@@ -669,7 +749,7 @@ pub use crate::target::check_group_name;
 
 /// The checks of one group that need nothing but the file. Errors are whole
 /// messages naming the key.
-fn check_group(name: &str, g: &RawGroup, limits: &Limits) -> Result<(), String> {
+fn check_group(name: &str, g: &GroupConfig, limits: &Limits) -> Result<(), String> {
     let key = |k: &str| format!("groups.{name}.{k}");
     if g.command.is_empty() {
         return Err(format!("key `{}`: must not be empty", key("command")));
@@ -773,7 +853,7 @@ fn lookup_group(name: &str) -> Result<Gid, String> {
 /// Finds the file a worker's exec would run: a path as it is, a bare name
 /// the way execvp searches the worker's PATH (an empty entry or a relative
 /// one is taken from the working directory the worker starts in).
-pub fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
+fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
     if g.command.contains('/') {
         let path = PathBuf::from(&g.command);
         return executable(&path).map(|()| path);
@@ -791,7 +871,7 @@ pub fn find_command(g: &GroupConfig) -> Result<PathBuf, String> {
 /// Looks up who a group's workers run as: the user's uid, the group (the
 /// named one, else the user's primary one) and the user's supplementary
 /// groups. None when the group names neither user nor group.
-pub fn resolve_identity(g: &GroupConfig) -> Result<Option<Identity>, String> {
+fn resolve_identity(g: &GroupConfig) -> Result<Option<Identity>, String> {
     if g.user.is_none() && g.group.is_none() {
         return Ok(None);
     }
@@ -893,64 +973,22 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let mut groups = BTreeMap::new();
-        for (name, g) in raw.groups {
+        for (name, mut g) in raw.groups {
             let key = |k: &str| format!("groups.{name}.{k}");
             check_group_name(&name).map_err(|m| err(format!("key `groups.{name}`: {m}")))?;
             check_group(&name, &g, &limits).map_err(err)?;
-            let mut resources = Vec::new();
-            for (k, v) in &g.resources {
-                let text = match v {
-                    Scalar::Number(n) => n.to_string(),
-                    Scalar::Text(t) => t.clone(),
-                };
-                let prop = properties::parse(k, &text)
-                    .map_err(|m| err(format!("key `{}`: {m}", key(&format!("resources.{k}")))))?;
-                resources.push(prop);
-            }
             // A command with a slash is a path (relative ones are taken from
             // the config file's directory); a bare name is looked up in PATH.
-            let command = if g.command.contains('/') {
-                absolute(PathBuf::from(&g.command)).to_string_lossy().into_owned()
-            } else {
-                g.command
-            };
-            check_text(&key("command"), command.as_bytes()).map_err(err)?;
-            let working_directory = g.working_directory.map(absolute);
-            if let Some(dir) = &working_directory {
+            if g.command.contains('/') {
+                g.command = absolute(PathBuf::from(&g.command)).to_string_lossy().into_owned();
+            }
+            check_text(&key("command"), g.command.as_bytes()).map_err(err)?;
+            g.working_directory = g.working_directory.map(absolute);
+            if let Some(dir) = &g.working_directory {
                 check_text(&key("working_directory"), dir.as_os_str().as_bytes()).map_err(err)?;
             }
-            groups.insert(
-                name.clone(),
-                GroupConfig {
-                    name: name.clone(),
-                    command,
-                    args: g.args,
-                    environment: g.environment,
-                    working_directory,
-                    count: g.count,
-                    restart: g.restart,
-                    restart_backoff_initial: g.restart_backoff_initial,
-                    restart_backoff_max: g.restart_backoff_max,
-                    start_limit_burst: g.start_limit_burst,
-                    start_limit_interval: g.start_limit_interval,
-                    stop_mode: g.stop_mode,
-                    stop_signal: g.stop_signal,
-                    stop_timeout: g.stop_timeout,
-                    stop_timeout_action: g.stop_timeout_action,
-                    ready_after: g.ready_after,
-                    ready_timeout: g.ready_timeout,
-                    after: g.after,
-                    max_unavailable: g.max_unavailable,
-                    user: g.user,
-                    group: g.group,
-                    scope: g.scope,
-                    resources,
-                    stdout: StreamPolicy { priority: g.stdout_priority, level_prefix: g.level_prefix },
-                    stderr: StreamPolicy { priority: g.stderr_priority, level_prefix: g.level_prefix },
-                    output: g.output,
-                    host: HostFacts::default(),
-                },
-            );
+            g.name.clone_from(&name);
+            groups.insert(name, g);
         }
         let workers: u64 = groups.values().map(|g| u64::from(g.count)).sum();
         if workers > u64::from(limits.max_workers) {
@@ -1088,7 +1126,7 @@ impl Config {
                 }
             }
             let program = find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
-            g.host = HostFacts { program: Some(program), identity };
+            g.host = Some(HostFacts { program, identity });
         }
         Ok(())
     }
@@ -1153,6 +1191,14 @@ mod tests {
         assert!(text.starts_with("/etc/corral/test.toml: "), "{text}");
         assert!(text.contains("stop_timout"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn priorities_parse_by_name_and_number() {
+        assert_eq!(parse_priority("warning"), Some(4));
+        assert_eq!(parse_priority("3"), Some(3));
+        assert_eq!(parse_priority("8"), None);
+        assert_eq!(parse_priority("warn"), None);
     }
 
     #[test]
@@ -1472,6 +1518,19 @@ mod tests {
         );
         std::fs::write(&path, wd).unwrap();
         Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn only_a_loaded_config_says_what_its_workers_exec_and_as_whom() {
+        let text = "[groups.web]\ncommand = \"/bin/true\"\n[groups.db]\ncommand = \"true\"\nuser = \"root\"\n";
+        assert!(parse(text).unwrap().groups.values().all(|g| g.host.is_none()));
+        let (_dir, _, result) = load(text);
+        let config = result.unwrap();
+        let web = config.groups["web"].host.as_ref().unwrap();
+        assert_eq!((web.program.as_path(), &web.identity), (Path::new("/bin/true"), &None));
+        let db = config.groups["db"].host.as_ref().unwrap();
+        assert!(db.program.ends_with("true"));
+        assert_eq!(db.identity.as_ref().map(|i| i.uid), Some(Uid::from_raw(0)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::frame;
-use crate::proto::{request, response, FailureKind, Request, Response, Status};
+use crate::proto::{request, response, Request, Response, Status};
 
 /// The largest response frame the client accepts: corrald's default
 /// `limits.max_response_size`, which it never exceeds (a larger answer is
@@ -203,17 +203,6 @@ pub fn status_name(status: i32) -> &'static str {
     }
 }
 
-/// The name of a failure kind as shown to people and in JSON.
-pub fn failure_kind_name(kind: i32) -> &'static str {
-    match FailureKind::try_from(kind) {
-        Ok(FailureKind::Died) => "died",
-        Ok(FailureKind::TimedOut) => "timed_out",
-        Ok(FailureKind::Interrupted) => "interrupted",
-        Ok(FailureKind::Failed) => "failed",
-        Ok(FailureKind::Unspecified) | Err(_) => "unspecified",
-    }
-}
-
 /// A response as a JSON object for scripts: `id`, `status` ("OK", "FAILURE",
 /// "PROCESSING"), `message`, and the content, if any, under one key:
 /// `supervisor`, `workers`, `progress` or `outcome`.
@@ -296,10 +285,40 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "succeeded": o.succeeded,
                 "failures": o.failures.iter().map(|f| json!({
                     "worker": f.worker,
-                    "kind": failure_kind_name(f.kind),
+                    "kind": f.kind().name(),
                     "detail": f.detail,
                 })).collect::<Vec<_>>(),
             }),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{FailureKind, Outcome, WorkerFailure};
+
+    #[test]
+    fn failure_kinds_are_names_in_json_and_words_in_messages() {
+        let failure = |kind: i32| WorkerFailure { worker: "web-1".into(), kind, detail: String::new() };
+        let resp = Response {
+            id: 7,
+            status: Status::Failure as i32,
+            message: String::new(),
+            content: Some(response::Content::Outcome(Outcome {
+                total: 3,
+                succeeded: 0,
+                failures: vec![failure(FailureKind::TimedOut as i32), failure(FailureKind::Died as i32), failure(99)],
+            })),
+        };
+        let kinds: Vec<Value> = response_to_json(&resp)["outcome"]["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].clone())
+            .collect();
+        assert_eq!(kinds, [json!("timed_out"), json!("died"), json!("unspecified")]);
+        assert_eq!(FailureKind::TimedOut.text(), "timed out");
+        assert_eq!(FailureKind::Unspecified.text(), "failed");
     }
 }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::config::StreamPolicy;
+
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -36,10 +38,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// so a flood of worker output cannot crowd out the supervisor's messages.
 const OWN_BUDGET: usize = 1024 * 1024;
 
-/// Syslog priorities by name, as `journalctl -p` and systemd's
-/// `SyslogLevel=` spell them.
-const PRIORITY_NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
-
 /// One field in journald's native protocol: `NAME=value\n`, or for a
 /// value holding a newline `NAME\n`, its length as 64-bit little endian,
 /// the value, `\n`.
@@ -53,15 +51,6 @@ pub fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
     }
     buf.extend_from_slice(value);
     buf.push(b'\n');
-}
-
-/// Parses a priority name ("warning") or number ("4").
-pub fn parse_priority(text: &str) -> Option<u8> {
-    match text.parse::<u8>() {
-        Ok(n) if n <= 7 => Some(n),
-        Ok(_) => None,
-        Err(_) => PRIORITY_NAMES.iter().position(|n| *n == text).map(|p| p as u8),
-    }
 }
 
 /// Where lines end up.
@@ -94,15 +83,6 @@ pub struct Origin {
 pub enum Stream {
     Stdout,
     Stderr,
-}
-
-/// How a worker's stream becomes log lines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamPolicy {
-    pub priority: u8,
-    /// Honour a leading `<N>` as the line's priority, as systemd's
-    /// `SyslogLevelPrefix=` does.
-    pub level_prefix: bool,
 }
 
 /// One journal entry on its way out.
@@ -506,14 +486,6 @@ impl tracing::field::Visit for EventText {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn priorities_parse_by_name_and_number() {
-        assert_eq!(parse_priority("warning"), Some(4));
-        assert_eq!(parse_priority("3"), Some(3));
-        assert_eq!(parse_priority("8"), None);
-        assert_eq!(parse_priority("warn"), None);
-    }
 
     #[test]
     fn values_with_newlines_use_the_length_prefixed_form() {

@@ -44,6 +44,9 @@ impl fmt::Display for SlotKey {
     }
 }
 
+/// What a target may be, as a refusal tells whoever sent another.
+pub const FORMS: &str = "name all, a group, or a worker id such as web-3";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     All,
@@ -62,7 +65,7 @@ impl Target {
         if let Some(key) = SlotKey::parse(text) {
             return Ok(Target::Worker(key));
         }
-        check_group_name(text).map_err(|_| "name all, a group, or a worker id such as web-3".to_string())?;
+        check_group_name(text).map_err(|_| FORMS.to_string())?;
         Ok(Target::Group(text.to_string()))
     }
 

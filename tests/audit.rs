@@ -193,7 +193,7 @@ async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {
 async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let config = corral::audit::AuditConfig { json_target: Some(path.clone()), ..Default::default() };
+    let config = corral::config::AuditConfig { json_target: Some(path.clone()), ..Default::default() };
     let auditor = corral::audit::Auditor::open(config).unwrap();
     for id in 1..=5 {
         let record = corral::audit::Record {
@@ -205,7 +205,7 @@ async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
             arguments: vec!["target=web".into()],
             actor: corral::audit::Actor { uid: 0, gid: 0, pid: Some(1), user: None, comm: None },
             socket: "/run/corral/corrald.sock".into(),
-            result: corral::audit::Outcome::Accepted,
+            result: corral::audit::RecordResult::Accepted,
             reason: String::new(),
         };
         auditor.write(record).await.unwrap();

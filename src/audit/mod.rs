@@ -28,6 +28,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::AuditConfig;
 use crate::sanitise::sanitise;
 use journal::Journal;
 
@@ -49,31 +50,36 @@ pub struct Actor {
     pub comm: Option<String>,
 }
 
+/// A record's `result`: where the audited request stands. A request that
+/// runs has two records, `accepted` before and `ok` or `failed` after; a
+/// refused one has one, `denied`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RecordResult {
     /// Allowed and about to run.
     Accepted,
     /// Refused before anything ran.
     Denied,
+    /// Ran, and its final answer was OK.
     Ok,
+    /// Ran, and its final answer was a failure.
     Failed,
 }
 
-impl Outcome {
+impl RecordResult {
     pub fn name(self) -> &'static str {
         match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Denied => "denied",
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
+            RecordResult::Accepted => "accepted",
+            RecordResult::Denied => "denied",
+            RecordResult::Ok => "ok",
+            RecordResult::Failed => "failed",
         }
     }
 
     /// notice for what went as asked, warning for what did not.
     fn priority(self) -> u8 {
         match self {
-            Outcome::Accepted | Outcome::Ok => 5,
-            Outcome::Denied | Outcome::Failed => 4,
+            RecordResult::Accepted | RecordResult::Ok => 5,
+            RecordResult::Denied | RecordResult::Failed => 4,
         }
     }
 }
@@ -91,13 +97,9 @@ pub struct Record {
     pub arguments: Vec<String>,
     pub actor: Actor,
     pub socket: String,
-    pub result: Outcome,
+    pub result: RecordResult,
     pub reason: String,
 }
-
-/// What `max_audit_argument` is unless the config says otherwise: bytes
-/// kept of each argument's value.
-pub const DEFAULT_MAX_ARGUMENT: usize = 256;
 
 /// Arguments a record keeps; the rest are counted.
 pub const MAX_ARGUMENTS: usize = 32;
@@ -346,33 +348,6 @@ struct JsonActor<'a> {
     user: Option<&'a str>,
 }
 
-/// Where records go and what a failure to write them means.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditConfig {
-    pub text_target: Option<PathBuf>,
-    pub json_target: Option<PathBuf>,
-    pub journal: bool,
-    /// fdatasync each record before the command runs.
-    pub sync: bool,
-    /// Log a sink failure and let the command run anyway.
-    pub continue_on_failure: bool,
-    /// Bytes kept of each argument's value (see [`Record::shown`]).
-    pub max_argument: usize,
-}
-
-impl Default for AuditConfig {
-    fn default() -> AuditConfig {
-        AuditConfig {
-            text_target: None,
-            json_target: None,
-            journal: false,
-            sync: false,
-            continue_on_failure: false,
-            max_argument: DEFAULT_MAX_ARGUMENT,
-        }
-    }
-}
-
 /// An append-only audit file: created 0640 (and missing directories
 /// 0750), whatever the umask.
 struct FileSink {
@@ -554,43 +529,25 @@ impl Auditor {
     /// Opens the configured files and starts the writer; an unusable path
     /// is an error naming its config key.
     pub fn open(config: AuditConfig) -> Result<Auditor, String> {
-        let open = |key: &'static str, path: &Option<PathBuf>| -> Result<Option<FileSink>, String> {
-            path.as_ref()
-                .map(|p| FileSink::open(key, p).map_err(|e| format!("{key}: cannot open {}: {e}", p.display())))
-                .transpose()
-        };
-        let text = open("audit_logs_target", &config.text_target)?;
-        let mut json = open("audit_logs_json_target", &config.json_target)?;
-        let mut last_hash = chain::GENESIS.to_string();
-        if let Some(json) = &mut json {
-            let last = chain::last_line_hash(&json.path).map_err(|e| format!("audit_logs_json_target: {e}"))?;
-            match last {
-                Some(hash) => last_hash = hash,
-                None => {
-                    let anchor = chain::anchor(&now(), chain::GENESIS, "new file");
-                    json.append(&anchor, config.sync)?;
-                    last_hash = chain::hash(&anchor);
-                }
-            }
-        }
-        let sinks = Sinks {
-            text: text.is_some(),
-            json: json.is_some(),
-            journal: config.journal,
-            max_argument: config.max_argument,
-        };
-        let journal = config.journal.then(Journal::system);
         let journal_missed = Arc::new(AtomicU64::new(0));
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let writer = Writer {
+        let mut writer = Writer {
             config,
-            text,
-            json,
-            last_hash,
-            journal,
+            text: None,
+            json: None,
+            last_hash: chain::GENESIS.to_string(),
+            journal: None,
             journal_missed: journal_missed.clone(),
             batch: Batch::default(),
         };
+        writer.open_files(Opening::Start)?;
+        let sinks = Sinks {
+            text: writer.text.is_some(),
+            json: writer.json.is_some(),
+            journal: writer.config.journal,
+            max_argument: writer.config.max_argument,
+        };
+        writer.journal = writer.config.journal.then(Journal::system);
+        let (jobs, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("corral-audit".into())
             .spawn(move || writer.run(queue))
@@ -677,7 +634,7 @@ impl Writer {
                     Job::Write(record, done) => batch.push((record, done)),
                     Job::Reopen(done) => {
                         self.commit(&mut batch);
-                        let _ = done.send(self.reopen());
+                        let _ = done.send(self.open_files(Opening::Reopen));
                     }
                 }
             }
@@ -755,20 +712,30 @@ impl Writer {
         batch.json.clear();
     }
 
-    fn reopen(&mut self) -> Result<(), String> {
+    /// Opens the configured files at their paths, at start or again after
+    /// logrotate moved them: the one place both happen, so the checks and
+    /// errors are the same. A JSON file with no record yet starts with an
+    /// anchor linking to the last record written (the genesis at start).
+    /// Each file replaces the one before as soon as it is open, so a
+    /// failure keeps what was opened before it.
+    fn open_files(&mut self, opening: Opening) -> Result<(), String> {
+        let (verb, anchor_reason) = match opening {
+            Opening::Start => ("open", "new file"),
+            Opening::Reopen => ("reopen", "reopened"),
+        };
         if let Some(path) = &self.config.text_target {
             self.text = Some(
                 FileSink::open("audit_logs_target", path)
-                    .map_err(|e| format!("audit_logs_target: cannot reopen {}: {e}", path.display()))?,
+                    .map_err(|e| format!("audit_logs_target: cannot {verb} {}: {e}", path.display()))?,
             );
         }
         if let Some(path) = &self.config.json_target {
             let mut json = FileSink::open("audit_logs_json_target", path)
-                .map_err(|e| format!("audit_logs_json_target: cannot reopen {}: {e}", path.display()))?;
+                .map_err(|e| format!("audit_logs_json_target: cannot {verb} {}: {e}", path.display()))?;
             match chain::last_line_hash(path).map_err(|e| format!("audit_logs_json_target: {e}"))? {
                 Some(hash) => self.last_hash = hash,
                 None => {
-                    let anchor = chain::anchor(&now(), &self.last_hash, "reopened");
+                    let anchor = chain::anchor(&now(), &self.last_hash, anchor_reason);
                     json.append(&anchor, self.config.sync)?;
                     self.last_hash = chain::hash(&anchor);
                 }
@@ -779,9 +746,17 @@ impl Writer {
     }
 }
 
+/// When [`Writer::open_files`] runs: at start, or for `audit-reopen`.
+#[derive(Clone, Copy)]
+enum Opening {
+    Start,
+    Reopen,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_AUDIT_ARGUMENT;
     use crate::sanitise::{sanitise, sanitise_bytes};
     use proptest::prelude::*;
 
@@ -876,7 +851,7 @@ mod tests {
             arguments: args,
             actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some(user), comm: Some(comm) },
             socket: "/run/corral/corrald.sock".into(),
-            result: Outcome::Denied,
+            result: RecordResult::Denied,
             reason,
         }
     }
@@ -915,7 +890,7 @@ mod tests {
             let mut args = args;
             args.push(sanitise_bytes(&raw));
             let r = record(group.clone(), worker, args.clone(), user.clone(), comm, reason.clone());
-            let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+            let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
             let line = shown.text_line(AT);
             check_layout(&line)?;
             // Nothing here is long enough to be cut, so a marker could only
@@ -951,7 +926,7 @@ mod tests {
         fn a_record_stays_bounded_however_large_its_request(
             group in huge(), worker in huge(), command in huge(), args in prop::collection::vec(huge(), 0..48),
             user in huge(), comm in huge(), socket in huge(), reason in huge(),
-            max_argument in prop::sample::select(vec![0usize, 1, 7, DEFAULT_MAX_ARGUMENT, 4096]),
+            max_argument in prop::sample::select(vec![0usize, 1, 7, DEFAULT_MAX_AUDIT_ARGUMENT, 4096]),
         ) {
             let mut r = record(group, worker, args, user, comm, reason);
             r.command = command;
@@ -976,7 +951,7 @@ mod tests {
         let mut r = record(
             control(MAX_FIELD),
             control(MAX_FIELD),
-            vec![format!("{}={}", control(MAX_ARGUMENT_NAME - 1), control(DEFAULT_MAX_ARGUMENT)); 40],
+            vec![format!("{}={}", control(MAX_ARGUMENT_NAME - 1), control(DEFAULT_MAX_AUDIT_ARGUMENT)); 40],
             control(MAX_FIELD),
             control(MAX_FIELD),
             control(MAX_REASON),
@@ -986,8 +961,8 @@ mod tests {
         r.session = u64::MAX;
         r.request_id = u64::MAX;
         r.actor = Actor { uid: u32::MAX, gid: u32::MAX, pid: Some(u32::MAX), ..r.actor };
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
-        let bound = max_record_len(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
+        let bound = max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT);
         let (text, json) = (shown.text_line(AT), chain::link(shown.json(AT), chain::GENESIS));
         assert!(text.len() <= bound && json.len() <= bound, "text {}, JSON {}, bound {bound}", text.len(), json.len());
         // The bound is not loose by much: the JSON of the worst case fills
@@ -1007,10 +982,10 @@ mod tests {
             "corralctl".into(),
             String::new(),
         );
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
         let want = format!(
             "target={}\\u{{2026}}[truncated: 1048576 bytes, sha256 {}]",
-            "a".repeat(DEFAULT_MAX_ARGUMENT),
+            "a".repeat(DEFAULT_MAX_AUDIT_ARGUMENT),
             chain::hash(&value)
         );
         assert_eq!(shown.arguments, [want.as_str(), "hard=false"]);
@@ -1030,7 +1005,10 @@ mod tests {
         );
         // A value that only looks cut shows its backslash doubled.
         r.arguments = vec!["target=web\\u{2026}[truncated: 9 bytes, sha256 00]".into()];
-        assert_eq!(r.shown(DEFAULT_MAX_ARGUMENT).arguments[0], "target=web\\\\u{2026}[truncated: 9 bytes, sha256 00]");
+        assert_eq!(
+            r.shown(DEFAULT_MAX_AUDIT_ARGUMENT).arguments[0],
+            "target=web\\\\u{2026}[truncated: 9 bytes, sha256 00]"
+        );
     }
 
     #[test]
@@ -1038,7 +1016,7 @@ mod tests {
         let args = (0..40).map(|i| format!("MemoryMax={i}M")).collect();
         let mut r = record("g".repeat(5000), "web-1".into(), args, "root".into(), "corralctl".into(), "x".repeat(9000));
         r.worker = None;
-        let shown = r.shown(DEFAULT_MAX_ARGUMENT);
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
         assert_eq!(shown.arguments.len(), MAX_ARGUMENTS + 1);
         assert_eq!(shown.arguments[MAX_ARGUMENTS - 1], "MemoryMax=31M");
         assert_eq!(shown.arguments[MAX_ARGUMENTS], "\\u{2026}[8 more arguments]");
@@ -1060,7 +1038,7 @@ mod tests {
         let (text, json) = (dir.path().join("audit.log"), dir.path().join("audit.jsonl"));
         let config =
             AuditConfig { text_target: Some(text.clone()), json_target: Some(json.clone()), ..Default::default() };
-        assert_eq!(config.max_argument, DEFAULT_MAX_ARGUMENT);
+        assert_eq!(config.max_argument, DEFAULT_MAX_AUDIT_ARGUMENT);
         let auditor = Auditor::open(config).unwrap();
         // As the command socket describes `Stop` with a 1 MB target.
         let target = "\u{1}".repeat(1024 * 1024);
@@ -1074,7 +1052,7 @@ mod tests {
         );
         auditor.write(r).await.unwrap();
         let written = std::fs::metadata(&text).unwrap().len() + std::fs::metadata(&json).unwrap().len();
-        assert!(written <= 2 * max_record_len(DEFAULT_MAX_ARGUMENT) as u64, "{written} bytes for one record");
+        assert!(written <= 2 * max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT) as u64, "{written} bytes for one record");
         assert_eq!(chain::verify(&json), Ok(1));
     }
 }

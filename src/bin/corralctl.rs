@@ -18,6 +18,7 @@ use corral::config;
 use corral::ctl::{self, Client};
 use corral::proto::{self, request, response, Response, Status};
 use corral::sanitise::neutralise;
+use corral::target::Target;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -182,9 +183,13 @@ fn fail(code: u8, msg: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// "all" names everything, as the empty target does on the wire.
+/// A target in its wire form: "all", like none, is everything, the empty
+/// target. One that is none of the forms [`Target::parse`] reads goes as
+/// typed, for corrald to refuse: the refusal is then answered like any
+/// other (an escaped FAILURE, exit 1) and is on the audit trail.
 fn target(target: Option<String>) -> String {
-    target.filter(|t| t != "all").unwrap_or_default()
+    let text = target.unwrap_or_default();
+    Target::parse(&text).map_or(text, |t| t.wire())
 }
 
 /// corrald resolves paths against its own working directory, which is not
@@ -360,7 +365,7 @@ impl Output {
         }
         if let Some(response::Content::Outcome(outcome)) = &resp.content {
             for f in &outcome.failures {
-                let kind = ctl::failure_kind_name(f.kind);
+                let kind = f.kind().name();
                 if f.detail.is_empty() {
                     text.push_str(&format!("  {}: {kind}\n", shown(&f.worker)));
                 } else {

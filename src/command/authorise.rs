@@ -20,6 +20,7 @@ use std::fmt;
 use super::peer::Peer;
 use crate::config::AccessLists;
 use crate::proto::request::Command;
+use crate::target::{SlotKey, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tier {
@@ -129,17 +130,13 @@ impl Described {
     }
 }
 
-/// A target is all workers (empty or "all"), a worker id (`web-3`: group
-/// names never end in `-<number>`), or a group.
+/// The group and worker a target names, as [`Target::parse`] reads it. One
+/// that does not parse (validation refuses it, and the refusal's record
+/// keeps it among the arguments) names neither.
 fn target(target: &str) -> (Option<String>, Option<String>) {
-    if target.is_empty() || target == "all" {
-        return (None, None);
-    }
-    match target.rsplit_once('-') {
-        Some((group, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-            (Some(group.to_string()), Some(target.to_string()))
-        }
-        _ => (Some(target.to_string()), None),
+    match Target::parse(target) {
+        Ok(t) => (t.group().map(str::to_string), t.worker().map(SlotKey::id)),
+        Err(_) => (None, None),
     }
 }
 
@@ -266,5 +263,10 @@ mod tests {
         assert_eq!(target("web-3"), (Some("web".into()), Some("web-3".into())));
         assert_eq!(target("web"), (Some("web".into()), None));
         assert_eq!(target("all"), (None, None));
+        assert_eq!(target(""), (None, None));
+        assert_eq!(target("my-web-12"), (Some("my-web".into()), Some("my-web-12".into())));
+        for refused in ["a/b", "-3", "web-99999999999", "\u{1b}]0;x\u{7}"] {
+            assert_eq!(target(refused), (None, None), "{refused:?}");
+        }
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::audit::{Actor, Auditor, Outcome, Record};
+use crate::audit::{Actor, Auditor, Record, RecordResult};
 use crate::config::Limits;
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
@@ -413,7 +413,7 @@ impl Session {
         }
     }
 
-    async fn record(&mut self, request_id: u64, d: &Described, result: Outcome, reason: String) -> Record {
+    async fn record(&mut self, request_id: u64, d: &Described, result: RecordResult, reason: String) -> Record {
         Record {
             session: self.id,
             request_id,
@@ -439,7 +439,7 @@ impl Session {
         if let Err((kind, why)) = checked {
             tracing::warn!(session = self.id, uid = self.peer.uid, "request {kind}: {}", sanitise(&why));
             if let Some(auditor) = self.access.auditor.clone() {
-                let record = self.record(id, &described, Outcome::Denied, why.clone()).await;
+                let record = self.record(id, &described, RecordResult::Denied, why.clone()).await;
                 if let Err(e) = auditor.write(record).await {
                     tracing::error!("the refusal could not be audited: {e}");
                 }
@@ -450,7 +450,7 @@ impl Session {
             return Ok(());
         }
         let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
-        let record = self.record(id, &described, Outcome::Accepted, String::new()).await;
+        let record = self.record(id, &described, RecordResult::Accepted, String::new()).await;
         auditor
             .write(record.clone())
             .await
@@ -464,7 +464,7 @@ impl Session {
 async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &proto::Response) {
     let started = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     let (Some(auditor), Some(mut record)) = (auditor, started) else { return };
-    record.result = if response.status() == Status::Ok { Outcome::Ok } else { Outcome::Failed };
+    record.result = if response.status() == Status::Ok { RecordResult::Ok } else { RecordResult::Failed };
     record.reason = response.message.clone();
     if let Err(e) = auditor.write(record).await {
         tracing::error!("the outcome of request {} could not be audited: {e}", response.id);

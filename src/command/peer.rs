@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lru::LruCache;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::net::UnixStream;
 
-use crate::supervisor::start_time;
+use crate::procfs::start_time;
 
 /// Linux's option numbers; libc does not export them for every target yet.
 const SO_PEERPIDFD: nix::libc::c_int = 77;
@@ -108,19 +109,13 @@ fn peer_pidfd(socket: RawFd) -> Option<OwnedFd> {
     (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Signal 0 through the pidfd: succeeds only while that very process lives.
+/// Whether the process the pidfd pins has not exited: a pidfd turns
+/// readable when its process exits, before the pid can be reaped and
+/// reused. (rustix's signals exclude 0, the other way to ask.)
 fn pidfd_alive(pidfd: &OwnedFd) -> bool {
-    // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks.
-    let rc = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<nix::libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(0))
 }
 
 fn read_comm(pid: u32) -> Option<String> {
@@ -182,4 +177,20 @@ fn lookup(uid: u32) -> Result<Option<String>, nix::Error> {
         std::thread::sleep(Duration::from_secs(3600));
     }
     Ok(nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))?.map(|u| u.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfd_is_alive_until_its_process_exits() {
+        let own = rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
+        assert!(pidfd_alive(&own));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = rustix::process::Pid::from_child(&child);
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+        child.wait().unwrap();
+        assert!(!pidfd_alive(&pidfd));
+    }
 }

@@ -6,9 +6,10 @@
 //! short, escaped prefix of what was sent: the answer goes to a terminal
 //! and the refusal to the log.
 
-use crate::config::Limits;
+use crate::config::{check_group_name, Limits};
 use crate::proto::request::Command;
 use crate::sanitise::excerpt;
+use crate::target::{self, Target};
 
 /// The longest target, group name or state name a request may carry.
 pub const MAX_NAME: usize = 80;
@@ -23,19 +24,17 @@ fn shown(value: &str) -> String {
     format!("\"{}\"", excerpt(value, 48))
 }
 
-fn group_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Empty or "all", a group name, or a worker id `<group>-<n>`.
+/// What [`Target::parse`] reads: empty or "all", a group name, or a worker
+/// id `<group>-<n>`; at most [`MAX_NAME`] bytes of it are looked at.
 fn target(value: &str) -> Result<(), String> {
-    if value.is_empty() || value == "all" || (value.len() <= MAX_NAME && group_name(value)) {
+    if value.len() <= MAX_NAME && Target::parse(value).is_ok() {
         return Ok(());
     }
-    Err(format!("invalid target {}: name all, a group, or a worker id such as web-3", shown(value)))
+    Err(format!("invalid target {}: {}", shown(value), target::FORMS))
+}
+
+fn group_name(value: &str) -> Result<(), String> {
+    check_group_name(value).map_err(|_| format!("invalid group name {}", shown(value)))
 }
 
 /// A saved state is named by a plain name (kept in the state directory) or,
@@ -84,8 +83,8 @@ fn count(what: &str, n: u32, limits: &Limits) -> Result<(), String> {
 pub fn check(command: &Command, limits: &Limits) -> Result<(), String> {
     match command {
         Command::Status(_) | Command::ReloadConfig(_) | Command::Shutdown(_) | Command::AuditReopen(_) => Ok(()),
-        Command::ListWorkers(r) if r.group.is_empty() || group_name(&r.group) => Ok(()),
-        Command::ListWorkers(r) => Err(format!("invalid group name {}", shown(&r.group))),
+        Command::ListWorkers(r) if r.group.is_empty() => Ok(()),
+        Command::ListWorkers(r) => group_name(&r.group),
         Command::Stop(r) => target(&r.target),
         Command::Start(r) => target(&r.target),
         Command::Restart(r) => {
@@ -93,9 +92,7 @@ pub fn check(command: &Command, limits: &Limits) -> Result<(), String> {
             count("max_unavailable", r.max_unavailable, limits)
         }
         Command::Scale(r) => {
-            if !group_name(&r.group) {
-                return Err(format!("invalid group name {}", shown(&r.group)));
-            }
+            group_name(&r.group)?;
             count("count", r.count, limits)
         }
         Command::Limit(r) => {
@@ -139,6 +136,24 @@ mod tests {
         assert!(e.len() < 200 && e.contains("1048576 bytes"), "{e}");
         assert!(check(Command::Stop(proto::Stop { target: "web-3".into(), hard: false })).is_ok());
         assert!(check(Command::ListWorkers(proto::ListWorkers { group: "a/b".into() })).is_err());
+    }
+
+    #[test]
+    fn targets_and_group_names_follow_the_target_rules() {
+        let stop = |t: &str| check(Command::Stop(proto::Stop { target: t.into(), hard: false }));
+        for ok in ["", "all", "web", "web-3", "my-web-12", &"a".repeat(64)] {
+            assert!(stop(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["-3", "web/3", "web-99999999999", &"a".repeat(65)] {
+            let e = stop(bad).unwrap_err();
+            assert!(e.starts_with("invalid target \"") && e.ends_with(target::FORMS), "{e}");
+        }
+        let scale = |g: &str| check(Command::Scale(proto::Scale { group: g.into(), count: 1 }));
+        assert!(scale("web").is_ok());
+        assert_eq!(scale("web-1").unwrap_err(), "invalid group name \"web-1\"");
+        assert!(scale("").is_err());
+        let list = |g: &str| check(Command::ListWorkers(proto::ListWorkers { group: g.into() }));
+        assert!(list("").is_ok() && list("web").is_ok() && list("web-1").is_err());
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Supervisor {
         let signal = |sig: Signal| {
             let _ = kill(Pid::from_raw(w.pid as i32), sig);
         };
-        if process::start_time(w.pid) != Some(w.start_time) {
+        if crate::procfs::start_time(w.pid) != Some(w.start_time) {
             tracing::info!(worker = %w.id, pid = w.pid, "gone while corrald was down; its slot starts anew");
             return false;
         }
@@ -83,7 +83,7 @@ impl Supervisor {
         // whatever the file names.
         if let Some(file_scope) = &w.scope {
             let scope = group.scope_unit(w.index);
-            if *file_scope != scope || !in_scope(w.pid, &scope) {
+            if *file_scope != scope || !crate::procfs::in_unit(w.pid, &scope) {
                 tracing::warn!(worker = %w.id, pid = w.pid, "not in the scope its slot belongs in; not adopted");
                 return false;
             }
@@ -103,7 +103,7 @@ impl Supervisor {
                     generation: w.generation,
                     pid: w.pid,
                     start_time: w.start_time,
-                    started_at: process::started_at(w.start_time).unwrap_or_else(SystemTime::now),
+                    started_at: crate::procfs::started_at(w.start_time).unwrap_or_else(SystemTime::now),
                     direct_output: w.direct_output,
                     started: Instant::now(),
                     placement_error: None,
@@ -120,10 +120,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// Whether /proc shows the process in `scope`.
-fn in_scope(pid: u32, scope: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .is_ok_and(|c| c.lines().any(|l| l.split('/').any(|part| part == scope)))
 }

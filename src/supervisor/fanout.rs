@@ -121,7 +121,7 @@ impl Fanout {
                         (worker, self.done.to_string())
                     }
                     Err((kind, detail)) => {
-                        let what = format!("{}: {detail}", kind_name(kind));
+                        let what = format!("{}: {detail}", kind.text());
                         self.failures.push(proto::WorkerFailure { worker: worker.clone(), kind: kind as i32, detail });
                         (worker, what)
                     }
@@ -147,18 +147,9 @@ impl Fanout {
             self.reply.ok(ok_message, Some(Content::Outcome(outcome)));
         } else {
             let names: Vec<String> =
-                outcome.failures.iter().map(|f| format!("{} ({})", f.worker, kind_name(f.kind()))).collect();
+                outcome.failures.iter().map(|f| format!("{} ({})", f.worker, f.kind().text())).collect();
             let message = format!("{} of {} workers failed: {}", names.len(), outcome.total, names.join(", "));
             self.reply.failure(message, Some(Content::Outcome(outcome)));
         }
-    }
-}
-
-pub fn kind_name(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Died => "died",
-        FailureKind::TimedOut => "timed out",
-        FailureKind::Interrupted => "interrupted",
-        FailureKind::Failed | FailureKind::Unspecified => "failed",
     }
 }

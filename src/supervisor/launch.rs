@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 
 use nix::libc;
 
-use crate::config::{find_command, resolve_identity, GroupConfig, Identity};
-use crate::journal::StreamPolicy;
+use crate::config::{GroupConfig, StreamPolicy};
+use crate::worker::{ENV_FD, ENV_GROUP, ENV_WORKER_ID};
 
 /// The descriptor number at which a protocol worker finds its channel.
 pub const WORKER_FD: RawFd = 3;
@@ -126,29 +126,34 @@ fn stream_header(identifier: &str, policy: StreamPolicy) -> Vec<u8> {
 
 impl Plan {
     pub fn new(cfg: &GroupConfig, worker_id: &str, protocol: bool, route: OutputRoute) -> io::Result<Plan> {
-        let program = match &cfg.host.program {
-            Some(p) => p.clone(),
-            None => find_command(cfg).map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))?,
-        };
-        let identity: Option<Identity> = match &cfg.host.identity {
-            Some(i) => Some(i.clone()),
-            None => resolve_identity(cfg).map_err(|m| io::Error::new(io::ErrorKind::NotFound, m))?,
-        };
-        let identity =
-            identity.map(|i| (i.uid.as_raw(), i.gid.as_raw(), i.groups.iter().map(|g| g.as_raw()).collect()));
-        let path = cstring(program.as_os_str().as_bytes(), "the command")?;
+        // Resolved at config load: a spawn never waits on the user database
+        // or searches PATH.
+        let host = cfg.host.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "group {}: its command and user were never resolved on this host (config not loaded)",
+                    cfg.name
+                ),
+            )
+        })?;
+        let identity = host
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw(), i.groups.iter().map(|g| g.as_raw()).collect()));
+        let path = cstring(host.program.as_os_str().as_bytes(), "the command")?;
         let mut argv = vec![cstring(cfg.command.as_bytes(), "the command")?];
         for a in &cfg.args {
             argv.push(cstring(a.as_bytes(), "an argument")?);
         }
         let mut env: Vec<(&str, &str)> = cfg.environment.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.retain(|(k, _)| !matches!(*k, "PATH" | "CORRAL_GROUP" | "CORRAL_WORKER_ID" | "CORRAL_WORKER_FD"));
+        env.retain(|(k, _)| !["PATH", ENV_GROUP, ENV_WORKER_ID, ENV_FD].contains(k));
         env.push(("PATH", cfg.search_path()));
-        env.push(("CORRAL_GROUP", &cfg.name));
-        env.push(("CORRAL_WORKER_ID", worker_id));
+        env.push((ENV_GROUP, &cfg.name));
+        env.push((ENV_WORKER_ID, worker_id));
         let fd = WORKER_FD.to_string();
         if protocol {
-            env.push(("CORRAL_WORKER_FD", &fd));
+            env.push((ENV_FD, &fd));
         }
         let mut envp = Vec::with_capacity(env.len());
         for (k, v) in env {
@@ -158,7 +163,7 @@ impl Plan {
             Some(d) => Some(cstring(d.as_os_str().as_bytes(), "the working directory")?),
             None => None,
         };
-        let headers = [stream_header(worker_id, cfg.stdout), stream_header(worker_id, cfg.stderr)];
+        let headers = [stream_header(worker_id, cfg.stdout()), stream_header(worker_id, cfg.stderr())];
         Ok(Plan { path, argv, envp, dir, identity, route, headers })
     }
 }
@@ -279,13 +284,10 @@ pub fn fork(plan: &Plan, gated: bool, protocol: bool) -> io::Result<Forked> {
 /// A descriptor that becomes readable when process `pid` exits, whoever
 /// its parent is.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; we own it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+    // No pid 0 or past i32: the kernel's answer to those, without asking it.
+    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    let pid = pid.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {

@@ -53,7 +53,6 @@ use process::ProcCmd;
 pub use crate::target::SlotKey;
 pub use actor::{Handle, Msg};
 pub use launch::keep_open_file_limit_for_workers;
-pub use process::start_time;
 pub use reply::{Outgoing, Replies, Reply, ReplyQueue};
 pub use requests::{Request, SocketCommand};
 pub use upgrade::{handshake_line, HANDSHAKE_ARG};

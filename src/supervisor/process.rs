@@ -149,23 +149,6 @@ pub fn fd_name(generation: u64, what: &str) -> String {
 
 pub const FD_KINDS: [&str; 3] = ["chan", "out", "err"];
 
-/// When a process with this start time (clock ticks since boot) started.
-pub fn started_at(start_time: u64) -> Option<SystemTime> {
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()?? as f64;
-    let ago = (uptime - start_time as f64 / hz).max(0.0);
-    SystemTime::now().checked_sub(Duration::from_secs_f64(ago))
-}
-
-/// Field 22 of /proc/<pid>/stat: the process's start time in clock ticks
-/// since boot, which with the pid names one process for good (parsed after
-/// the `)` that ends comm, which may hold spaces).
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Forks and execs one worker. Its task reports to `events` under `key` and
 /// `generation`, so events from a replaced process are recognised as stale.
 /// With `gated`, the process waits and runs its command only when the
@@ -197,7 +180,7 @@ pub fn spawn(
         Ok(())
     };
     for (fd, stream, policy, what) in
-        [(forked.stdout, Stream::Stdout, cfg.stdout, "out"), (forked.stderr, Stream::Stderr, cfg.stderr, "err")]
+        [(forked.stdout, Stream::Stdout, cfg.stdout(), "out"), (forked.stderr, Stream::Stderr, cfg.stderr(), "err")]
     {
         if let Some(fd) = fd {
             share(what, fd.as_fd())?;
@@ -259,9 +242,10 @@ pub fn adopt(
     let exit = Exit::watch(launch::pidfd_open(pid)?, pid)?;
     let origin =
         Arc::new(Origin { group: cfg.name.clone(), worker_id: worker_id.to_string(), pid, dropped: plumbing.dropped });
-    for (fd, stream, policy, what) in
-        [(adoptee.stdout, Stream::Stdout, cfg.stdout, "stdout"), (adoptee.stderr, Stream::Stderr, cfg.stderr, "stderr")]
-    {
+    for (fd, stream, policy, what) in [
+        (adoptee.stdout, Stream::Stdout, cfg.stdout(), "stdout"),
+        (adoptee.stderr, Stream::Stderr, cfg.stderr(), "stderr"),
+    ] {
         match fd.map(pipe::Receiver::from_owned_fd).transpose()? {
             Some(pipe) => plumbing.output.pump(pipe, origin.clone(), stream, policy),
             None if adoptee.direct_output => {}

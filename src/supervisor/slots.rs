@@ -116,7 +116,7 @@ impl Supervisor {
         let proc = Proc {
             generation,
             pid: spawned.pid,
-            start_time: process::start_time(spawned.pid).unwrap_or(0),
+            start_time: crate::procfs::start_time(spawned.pid).unwrap_or(0),
             started_at: spawned.started_at,
             direct_output: route == OutputRoute::Journal,
             started: Instant::now(),

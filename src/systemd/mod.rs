@@ -26,6 +26,8 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
 use zbus_systemd::systemd1::{JobProxy, ManagerProxy, UnitProxy};
 
+use crate::procfs;
+
 pub use properties::Property;
 
 /// How long one D-Bus call, or one job, may take before it counts as failed.
@@ -564,19 +566,14 @@ fn bus_name(bus: Bus) -> &'static str {
     }
 }
 
-/// After systemd says `done`, the kernel is the judge: the pid's cgroup must
-/// end in the unit, or in its `leaf`. Returns the unit's cgroup path.
+/// After systemd says `done`, the kernel is the judge: some hierarchy must
+/// show the pid at the unit's root, or in its `leaf` (by
+/// [`procfs::unit_places`]). Returns the unit's cgroup path.
 fn confirm_in_unit(pid: u32, unit: &str, leaf: Option<&str>) -> Result<String, String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+    let cgroups = procfs::cgroups(pid)
         .map_err(|e| format!("{unit}: cannot read /proc/{pid}/cgroup to confirm the placement: {e}"))?;
-    let suffix = match leaf {
-        Some(leaf) => format!("/{unit}/{leaf}"),
-        None => format!("/{unit}"),
-    };
-    let found = cgroups.lines().find_map(|l| {
-        let path = l.splitn(3, ':').nth(2)?;
-        path.strip_suffix(&suffix).map(|parent| format!("{parent}/{unit}"))
-    });
+    let below = leaf.unwrap_or_default();
+    let found = procfs::unit_places(&cgroups, unit).find(|p| p.below == below).map(|p| p.unit_path.to_string());
     found.ok_or_else(|| {
         let place = leaf.map_or_else(|| "it".to_string(), |l| format!("its sub-cgroup {l}"));
         format!("{unit}: systemd reported the placement done, but pid {pid} is not in {place}: {}", cgroups.trim())
