@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use corral::proto::{self, request::Command as Cmd, Status};
@@ -243,19 +243,27 @@ fn text_trail(path: &Path) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_many_concurrent_clients_every_answered_command_has_its_records_in_both_files_in_order() {
+/// corrald with `count` ready web workers and both audit files, synced;
+/// with fault injection each batch of records is written `slow_ms` late.
+/// Returns corrald, the text log and the JSON log.
+async fn slowly_audited_web(count: u32, slow_ms: u32) -> (Corrald, PathBuf, PathBuf) {
     let mut c = Corrald::new("");
     let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
     c.write_config(&format!(
         "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
-        web(2)
+        web(count)
     ));
+    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), slow_ms.to_string()));
+    c.start();
+    c.wait_ready("web", count).await;
+    (c, text, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_many_concurrent_clients_every_answered_command_has_its_records_in_both_files_in_order() {
     // With fault injection every batch waits first, as on a slow disk: an
     // answer sent before its record was written would show.
-    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "20".into()));
-    c.start();
-    c.wait_ready("web", 2).await;
+    let (mut c, text, json) = slowly_audited_web(2, 20).await;
     const CLIENTS: u64 = 32;
     const EACH: u64 = 20;
     let mut clients = tokio::task::JoinSet::new();
@@ -300,15 +308,7 @@ async fn under_many_concurrent_clients_every_answered_command_has_its_records_in
     ignore = "needs --features fault-injection (the README's test command, tests/run-all, sets it)"
 )]
 async fn no_stop_takes_effect_before_its_record_is_in_both_files() {
-    let mut c = Corrald::new("");
-    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
-    c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
-        web(8)
-    ));
-    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "100".into()));
-    c.start();
-    c.wait_ready("web", 8).await;
+    let (mut c, text, json) = slowly_audited_web(8, 100).await;
     // The first effect of a soft stop that anyone can see: the worker logs
     // its exit. Whenever one shows, its stop's record must already be in
     // both files.

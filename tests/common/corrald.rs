@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use corral::ctl::Client;
 use corral::proto::{self, request::Command as Cmd, response::Content};
 
-use super::poll::{log_tail, poll, poll_blocking, WithLog};
+use super::poll::{holding, log_tail, poll, poll_blocking, WithLog};
 use super::{children_of, wait_child, KillOnDrop, CORRALD, DEMO, PATIENCE};
 
 pub struct Corrald {
@@ -187,29 +187,13 @@ impl Corrald {
         pred: impl Fn(&[proto::WorkerInfo]) -> bool,
     ) -> Vec<proto::WorkerInfo> {
         let pred = &pred;
-        self.poll(what, || async move {
-            let w = self.workers().await;
-            if pred(&w) {
-                Ok(w)
-            } else {
-                Err(format!("{w:?}"))
-            }
-        })
-        .await
+        self.poll(what, || async move { holding(self.workers().await, |w| pred(w)) }).await
     }
 
     /// Polls the demo workers' work log until `pred` holds of it.
     pub async fn wait_work(&self, what: &str, pred: impl Fn(&WorkLog) -> bool) -> WorkLog {
         let pred = &pred;
-        self.poll(what, || async move {
-            let log = self.work_log();
-            if pred(&log) {
-                Ok(log)
-            } else {
-                Err(format!("{log:?}"))
-            }
-        })
-        .await
+        self.poll(what, || async move { holding(self.work_log(), pred) }).await
     }
 
     /// Polls corrald's own log until `pred` holds of it; the failure shows

@@ -33,6 +33,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub const OUTSIDER: (u32, u32) = (65534, 65534);
 
 /// The first call of a test that needs root: fails at once, saying `why`.
+#[track_caller]
 pub fn needs_root(why: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),

@@ -1,7 +1,7 @@
 //! Waiting for a condition: the one polling loop of the tests, bounded by a
 //! deadline, that fails saying what it waited for and what it last saw.
 
-use std::fmt::{self, Display};
+use std::fmt::{self, Debug, Display};
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ pub async fn poll<T, E: Display, F: Future<Output = Result<T, E>>>(
 }
 
 /// [`poll`] for a thread that has no runtime to wait on.
+#[track_caller]
 pub fn poll_blocking<T, E: Display>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, E>) -> T {
     let deadline = Deadline::after(what, within);
     loop {
@@ -50,10 +51,20 @@ impl<'a> Deadline<'a> {
     }
 
     /// Fails the test once the deadline has passed, with what was seen last.
+    #[track_caller]
     fn check(&self, seen: impl Display) {
         if Instant::now() >= self.at {
             panic!("timed out after {:?} waiting for {}; last seen: {seen}", self.within, self.what);
         }
+    }
+}
+
+/// A check for a poll: `seen` if `pred` holds of it, else `seen` shown.
+pub fn holding<T: Debug>(seen: T, pred: impl Fn(&T) -> bool) -> Result<T, String> {
+    if pred(&seen) {
+        Ok(seen)
+    } else {
+        Err(format!("{seen:?}"))
     }
 }
 
