@@ -74,6 +74,28 @@ fn group(name: &str, count: u32, args: &[&str], extra: &str) -> String {
     )
 }
 
+/// corral installed and started with demo workers that keep two units of
+/// 400ms in flight each and log them to `log`.
+struct Busy {
+    _installed: Installed,
+    log: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Busy {
+    /// `groups` as (name, count, extra TOML), each worker run with `more_args` too.
+    fn start(groups: &[(&str, u32, &str)], more_args: &[&str]) -> Busy {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("work.log").display().to_string();
+        let mut args = vec!["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
+        args.extend_from_slice(more_args);
+        let config: String = groups.iter().map(|(name, count, extra)| group(name, *count, &args, extra)).collect();
+        let installed = Installed::new(&config);
+        systemctl(&["start", "corrald.service"]);
+        Busy { _installed: installed, log, _dir: dir }
+    }
+}
+
 /// `corralctl --json ARGS`: every response, the final one last.
 fn ctl(args: &[&str]) -> Vec<Value> {
     let mut full = vec!["--json"];
@@ -226,18 +248,14 @@ fn socket_activation_starts_corrald_on_the_first_connection() {
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn stopping_the_service_drains_every_worker_and_leaves_no_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
-    let config = [group("web", 3, &args, ""), group("solo", 2, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 3, ""), ("solo", 2, "scope = \"worker\"")], &[]);
+    let log = busy.log.as_str();
     let units = systemctl(&["list-units", "--no-legend", "--plain", "corral-*"]);
     assert_eq!(units.lines().count(), 3, "{units}");
-    wait_for("units of work in flight", || units_started(&log, 10));
+    wait_for("units of work in flight", || units_started(log, 10));
 
     systemctl(&["stop", "corrald.service"]);
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.unfinished().is_empty(), "work cut off by the stop: {:?}", work.unfinished());
     assert_eq!(work.exits.len(), 5, "every worker exited after draining: {work:?}");
     assert_eq!(show("corrald.service", "Result"), "success");
@@ -541,15 +559,11 @@ fn scope_process_counts() -> Vec<(String, usize)> {
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_replaces_one_that_died() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str(), "--print-units"];
-    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 10, ""), ("jobs", 10, "scope = \"worker\"")], &["--print-units"]);
+    let log = busy.log.as_str();
     let before = worker_pids();
     assert_eq!(before.len(), 20);
-    wait_for("units of work in flight", || units_started(&log, 60));
+    wait_for("units of work in flight", || units_started(log, 60));
 
     systemctl(&["kill", "--kill-who=main", "-s", "SIGKILL", "corrald.service"]);
     // While corrald is down (systemd waits RestartSec=2s), a worker dies.
@@ -574,7 +588,7 @@ fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_repla
     // drains every unit of work of all 20.
     let answer = ctl(&["stop"]).pop().unwrap();
     assert_eq!(answer["status"], "OK", "{answer}");
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     let cut: Vec<_> = work.unfinished().into_iter().filter(|u| u64::from(u.1) != victim).collect();
     assert!(cut.is_empty(), "work cut off: {cut:?}");
     assert_eq!(work.exits.len(), 20, "every worker drained and exited");
@@ -587,24 +601,20 @@ fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_repla
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
-    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 10, ""), ("jobs", 10, "scope = \"worker\"")], &[]);
+    let log = busy.log.as_str();
     let before = worker_pids();
     let first = show("corrald.service", "MainPID");
-    wait_for("units of work in flight", || units_started(&log, 60));
+    wait_for("units of work in flight", || units_started(log, 60));
 
     systemctl(&["restart", "corrald.service"]);
     assert_ne!(show("corrald.service", "MainPID"), first, "a new corrald runs");
     assert_eq!(worker_pids(), before, "the restart kept the same 20 processes");
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.exits.is_empty(), "no worker stopped for the restart: {:?}", work.exits);
 
     systemctl(&["stop", "corrald.service"]);
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.unfinished().is_empty(), "work cut off: {:?}", work.unfinished());
     assert_eq!(work.exits.len(), 20, "a plain stop drains every worker");
     let left = systemctl(&["list-units", "--all", "--no-legend", "--plain", "corral-*"]);
