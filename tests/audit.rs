@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use corral::proto::{self, request::Command as Cmd, Status};
 
-const WEB: &str =
-    "[groups.web]\ncommand = \"{demo}\"\nargs = [\"--log\", \"{log}\"]\ncount = 2\nstop_mode = \"protocol\"\n";
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
-}
-
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    lines(path).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn corralctl(c: &Corrald, args: &[&str]) -> (bool, String) {
-    let mut full = vec!["--socket", c.socket.to_str().unwrap()];
-    full.extend_from_slice(args);
-    run(CORRALCTL, &full)
+fn web(count: u32) -> String {
+    demo_group("web", count, &[], "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,12 +19,13 @@ async fn records_are_written_before_and_after_a_command_in_both_files() {
     let text = c.dir.path().join("audit/new/corral.log");
     let json = c.dir.path().join("audit/new/corral.jsonl");
     c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{WEB}"
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
+        web(2)
     ));
     c.start();
     c.wait_ready("web", 2).await;
-    let (ok, out) = corralctl(&c, &["stop", "web-1"]);
-    assert!(ok, "{out}");
+    let (code, out, err) = c.ctl(&["stop", "web-1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
     // Without a journal (as on the CI host) both records are counted as
     // missed by it, and the command ran all the same.
     let status = c.status().await;
@@ -83,8 +65,8 @@ async fn records_are_written_before_and_after_a_command_in_both_files() {
     let (old_text, old_json) = (text.with_extension("log.1"), json.with_extension("jsonl.1"));
     std::fs::rename(&text, &old_text).unwrap();
     std::fs::rename(&json, &old_json).unwrap();
-    let (ok, out) = corralctl(&c, &["audit", "reopen"]);
-    assert!(ok, "{out}");
+    let (code, out, err) = c.ctl(&["audit", "reopen"]);
+    assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(mode(&text), 0o640);
     assert_eq!(mode(&json), 0o640);
     let new = json_lines(&json);
@@ -101,24 +83,24 @@ async fn records_are_written_before_and_after_a_command_in_both_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_outside_the_allow_list_is_refused_and_audited_as_denied() {
-    require_root("the refused caller is another user");
+    needs_root("the refused caller is another user");
     let mut c = Corrald::new("");
     let text = c.dir.path().join("audit.log");
     let json = c.dir.path().join("audit.jsonl");
     let (outsider, _) = OUTSIDER;
     let listed = outsider - 1;
     c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{listed}]\n{}{WEB}",
-        c.share_with_outsider()
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\ncommand_allowed_uids = [{listed}]\n{}{}",
+        c.share_with_outsider(),
+        web(2)
     ));
     c.start();
     let (ok, out) = c.ctl_as(OUTSIDER, &["workers"]);
     assert!(!ok, "even a listing is refused: {out}");
     assert!(out.contains("not in command_allowed_uids"), "{out}");
     // The workers, seen from outside: corrald's children.
-    let corrald = c.child.as_ref().unwrap().id().to_string();
     let children = || {
-        let mut pids: Vec<u32> = run("pgrep", &["-P", &corrald]).1.lines().filter_map(|l| l.parse().ok()).collect();
+        let mut pids = children_of(c.pid());
         pids.sort();
         pids
     };
@@ -140,7 +122,7 @@ async fn a_caller_outside_the_allow_list_is_refused_and_audited_as_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_log_that_cannot_be_written_refuses_the_command_and_touches_nothing() {
-    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\n{WEB}"));
+    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\n{}", web(2)));
     c.start();
     c.wait_ready("web", 2).await;
     let before = c.pids("web").await;
@@ -158,7 +140,7 @@ async fn an_audit_log_that_cannot_be_written_refuses_the_command_and_touches_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_audit_failure_continue_the_command_runs_anyway() {
-    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\naudit_failure = \"continue\"\n{WEB}"));
+    let mut c = Corrald::new(&format!("audit_logs_target = \"/dev/full\"\naudit_failure = \"continue\"\n{}", web(2)));
     c.start();
     c.wait_ready("web", 2).await;
     let (_, last) = c.call(stop("web-1", false)).await;
@@ -168,10 +150,13 @@ async fn with_audit_failure_continue_the_command_runs_anyway() {
     c.shutdown_ok().await;
 }
 
-#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (the README's test command, tests/run-all, sets it)"
+)]
 async fn a_hanging_user_name_lookup_does_not_delay_another_clients_status() {
-    let mut c = Corrald::new(WEB);
+    let mut c = Corrald::new(&web(2));
     c.env.push(("CORRAL_FAULT_HANG_USER_LOOKUP".into(), "1".into()));
     c.start();
     c.wait_ready("web", 2).await;
@@ -213,11 +198,7 @@ async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
     let good = lines(&path);
     let check = |lines: &[String]| {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let out = Command::new(CORRALCTL).args(["audit", "verify", path.to_str().unwrap()]).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        run(CORRALCTL, &["audit", "verify", path.to_str().unwrap()])
     };
     let (ok, out) = check(&good);
     assert!(ok && out.contains("intact, 5 records"), "{out}");
@@ -262,18 +243,27 @@ fn text_trail(path: &Path) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_many_concurrent_clients_every_answered_command_has_its_records_in_both_files_in_order() {
+/// corrald with `count` ready web workers and both audit files, synced;
+/// with fault injection each batch of records is written `slow_ms` late.
+/// Returns corrald, the text log and the JSON log.
+async fn slowly_audited_web(count: u32, slow_ms: u32) -> (Corrald, PathBuf, PathBuf) {
     let mut c = Corrald::new("");
     let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
     c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{WEB}"
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
+        web(count)
     ));
+    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), slow_ms.to_string()));
+    c.start();
+    c.wait_ready("web", count).await;
+    (c, text, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_many_concurrent_clients_every_answered_command_has_its_records_in_both_files_in_order() {
     // With fault injection every batch waits first, as on a slow disk: an
     // answer sent before its record was written would show.
-    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "20".into()));
-    c.start();
-    c.wait_ready("web", 2).await;
+    let (mut c, text, json) = slowly_audited_web(2, 20).await;
     const CLIENTS: u64 = 32;
     const EACH: u64 = 20;
     let mut clients = tokio::task::JoinSet::new();
@@ -312,18 +302,13 @@ async fn under_many_concurrent_clients_every_answered_command_has_its_records_in
     c.shutdown_ok().await;
 }
 
-#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (the README's test command, tests/run-all, sets it)"
+)]
 async fn no_stop_takes_effect_before_its_record_is_in_both_files() {
-    let mut c = Corrald::new("");
-    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
-    c.write_config(&format!(
-        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\naudit_sync = true\n{}",
-        WEB.replace("count = 2", "count = 8")
-    ));
-    c.env.push(("CORRAL_FAULT_SLOW_AUDIT_MS".into(), "100".into()));
-    c.start();
-    c.wait_ready("web", 8).await;
+    let (mut c, text, json) = slowly_audited_web(8, 100).await;
     // The first effect of a soft stop that anyone can see: the worker logs
     // its exit. Whenever one shows, its stop's record must already be in
     // both files.

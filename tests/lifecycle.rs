@@ -12,47 +12,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use corral::proto::{self, request::Command as Cmd, Status};
 
-/// A group of demo workers in protocol mode, logging to the shared work log.
-fn demo_group(name: &str, count: u32, extra_args: &str) -> String {
-    format!(
-        "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--unit-ms\", \"50\", \"--log\", \"{{log}}\"{extra_args}]\ncount = {count}\nstop_mode = \"protocol\"\nstop_timeout = \"20s\"\n"
-    )
-}
-
-/// Asks for the soft shutdown, which must answer OK and make corrald exit 0.
-async fn shutdown(c: &mut Corrald) {
-    let (_, last) = c.call(Cmd::Shutdown(proto::Shutdown {})).await;
-    assert_eq!(last.status(), Status::Ok, "shutdown: {last:?}");
-    assert_eq!(c.wait_exit(), Some(0), "corrald exit code; stderr:\n{}", c.stderr());
-}
-
-/// Polls status until `pred` holds of the named group.
-async fn wait_group(
-    c: &Corrald,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&proto::GroupStatus) -> bool,
-) -> proto::GroupStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = c.status().await;
-        if let Some(g) = s.groups.iter().find(|g| g.name == name) {
-            if pred(g) {
-                return g.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {name} to be {what}: {:?}", s.groups);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn group<'a>(s: &'a proto::SupervisorStatus, name: &str) -> Option<&'a proto::GroupStatus> {
-    s.groups.iter().find(|g| g.name == name)
-}
-
-fn worker<'a>(w: &'a [proto::WorkerInfo], id: &str) -> &'a proto::WorkerInfo {
-    w.iter().find(|w| w.id == id).unwrap_or_else(|| panic!("no worker {id} in {w:?}"))
-}
+/// The demo workers here: short units, so that a drain is quick.
+const UNITS: &[&str] = &["--unit-ms", "50"];
+const DRAIN: &str = "stop_timeout = \"20s\"\n";
 
 /// A crash-looping group whose starts are logged to `starts`.
 fn crash_loop_group(starts: &std::path::Path, backoff_max: &str, burst: u32) -> String {
@@ -87,7 +49,7 @@ async fn crash_loop_backs_off_then_fails() {
     c.write_config(&crash_loop_group(&starts, "800ms", 4));
     c.start();
 
-    let g = wait_group(&c, "crashy", "failed", |g| g.state == "failed").await;
+    let g = c.wait_group("crashy", "failed", |g| g.state == "failed").await;
     assert!(g.reason.contains("start limit"), "reason should name the start limit: {g:?}");
     assert_eq!((g.running, g.ready, g.failed), (0, 0, 1), "{g:?}");
 
@@ -115,11 +77,11 @@ async fn crash_loop_backs_off_then_fails() {
     let watch_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < watch_until {
         let s = c.status().await;
-        assert_eq!(group(&s, "crashy").map(|g| g.state.as_str()), Some("failed"), "{s:?}");
+        assert_eq!(group(&s, "crashy").state, "failed", "{s:?}");
         assert_eq!(read_starts(&starts).len(), 5, "a start after the group failed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
     assert_eq!(read_starts(&starts).len(), 5, "a start after the group failed");
 }
 
@@ -131,7 +93,7 @@ async fn crash_loop_backoff_is_capped() {
     let starts = c.dir.path().join("starts");
     c.write_config(&crash_loop_group(&starts, "200ms", 6));
     c.start();
-    let g = wait_group(&c, "crashy", "failed", |g| g.state == "failed").await;
+    let g = c.wait_group("crashy", "failed", |g| g.state == "failed").await;
     assert!(g.reason.contains("start limit"), "{g:?}");
     let t = read_starts(&starts);
     assert_eq!(t.len(), 7, "starts (ns): {t:?}");
@@ -146,7 +108,7 @@ async fn crash_loop_backoff_is_capped() {
     assert!(last_three < 2800.0, "backoff not capped at 200ms: gaps {gaps_ms:?}");
     let w = c.workers().await;
     assert_eq!((w[0].state.as_str(), w[0].restarts, w[0].last_exit.as_str()), ("failed", 6, "exited 3"), "{w:?}");
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
     assert_eq!(read_starts(&starts).len(), 7, "a start after the group failed");
 }
 
@@ -154,51 +116,46 @@ async fn crash_loop_backoff_is_capped() {
 async fn reload_readding_a_group_still_draining_keeps_it() {
     // `slow` drains for seconds (a 3s unit in flight); a second reload that
     // puts it back comes while the first one is still draining it.
-    let slow = "[groups.slow]\ncommand = \"{demo}\"\nargs = [\"--unit-ms\", \"3000\", \"--log\", \"{log}\"]\nstop_mode = \"protocol\"\nstop_timeout = \"20s\"\n";
-    let keep = demo_group("keep", 1, "");
-    let mut c = Corrald::new(&[keep.clone(), slow.to_string()].concat());
+    let slow = demo_group("slow", 1, &["--unit-ms", "3000"], DRAIN);
+    let keep = demo_group("keep", 1, UNITS, DRAIN);
+    let mut c = Corrald::new(&[keep.clone(), slow.clone()].concat());
     c.start();
     c.wait_ready("keep", 1).await;
     c.wait_ready("slow", 1).await;
-    c.wait_workers("a unit in flight in slow-1", |_| c.work_log().started.iter().any(|s| s.0 == "slow-1")).await;
+    c.wait_work("a unit in flight in slow-1", |log| log.started.iter().any(|s| s.0 == "slow-1")).await;
     let slow_pid = c.pids("slow").await["slow-1"];
 
     c.write_config(&keep);
     let mut first = c.client().await;
     let first_id = first.send(Cmd::ReloadConfig(proto::ReloadConfig {})).await.unwrap();
     loop {
-        let r = first.recv().await.unwrap().expect("response to the first reload");
+        let r = next_answer(&mut first).await;
         assert_eq!((r.id, r.status()), (first_id, Status::Processing), "{r:?}");
         if r.message == "slow-1: acknowledged" {
             break;
         }
     }
 
-    c.write_config(&[keep.clone(), slow.to_string()].concat());
+    c.write_config(&[keep.clone(), slow.clone()].concat());
     assert!(pid_alive(slow_pid), "precondition: the first reload is still draining slow-1");
     let (_, second) = c.call(Cmd::ReloadConfig(proto::ReloadConfig {})).await;
     assert_eq!(second.status(), Status::Ok, "{second:?}");
-    let first_last = loop {
-        let r = first.recv().await.unwrap().expect("response to the first reload");
-        if r.status() != Status::Processing {
-            break r;
-        }
-    };
+    let first_last = final_answer(&mut first).await;
     assert_eq!(first_last.status(), Status::Ok, "{first_last:?}");
 
     // The config has `slow`: once the old worker has drained, corrald must
     // still have the group and run it.
-    let g = wait_group(&c, "slow", "present and ready", |g| g.ready == 1).await;
+    let g = c.wait_group("slow", "present and ready", |g| g.ready == 1).await;
     assert_eq!(g.desired, 1, "{g:?}");
     let new_pid = c.pids("slow").await["slow-1"];
     assert!(new_pid != slow_pid && !pid_alive(slow_pid), "old {slow_pid}, new {new_pid}");
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_groups_without_touching_unchanged() {
-    let keep = demo_group("keep", 2, "");
-    let mut c = Corrald::new(&[keep.clone(), demo_group("gone", 1, "")].concat());
+    let keep = demo_group("keep", 2, UNITS, DRAIN);
+    let mut c = Corrald::new(&[keep.clone(), demo_group("gone", 1, UNITS, DRAIN)].concat());
     c.start();
     c.wait_ready("keep", 2).await;
     c.wait_ready("gone", 1).await;
@@ -206,7 +163,7 @@ async fn reload_adds_and_removes_groups_without_touching_unchanged() {
     assert_eq!(keep_pids.len(), 2, "{keep_pids:?}");
     let gone_pid = c.pids("gone").await["gone-1"];
 
-    c.write_config(&[keep.clone(), demo_group("fresh", 2, "")].concat());
+    c.write_config(&[keep.clone(), demo_group("fresh", 2, UNITS, DRAIN)].concat());
     let (progress, last) = c.call(Cmd::ReloadConfig(proto::ReloadConfig {})).await;
     assert_eq!(last.status(), Status::Ok, "{last:?}");
     assert!(progress.iter().all(|r| r.status() == Status::Processing), "{progress:#?}");
@@ -215,7 +172,7 @@ async fn reload_adds_and_removes_groups_without_touching_unchanged() {
 
     // After the answer: `gone` is drained and forgotten, `keep` untouched.
     let s = c.status().await;
-    assert!(group(&s, "gone").is_none(), "gone still in status: {:?}", s.groups);
+    assert!(s.groups.iter().all(|g| g.name != "gone"), "gone still in status: {:?}", s.groups);
     assert!(!pid_alive(gone_pid), "gone-1 (pid {gone_pid}) still alive after the reload answered");
     assert_eq!(c.pids("keep").await, keep_pids, "keep's workers were replaced");
     assert!(keep_pids.values().all(|p| pid_alive(*p)), "keep's workers died: {keep_pids:?}");
@@ -223,9 +180,9 @@ async fn reload_adds_and_removes_groups_without_touching_unchanged() {
 
     c.wait_ready("fresh", 2).await;
     let s = c.status().await;
-    let fresh = group(&s, "fresh").expect("fresh in status");
+    let fresh = group(&s, "fresh");
     assert_eq!((fresh.desired, fresh.running, fresh.ready), (2, 2, 2), "{fresh:?}");
-    let keep_status = group(&s, "keep").expect("keep in status");
+    let keep_status = group(&s, "keep");
     assert_eq!((keep_status.desired, keep_status.ready), (2, 2), "{keep_status:?}");
     let fresh_pids = c.pids("fresh").await;
     assert_eq!(fresh_pids.len(), 2, "{fresh_pids:?}");
@@ -234,7 +191,7 @@ async fn reload_adds_and_removes_groups_without_touching_unchanged() {
     // nothing changes.
     let broken = keep.replace("count = 2\n", "count = 2\nstop_timout = \"5s\"\n");
     assert_ne!(broken, keep);
-    c.write_config(&[broken, demo_group("fresh", 2, ""), demo_group("other", 1, "")].concat());
+    c.write_config(&[broken, demo_group("fresh", 2, UNITS, DRAIN), demo_group("other", 1, UNITS, DRAIN)].concat());
     let (_, last) = c.call(Cmd::ReloadConfig(proto::ReloadConfig {})).await;
     assert_eq!(last.status(), Status::Failure, "{last:?}");
     assert!(last.message.contains("stop_timout"), "{}", last.message);
@@ -247,13 +204,13 @@ async fn reload_adds_and_removes_groups_without_touching_unchanged() {
     assert_eq!(c.pids("fresh").await, fresh_pids);
     assert!(keep_pids.values().chain(fresh_pids.values()).all(|p| pid_alive(*p)));
 
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
     assert!(keep_pids.values().chain(fresh_pids.values()).all(|p| !pid_alive(*p)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_state_restart_load_state_restores_scale_and_stopped_workers() {
-    let mut c = Corrald::new(&demo_group("web", 2, ""));
+    let mut c = Corrald::new(&demo_group("web", 2, UNITS, DRAIN));
     c.start();
     c.wait_ready("web", 2).await;
 
@@ -274,21 +231,21 @@ async fn save_state_restart_load_state_restores_scale_and_stopped_workers() {
     assert_eq!(json["groups"]["web"]["stopped_workers"], serde_json::json!(["web-2"]), "{text}");
 
     let old_pids: Vec<u32> = c.pids("web").await.into_values().collect();
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
     assert!(old_pids.iter().all(|p| !pid_alive(*p)), "{old_pids:?}");
 
     // A new corrald on the same config runs the configured 2 workers.
     c.start();
     c.wait_ready("web", 2).await;
     let s = c.status().await;
-    assert_eq!(group(&s, "web").unwrap().desired, 2, "{s:?}");
+    assert_eq!(group(&s, "web").desired, 2, "{s:?}");
     let web1_pid = c.pids("web").await["web-1"];
 
     let (_, last) = c.call(Cmd::LoadState(proto::LoadState { path: path_str(&state_file) })).await;
     assert_eq!(last.status(), Status::Ok, "{last:?}");
     // The OK comes once the loaded state is in effect.
     let s = c.status().await;
-    let web = group(&s, "web").unwrap();
+    let web = group(&s, "web");
     assert_eq!((web.desired, web.running, web.ready), (3, 2, 2), "{web:?}");
     let w = c.workers().await;
     assert_eq!(w.len(), 3, "{w:?}");
@@ -312,17 +269,17 @@ async fn save_state_restart_load_state_restores_scale_and_stopped_workers() {
     assert_eq!(last.status(), Status::Failure, "{last:?}");
     assert!(last.message.contains(&path_str(&garbage)), "{}", last.message);
     let s = c.status().await;
-    assert_eq!(group(&s, "web").unwrap().desired, 3, "{s:?}");
+    assert_eq!(group(&s, "web").desired, 3, "{s:?}");
     let after: Vec<(String, u32, String)> = c.workers().await.into_iter().map(|w| (w.id, w.pid, w.state)).collect();
     let before: Vec<(String, u32, String)> = w.into_iter().map(|w| (w.id, w.pid, w.state)).collect();
     assert_eq!(after, before);
 
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_keeps_all_but_one_ready() {
-    let mut c = Corrald::new(&demo_group("web", 5, ", \"--ready-delay-ms\", \"100\""));
+    let mut c = Corrald::new(&demo_group("web", 5, &["--unit-ms", "50", "--ready-delay-ms", "100"], DRAIN));
     c.start();
     c.wait_ready("web", 5).await;
     let old = c.pids("web").await;
@@ -368,7 +325,7 @@ async fn rolling_restart_keeps_all_but_one_ready() {
     assert!(samples.contains(&4), "no sample caught a replacement in progress: {samples:?}");
 
     let s = c.status().await;
-    let web = group(&s, "web").unwrap();
+    let web = group(&s, "web");
     assert_eq!((web.desired, web.running, web.ready), (5, 5, 5), "{web:?}");
     let new = c.pids("web").await;
     assert_eq!(new.len(), 5, "{new:?}");
@@ -378,5 +335,5 @@ async fn rolling_restart_keeps_all_but_one_ready() {
     assert!(new.values().all(|p| pid_alive(*p)), "{new:?}");
     assert!(c.workers().await.iter().all(|w| w.state == "ready"));
 
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }

@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::fmt::{self, Display};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -74,6 +74,28 @@ fn group(name: &str, count: u32, args: &[&str], extra: &str) -> String {
     )
 }
 
+/// corral installed and started with demo workers that keep two units of
+/// 400ms in flight each and log them to `log`.
+struct Busy {
+    _installed: Installed,
+    log: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Busy {
+    /// `groups` as (name, count, extra TOML), each worker run with `more_args` too.
+    fn start(groups: &[(&str, u32, &str)], more_args: &[&str]) -> Busy {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("work.log").display().to_string();
+        let mut args = vec!["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
+        args.extend_from_slice(more_args);
+        let config: String = groups.iter().map(|(name, count, extra)| group(name, *count, &args, extra)).collect();
+        let installed = Installed::new(&config);
+        systemctl(&["start", "corrald.service"]);
+        Busy { _installed: installed, log, _dir: dir }
+    }
+}
+
 /// `corralctl --json ARGS`: every response, the final one last.
 fn ctl(args: &[&str]) -> Vec<Value> {
     let mut full = vec!["--json"];
@@ -120,15 +142,38 @@ fn burst_lines_in_journal(worker: &str) -> BTreeSet<u64> {
     out.lines().filter_map(|l| l.strip_prefix("line ")?.parse().ok()).collect()
 }
 
-/// Polls `f` until it returns Some, or fails the test after `PATIENCE`.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE * 2;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", corrald_journal());
-        std::thread::sleep(Duration::from_millis(50));
+/// Polls `check` within twice the test's patience (a booted systemd is
+/// slower), showing the end of corrald's journal if it times out.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    poll_blocking(what, PATIENCE * 2, || check().map_err(WithJournal))
+}
+
+/// What a poll saw, shown with the end of corrald's journal, read only then.
+struct WithJournal(String);
+
+impl Display for WithJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n{}", self.0, corrald_journal())
+    }
+}
+
+/// Whether `systemctl show` gives `unit`'s `prop` the value `want`; the value if not.
+fn shows(unit: &str, prop: &str, want: &str) -> Result<(), String> {
+    let value = show(unit, prop);
+    if value == want {
+        Ok(())
+    } else {
+        Err(format!("{unit}: {prop}={value}"))
+    }
+}
+
+/// Whether the demo workers logging to `log` have started `at_least` units.
+fn units_started(log: &str, at_least: usize) -> Result<(), String> {
+    let started = WorkLog::read(Path::new(log)).started.len();
+    if started >= at_least {
+        Ok(())
+    } else {
+        Err(format!("{started} units started"))
     }
 }
 
@@ -187,9 +232,7 @@ fn socket_activation_starts_corrald_on_the_first_connection() {
     let pid = status["pid"].as_u64().unwrap();
     assert_eq!(show("corrald.service", "MainPID"), pid.to_string(), "the activated service answered");
     // It answers while its workers start; it is active once they are ready.
-    wait_for("the activated service to be ready", || {
-        (show("corrald.service", "ActiveState") == "active").then_some(())
-    });
+    wait_for("the activated service to be ready", || shows("corrald.service", "ActiveState", "active"));
     assert_eq!(std::fs::symlink_metadata(SOCKET).unwrap().ino(), inode, "corrald must serve the passed socket");
 
     // Stopping the service leaves the socket to its unit; the next client
@@ -205,18 +248,14 @@ fn socket_activation_starts_corrald_on_the_first_connection() {
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn stopping_the_service_drains_every_worker_and_leaves_no_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
-    let config = [group("web", 3, &args, ""), group("solo", 2, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 3, ""), ("solo", 2, "scope = \"worker\"")], &[]);
+    let log = busy.log.as_str();
     let units = systemctl(&["list-units", "--no-legend", "--plain", "corral-*"]);
     assert_eq!(units.lines().count(), 3, "{units}");
-    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 10).then_some(()));
+    wait_for("units of work in flight", || units_started(log, 10));
 
     systemctl(&["stop", "corrald.service"]);
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.unfinished().is_empty(), "work cut off by the stop: {:?}", work.unfinished());
     assert_eq!(work.exits.len(), 5, "every worker exited after draining: {work:?}");
     assert_eq!(show("corrald.service", "Result"), "success");
@@ -244,7 +283,11 @@ fn worker_lines_reach_the_journal_under_the_workers_scope_and_none_is_lost() {
 
     let got = wait_for("100000 lines in the journal", || {
         let got = burst_lines_in_journal("web-1");
-        (got.len() == 100_000).then_some(got)
+        if got.len() == 100_000 {
+            Ok(got)
+        } else {
+            Err(format!("{} of 100000 lines", got.len()))
+        }
     });
     assert_eq!(got.first(), Some(&1));
     assert_eq!(got.last(), Some(&100_000));
@@ -297,7 +340,11 @@ fn journal_output_is_the_workers_own_stream_filed_under_its_own_scope() {
         let (_, out) =
             run("journalctl", &["--no-pager", "-o", "cat", "-u", "corral-web-2.scope", &format!("_PID={pid}")]);
         let lines: BTreeSet<u64> = out.lines().filter_map(|l| l.strip_prefix("line ")?.parse().ok()).collect();
-        (lines.len() == 5_000).then_some(lines)
+        if lines.len() == 5_000 {
+            Ok(lines)
+        } else {
+            Err(format!("{} of 5000 lines", lines.len()))
+        }
     });
     assert_eq!(got.last(), Some(&5_000));
 
@@ -354,7 +401,11 @@ fn a_stuck_journal_never_blocks_a_worker_and_every_line_is_written_or_counted() 
 
     let written = wait_for("the queue to drain into the journal", || {
         let got = burst_lines_in_journal("web-1").len() as u64;
-        (got + dropped == 100_000).then_some(got)
+        if got + dropped == 100_000 {
+            Ok(got)
+        } else {
+            Err(format!("{got} lines written and {dropped} dropped of 100000"))
+        }
     });
     assert!(written > 0);
     let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
@@ -372,15 +423,20 @@ fn a_wedged_run_loop_misses_the_watchdog_and_systemd_restarts_corrald() {
     // The keep-alive arrives: systemd records each one.
     let stamp = show("corrald.service", "WatchdogTimestampMonotonic");
     wait_for("a watchdog keep-alive", || {
-        (show("corrald.service", "WatchdogTimestampMonotonic") != stamp).then_some(())
+        let now = show("corrald.service", "WatchdogTimestampMonotonic");
+        if now != stamp {
+            Ok(())
+        } else {
+            Err(format!("WatchdogTimestampMonotonic still {now}"))
+        }
     });
 
     // The test-only fault switch (feature fault-injection) blocks the loop.
     systemctl(&["kill", "--kill-who=main", "-s", "SIGUSR2", "corrald.service"]);
-    wait_for("systemd to restart corrald", || (show("corrald.service", "NRestarts") == "1").then_some(()));
+    wait_for("systemd to restart corrald", || shows("corrald.service", "NRestarts", "1"));
     let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
     assert!(log.contains("Watchdog timeout"), "{log}");
-    wait_for("the restarted corrald", || (show("corrald.service", "ActiveState") == "active").then_some(()));
+    wait_for("the restarted corrald", || shows("corrald.service", "ActiveState", "active"));
     assert_ne!(show("corrald.service", "MainPID"), first);
 }
 
@@ -422,7 +478,7 @@ async fn a_non_root_callers_stop_is_audited_with_their_identity_in_every_sink() 
     let mut c = Corrald::new("");
     // The caller must reach the socket: its directory is opened up, and
     // corralctl is copied where the user can run it.
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(c.dir.path(), 0o755);
     let ctl = c.dir.path().join("corralctl");
     std::fs::copy(CORRALCTL, &ctl).unwrap();
     let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
@@ -503,23 +559,18 @@ fn scope_process_counts() -> Vec<(String, usize)> {
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_replaces_one_that_died() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str(), "--print-units"];
-    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 10, ""), ("jobs", 10, "scope = \"worker\"")], &["--print-units"]);
+    let log = busy.log.as_str();
     let before = worker_pids();
     assert_eq!(before.len(), 20);
-    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 60).then_some(()));
+    wait_for("units of work in flight", || units_started(log, 60));
 
     systemctl(&["kill", "--kill-who=main", "-s", "SIGKILL", "corrald.service"]);
     // While corrald is down (systemd waits RestartSec=2s), a worker dies.
     let victim = before["web-3"];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::SIGKILL).unwrap();
     wait_for("systemd to restart corrald", || {
-        (show("corrald.service", "NRestarts") == "1" && show("corrald.service", "ActiveState") == "active")
-            .then_some(())
+        shows("corrald.service", "NRestarts", "1").and_then(|()| shows("corrald.service", "ActiveState", "active"))
     });
     let after = worker_pids();
     assert_ne!(after["web-3"], victim, "the worker that died while corrald was down was started anew");
@@ -537,7 +588,7 @@ fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_repla
     // drains every unit of work of all 20.
     let answer = ctl(&["stop"]).pop().unwrap();
     assert_eq!(answer["status"], "OK", "{answer}");
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     let cut: Vec<_> = work.unfinished().into_iter().filter(|u| u64::from(u.1) != victim).collect();
     assert!(cut.is_empty(), "work cut off: {cut:?}");
     assert_eq!(work.exits.len(), 20, "every worker drained and exited");
@@ -550,24 +601,20 @@ fn after_corrald_is_killed_systemd_restarts_it_adopts_the_busy_workers_and_repla
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("work.log").display().to_string();
-    let args = ["--concurrency", "2", "--unit-ms", "400", "--log", log.as_str()];
-    let config = [group("web", 10, &args, ""), group("jobs", 10, &args, "scope = \"worker\"")].concat();
-    let _i = Installed::new(&config);
-    systemctl(&["start", "corrald.service"]);
+    let busy = Busy::start(&[("web", 10, ""), ("jobs", 10, "scope = \"worker\"")], &[]);
+    let log = busy.log.as_str();
     let before = worker_pids();
     let first = show("corrald.service", "MainPID");
-    wait_for("units of work in flight", || (WorkLog::read(Path::new(&log)).started.len() >= 60).then_some(()));
+    wait_for("units of work in flight", || units_started(log, 60));
 
     systemctl(&["restart", "corrald.service"]);
     assert_ne!(show("corrald.service", "MainPID"), first, "a new corrald runs");
     assert_eq!(worker_pids(), before, "the restart kept the same 20 processes");
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.exits.is_empty(), "no worker stopped for the restart: {:?}", work.exits);
 
     systemctl(&["stop", "corrald.service"]);
-    let work = WorkLog::read(Path::new(&log));
+    let work = WorkLog::read(Path::new(log));
     assert!(work.unfinished().is_empty(), "work cut off: {:?}", work.unfinished());
     assert_eq!(work.exits.len(), 20, "a plain stop drains every worker");
     let left = systemctl(&["list-units", "--all", "--no-legend", "--plain", "corral-*"]);
@@ -601,7 +648,11 @@ fn an_upgrade_of_the_service_keeps_its_pid_and_workers_and_is_audited() {
     assert_eq!(answer["status"], "OK", "{answer}");
     wait_for("the new corrald to adopt the workers", || {
         let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
-        log.contains("adopted the workers of an earlier corrald").then_some(())
+        if log.contains("adopted the workers of an earlier corrald") {
+            Ok(())
+        } else {
+            Err("no adoption in corrald's journal".to_string())
+        }
     });
     supervisor_status();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -637,15 +688,19 @@ fn an_upgrade_to_a_binary_that_dies_before_taking_over_ends_with_the_same_worker
          exec /usr/bin/corrald \"$@\"\n",
     )
     .unwrap();
-    std::fs::set_permissions(dying, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(Path::new(dying), 0o755);
 
     let answer = ctl(&["upgrade", "--binary", dying]).pop().unwrap();
     assert_eq!(answer["status"], "OK", "{answer}");
     wait_for("systemd to bring a corrald back after the successor died", || {
-        let back = show("corrald.service", "NRestarts") == "1"
-            && show("corrald.service", "ActiveState") == "active"
-            && show("corrald.service", "MainPID") != first;
-        back.then_some(())
+        shows("corrald.service", "NRestarts", "1")?;
+        shows("corrald.service", "ActiveState", "active")?;
+        let pid = show("corrald.service", "MainPID");
+        if pid != first {
+            Ok(())
+        } else {
+            Err(format!("MainPID still {pid}"))
+        }
     });
     let log = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corrald.service"]).1;
     assert!(log.contains("corrald-dies: exiting before the takeover"), "{log}");

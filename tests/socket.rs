@@ -7,12 +7,11 @@
 mod common;
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::*;
 use corral::ctl::Client;
@@ -21,29 +20,10 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-/// A group of demo workers that speak the worker protocol, with short units
-/// so that a final shutdown drains quickly.
+/// A group of demo workers with short units, so that a final shutdown
+/// drains quickly.
 fn protocol_group(name: &str, count: u32) -> String {
-    format!(
-        "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--unit-ms\", \"100\", \"--log\", \"{{log}}\"]\ncount = {count}\nstop_mode = \"protocol\"\nstop_timeout = \"20s\"\n"
-    )
-}
-
-fn shutdown_cmd() -> Cmd {
-    Cmd::Shutdown(proto::Shutdown {})
-}
-
-async fn shutdown(c: &mut Corrald) {
-    let (_, last) = c.call(shutdown_cmd()).await;
-    assert_eq!(last.status(), Status::Ok, "shutdown: {last:?}");
-    assert_eq!(c.wait_exit(), Some(0), "corrald exit code; stderr:\n{}", c.stderr());
-}
-
-fn assert_corrald_alive(c: &mut Corrald) {
-    let child = c.child.as_mut().expect("corrald was started");
-    if let Some(status) = child.try_wait().expect("try_wait") {
-        panic!("corrald exited with {status}: {}", c.stderr());
-    }
+    demo_group(name, count, &["--unit-ms", "100"], "stop_timeout = \"20s\"\n")
 }
 
 /// xorshift64*: deterministic bytes without a new dependency.
@@ -142,13 +122,17 @@ async fn unknown_command(socket: &Path) {
     assert!(matches!(r.content, Some(Content::SupervisorStatus(_))), "{r:?}");
 }
 
-/// Polls until `counter` reaches `at_least`, bounded.
+/// Polls until `counter` reaches `at_least`.
 async fn wait_count(counter: &AtomicU64, at_least: u64, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while counter.load(Ordering::SeqCst) < at_least {
-        assert!(Instant::now() < deadline, "{what}: only {} of {at_least}", counter.load(Ordering::SeqCst));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    poll(what, PATIENCE, || async move {
+        let now = counter.load(Ordering::SeqCst);
+        if now >= at_least {
+            Ok(())
+        } else {
+            Err(format!("{now} of {at_least}"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,13 +186,13 @@ async fn malformed_input_never_disturbs_other_clients() {
     let total = successes.load(Ordering::SeqCst);
     assert!(total >= 10, "the good client got only {total} answers");
 
-    assert_corrald_alive(&mut c);
+    c.assert_alive();
     let status = c.status().await;
     let g = status.groups.iter().find(|g| g.name == "small").expect("group in status");
     assert_eq!((g.running, g.ready), (2, 2), "{g:?}");
     assert_eq!(c.pids("small").await, pids_before, "workers changed under malformed input");
 
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }
 
 /// The wording of the answer to a truncated frame: it must say truncated,
@@ -219,7 +203,7 @@ async fn truncated_frame_is_reported_as_truncated() {
     c.start();
     let message = truncated_frame(&c.socket).await;
     assert!(message.to_lowercase().contains("truncated"), "the answer to a truncated frame should say so: {message:?}");
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -234,10 +218,6 @@ fn umask() -> u32 {
         .find_map(|l| l.strip_prefix("Umask:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         .unwrap_or(0o022)
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
 fn is_socket(path: &Path) -> bool {
@@ -274,7 +254,7 @@ async fn second_corrald_refuses_and_keeps_first_serving() {
             .spawn()
             .expect("spawn second corrald"),
     );
-    let status = wait_child(&mut b.0, "the second corrald");
+    let status = wait_child(&mut b, "the second corrald");
     let stderr = std::fs::read_to_string(&b_stderr).unwrap();
     assert!(!status.success(), "the second corrald exited {status}: {stderr}");
     assert!(stderr.contains(&path_str(&a.socket)), "stderr should name the socket: {stderr}");
@@ -283,9 +263,9 @@ async fn second_corrald_refuses_and_keeps_first_serving() {
     // A is untouched: same socket file, still answering, same workers.
     assert!(is_socket(&a.socket), "the socket file is gone after the refused start");
     assert_eq!(std::fs::symlink_metadata(&a.socket).unwrap().ino(), inode, "the socket file was replaced");
-    assert_corrald_alive(&mut a);
+    a.assert_alive();
     let s = a.status().await;
-    assert_eq!(s.pid, a.child.as_ref().unwrap().id(), "status answered by another process");
+    assert_eq!(s.pid, a.pid(), "status answered by another process");
     let g = s.groups.iter().find(|g| g.name == "first").unwrap();
     assert_eq!((g.running, g.ready), (2, 2), "{g:?}");
     assert_eq!(a.pids("first").await, pids_before);
@@ -299,13 +279,13 @@ async fn second_corrald_refuses_and_keeps_first_serving() {
     s2.start();
     s2.wait_ready("second", 1).await;
     let st = s2.status().await;
-    assert_eq!(st.pid, s2.child.as_ref().unwrap().id());
+    assert_eq!(st.pid, s2.pid());
     assert_eq!(st.socket_path, path_str(&s2.socket));
     assert_ne!(std::fs::symlink_metadata(&s2.socket).unwrap().ino(), stale_inode, "the stale socket was not replaced");
     assert_eq!(mode(&s2.socket), 0o600, "mode of the socket that replaced a stale one");
-    shutdown(&mut s2).await;
+    s2.shutdown_ok().await;
 
-    shutdown(&mut a).await;
+    a.shutdown_ok().await;
     assert!(!a.socket.exists(), "corrald should remove its socket on exit");
 }
 
@@ -313,40 +293,30 @@ async fn second_corrald_refuses_and_keeps_first_serving() {
 // The corralctl command line
 // ---------------------------------------------------------------------------
 
-fn corralctl(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = run_bounded(Command::new(CORRALCTL).arg("--socket").arg(socket).args(args).env_remove("CORRAL_SOCKET"));
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn corralctl_cli_contract() {
     let mut c = Corrald::new(&protocol_group("web", 2));
     c.start();
     // Wait, bounded, until both workers are ready, through the CLI itself.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (code, out, err) = corralctl(&c.socket, &["--json", "status"]);
+    poll_blocking("both workers ready", PATIENCE, || {
+        let (code, out, err) = c.ctl(&["--json", "status"]);
         assert_eq!(code, Some(0), "{out}{err}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("status JSON");
         if v["supervisor"]["groups"][0]["ready"] == 2 {
-            break;
+            Ok(())
+        } else {
+            Err(out)
         }
-        assert!(Instant::now() < deadline, "workers never ready: {out}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 
     // status: exit 0, the group in the table.
-    let (code, out, err) = corralctl(&c.socket, &["status"]);
+    let (code, out, err) = c.ctl(&["status"]);
     assert_eq!(code, Some(0), "status: {out}{err}");
     assert!(out.lines().any(|l| l.split_whitespace().next() == Some("web")), "status should list group web:\n{out}");
     assert!(out.contains(&path_str(&c.socket)), "status should show the socket:\n{out}");
 
     // A FAILURE answer: exit 1 and a FAILURE line naming the target.
-    let (code, out, err) = corralctl(&c.socket, &["stop", "nosuchgroup"]);
+    let (code, out, err) = c.ctl(&["stop", "nosuchgroup"]);
     assert_eq!(code, Some(1), "stop nosuchgroup: {out}{err}");
     assert!(
         out.lines().any(|l| l.starts_with("FAILURE") && l.contains("nosuchgroup")),
@@ -364,7 +334,7 @@ fn corralctl_cli_contract() {
     assert!(lines[0].contains(&path_str(&missing)), "the line should name the path: {err:?}");
 
     // --json: one object per line, status OK.
-    let (code, out, err) = corralctl(&c.socket, &["--json", "workers"]);
+    let (code, out, err) = c.ctl(&["--json", "workers"]);
     assert_eq!(code, Some(0), "--json workers: {out}{err}");
     let objects: Vec<serde_json::Value> =
         out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))).collect();
@@ -383,10 +353,10 @@ fn corralctl_cli_contract() {
     );
 
     // A usage error: exit 2, and no workers were touched.
-    let (code, out, err) = corralctl(&c.socket, &["scale", "web", "notanumber"]);
+    let (code, out, err) = c.ctl(&["scale", "web", "notanumber"]);
     assert_eq!(code, Some(2), "usage error: {out}{err}");
     assert!(!err.is_empty(), "a usage error should explain itself on stderr");
-    let (_, out, _) = corralctl(&c.socket, &["--json", "status"]);
+    let (_, out, _) = c.ctl(&["--json", "status"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["supervisor"]["groups"][0]["desired"], 2, "{out}");
 
@@ -402,7 +372,7 @@ fn corralctl_cli_contract() {
     assert!(err.contains(&path_str(&bad)), "stderr should name the file: {err}");
 
     // The final shutdown, through the CLI: exit 0, then corrald exits 0.
-    let (code, out, err) = corralctl(&c.socket, &["shutdown"]);
+    let (code, out, err) = c.ctl(&["shutdown"]);
     assert_eq!(code, Some(0), "shutdown: {out}{err}");
     assert_eq!(c.wait_exit(), Some(0), "{}", c.stderr());
 }
@@ -420,11 +390,8 @@ async fn soft_stop_of_signal_mode_worker_reports_processing_then_ok() {
     let pids = c.pids("sig").await;
     assert_eq!(pids.len(), 3, "{pids:?}");
     // Every worker has a unit in flight when the stop arrives.
-    c.wait_workers("a unit started in each worker", |_| {
-        let log = c.work_log();
-        pids.values().all(|p| log.started.iter().any(|s| s.1 == *p))
-    })
-    .await;
+    c.wait_work("a unit started in each worker", |log| pids.values().all(|p| log.started.iter().any(|s| s.1 == *p)))
+        .await;
 
     let (progress, last) = c.call(stop("sig", false)).await;
 
@@ -476,5 +443,5 @@ async fn soft_stop_of_signal_mode_worker_reports_processing_then_ok() {
     let w = c.workers().await;
     assert!(w.iter().all(|w| w.pid == 0 && w.state == "stopped"), "{w:?}");
 
-    shutdown(&mut c).await;
+    c.shutdown_ok().await;
 }

@@ -3,21 +3,20 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
 use common::*;
 
-async fn wait_for_file(path: &std::path::Path) -> String {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
+/// The text a worker wrote to `path` (by rename, so it is whole), once it is there.
+async fn written(path: &std::path::Path) -> String {
+    poll(&format!("{} to be written", path.display()), PATIENCE, || async move {
+        std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
             if text.ends_with("END\n") {
-                return text;
+                Ok(text)
+            } else {
+                Err(format!("no END yet: {text:?}"))
             }
-        }
-        assert!(std::time::Instant::now() < deadline, "{} never completed", path.display());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +30,7 @@ async fn workers_get_a_clean_environment_with_their_identity() {
     ));
     std::env::set_var("CORRAL_TEST_LEAK", "must not reach workers");
     c.start();
-    let text = wait_for_file(&out).await;
+    let text = written(&out).await;
     let mut vars: Vec<&str> = text.lines().filter(|l| *l != "END").map(|l| l.split('=').next().unwrap()).collect();
     vars.sort();
     // The shell may add its own bookkeeping variables; nothing else may appear.
@@ -58,26 +57,26 @@ async fn workers_get_the_open_file_limit_corrald_was_started_with() {
     // not inherit that (select() breaks above 1024).
     c.wrapper = ["prlimit", "--nofile=512:4096"].map(String::from).to_vec();
     c.start();
-    let pid = c.child.as_ref().unwrap().id();
+    let pid = c.pid();
     let corrald_limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let open_files = corrald_limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["4096", "4096"], "{open_files}");
-    let text = wait_for_file(&out).await;
+    let text = written(&out).await;
     assert_eq!(text, "512\n4096\nEND\n");
     c.shutdown_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_runs_as_its_configured_user() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (CI runs as root) to switch users");
+    needs_root("corrald switches the workers to another user");
     let mut c = Corrald::new("");
     // The worker writes where nobody may; corrald's own directory stays
     // writable by root alone (corrald refuses a socket directory others
     // could write to).
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(c.dir.path(), 0o755);
     let shared = c.dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    chmod(&shared, 0o777);
     let out = shared.join("id.out");
     c.write_config(&format!(
         "[groups.low]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"(id -u; id -g; id -G; echo END) > {out}.tmp; mv {out}.tmp {out}; exec sleep 600\"]\n\
@@ -85,7 +84,7 @@ async fn a_group_runs_as_its_configured_user() {
         out = out.display()
     ));
     c.start();
-    let text = wait_for_file(&out).await;
+    let text = written(&out).await;
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -99,20 +98,9 @@ async fn a_group_runs_as_its_configured_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_start_after_their_dependencies_are_ready_and_stop_before_them() {
-    let groups = "\
-[groups.db]
-command = \"{demo}\"
-args = [\"--ready-delay-ms\", \"300\", \"--log\", \"{log}\"]
-count = 2
-stop_mode = \"protocol\"
-[groups.app]
-command = \"{demo}\"
-args = [\"--log\", \"{log}\"]
-count = 2
-stop_mode = \"protocol\"
-after = [\"db\"]
-";
-    let mut c = Corrald::new(groups);
+    let groups =
+        [demo_group("db", 2, &["--ready-delay-ms", "300"], ""), demo_group("app", 2, &[], "after = [\"db\"]\n")];
+    let mut c = Corrald::new(&groups.concat());
     c.start();
     c.wait_ready("app", 2).await;
     c.shutdown_ok().await;
@@ -137,7 +125,7 @@ after = [\"db\"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
-    let group = "[groups.w]\ncommand = \"{demo}\"\ncount = 2\nstop_mode = \"protocol\"\n";
+    let group = demo_group("w", 2, &[], "");
     // A bus address where no bus is: the same as a host without systemd.
     let no_bus = ("DBUS_SYSTEM_BUS_ADDRESS".to_string(), "unix:path=/nonexistent/corral-test-bus".to_string());
     let mut c = Corrald::new(&format!("bus = \"system\"\n{group}"));
@@ -145,15 +133,13 @@ async fn without_a_bus_corrald_runs_without_scopes_and_says_so_once() {
     c.start();
     c.wait_ready("w", 2).await;
     assert!(!c.status().await.scopes_active);
-    let out =
-        std::process::Command::new(CORRALCTL).args(["--socket", &path_str(&c.socket), "status"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("scopes: inactive"));
+    let (code, out, err) = c.ctl(&["status"]);
+    assert!(code == Some(0) && out.contains("scopes: inactive"), "{out}{err}");
     c.shutdown_ok().await;
     assert_eq!(c.stderr().matches("running WITHOUT scopes").count(), 1, "{}", c.stderr());
 
     let mut c = Corrald::new(&format!("bus = \"system\"\nscopes = \"required\"\n{group}"));
-    let out =
-        std::process::Command::new(CORRALD).arg("--config").arg(&c.config).env(&no_bus.0, &no_bus.1).output().unwrap();
+    let out = run_bounded(std::process::Command::new(CORRALD).arg("--config").arg(&c.config).env(&no_bus.0, &no_bus.1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("scopes = \"required\""), "{stderr}");

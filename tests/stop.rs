@@ -7,21 +7,23 @@ mod common;
 use common::*;
 use corral::proto::{FailureKind, Status};
 
-fn demo_group(name: &str, count: u32, extra: &str) -> String {
-    format!(
-        "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--concurrency\", \"3\", \"--unit-ms\", \"300\", \"--log\", \"{{log}}\"{extra}]\ncount = {count}\nstop_mode = \"protocol\"\nstop_timeout = \"20s\"\n"
-    )
-}
+/// Three units of 300ms in flight in each worker, so that a stop always
+/// meets work to drain.
+const UNITS: &[&str] = &["--concurrency", "3", "--unit-ms", "300"];
+const DRAIN: &str = "stop_timeout = \"20s\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_stop_of_30_workers_drains_every_unit_then_answers_ok() {
-    let mut c = Corrald::new(&[demo_group("a", 10, ""), demo_group("b", 10, ""), demo_group("c", 10, "")].concat());
+    let mut c = Corrald::new(
+        &[demo_group("a", 10, UNITS, DRAIN), demo_group("b", 10, UNITS, DRAIN), demo_group("c", 10, UNITS, DRAIN)]
+            .concat(),
+    );
     c.start();
     for g in ["a", "b", "c"] {
         c.wait_ready(g, 10).await;
     }
     // Every worker must have work in flight when the stop arrives.
-    c.wait_workers("work in flight everywhere", |_| c.work_log().started.len() >= 90).await;
+    c.wait_work("work in flight everywhere", |log| log.started.len() >= 90).await;
     let pids: Vec<u32> = c.workers().await.iter().map(|w| w.pid).collect();
     assert_eq!(pids.len(), 30);
 
@@ -47,37 +49,22 @@ async fn soft_stop_of_30_workers_drains_every_unit_then_answers_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_stop_overtakes_a_soft_stop() {
     // Units of 20 s: the soft stop cannot finish before the hard stop comes.
-    let group = "[groups.slow]\ncommand = \"{demo}\"\nargs = [\"--unit-ms\", \"20000\", \"--log\", \"{log}\"]\ncount = 4\nstop_mode = \"protocol\"\nstop_timeout = \"60s\"\n";
-    let mut c = Corrald::new(group);
+    let mut c = Corrald::new(&demo_group("slow", 4, &["--unit-ms", "20000"], "stop_timeout = \"60s\"\n"));
     c.start();
     c.wait_ready("slow", 4).await;
-    c.wait_workers("a unit in flight in each worker", |_| c.work_log().started.len() >= 4).await;
+    c.wait_work("a unit in flight in each worker", |log| log.started.len() >= 4).await;
     let pids: Vec<u32> = c.pids("slow").await.into_values().collect();
 
     let mut soft = c.client().await;
     let soft_id = soft.send(stop("slow", false)).await.unwrap();
-    // Wait until all four have acknowledged the soft stop.
-    let mut acks = 0;
-    while acks < 4 {
-        let r = soft.recv().await.unwrap().expect("response");
-        assert_eq!(r.id, soft_id);
-        assert_eq!(r.status(), Status::Processing, "{r:?}");
-        if r.message.ends_with("acknowledged") {
-            acks += 1;
-        }
-    }
+    acknowledged(&mut soft, soft_id, 4).await;
 
     let (_, hard_last) = c.call(stop("slow", true)).await;
     assert_eq!(hard_last.status(), Status::Ok, "{hard_last:?}");
     let alive: Vec<u32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
     assert!(alive.is_empty(), "alive after the hard stop answered: {alive:?}");
 
-    let soft_last = loop {
-        let r = soft.recv().await.unwrap().expect("response");
-        if r.status() != Status::Processing {
-            break r;
-        }
-    };
+    let soft_last = final_answer(&mut soft).await;
     assert_eq!(soft_last.status(), Status::Failure, "{soft_last:?}");
     let failures = final_failures(&soft_last);
     let mut names: Vec<&str> = failures.iter().map(|f| f.worker.as_str()).collect();
@@ -131,7 +118,8 @@ stop_timeout_action = \"fail\"
     assert_eq!(f[0].kind(), FailureKind::TimedOut);
     assert!(f[0].detail.contains("left running"), "{}", f[0].detail);
     assert!(pid_alive(stubborn), "without escalation the worker is left running");
-    let w = c.workers().await.into_iter().find(|w| w.id == "stubborn-1").unwrap();
+    let w = c.workers().await;
+    let w = worker(&w, "stubborn-1");
     assert_eq!((w.pid, w.state.as_str()), (stubborn, "ready"));
 
     // The shutdown kills what would not drain, and says it was not clean.
@@ -143,31 +131,18 @@ stop_timeout_action = \"fail\"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_during_a_soft_stop_is_reported_as_died() {
-    let group = "[groups.w]\ncommand = \"{demo}\"\nargs = [\"--unit-ms\", \"5000\", \"--log\", \"{log}\"]\ncount = 3\nstop_mode = \"protocol\"\nstop_timeout = \"30s\"\n";
-    let mut c = Corrald::new(group);
+    let mut c = Corrald::new(&demo_group("w", 3, &["--unit-ms", "5000"], "stop_timeout = \"30s\"\n"));
     c.start();
     c.wait_ready("w", 3).await;
-    c.wait_workers("units in flight", |_| c.work_log().started.len() >= 3).await;
+    c.wait_work("units in flight", |log| log.started.len() >= 3).await;
     let pids = c.pids("w").await;
 
     let mut client = c.client().await;
     let id = client.send(stop("w", false)).await.unwrap();
-    let mut acks = 0;
-    while acks < 3 {
-        let r = client.recv().await.unwrap().expect("response");
-        assert_eq!(r.id, id);
-        if r.message.ends_with("acknowledged") {
-            acks += 1;
-        }
-    }
+    acknowledged(&mut client, id, 3).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids["w-2"] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 
-    let last = loop {
-        let r = client.recv().await.unwrap().expect("response");
-        if r.status() != Status::Processing {
-            break r;
-        }
-    };
+    let last = final_answer(&mut client).await;
     assert_eq!(last.status(), Status::Failure, "{last:?}");
     let f = final_failures(&last);
     assert_eq!(f.len(), 1, "{f:?}");

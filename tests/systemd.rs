@@ -8,18 +8,13 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use corral::proto::{self, request::Command as Cmd, Status};
 
 const NEEDS_SYSTEMD: &str = "needs a real systemd: tests/systemd/run-suite runs it inside a container";
 
-fn demo_group(name: &str, count: u32, extra: &str) -> String {
-    format!(
-        "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"200\", \"--log\", \"{{log}}\"]\ncount = {count}\nstop_mode = \"protocol\"\n{extra}\n"
-    )
-}
+/// Two units of 200ms in flight in each demo worker.
+const UNITS: &[&str] = &["--concurrency", "2", "--unit-ms", "200"];
 
 async fn sorted_pids(c: &Corrald, group: &str) -> Vec<u32> {
     let mut pids: Vec<u32> = c.pids(group).await.into_values().collect();
@@ -34,10 +29,11 @@ async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
         demo_group(
             "web",
             3,
+            UNITS,
             "scope = \"group\"\n[groups.web.resources]\nMemoryMax = \"256M\"\nTasksMax = 64\nCPUWeight = 50\n\
              MemoryHigh = \"200M\"\nCPUQuota = \"150%\"\nIOWeight = 300\nAllowedCPUs = \"0\"\n",
         ),
-        demo_group("solo", 2, "scope = \"worker\"\n"),
+        demo_group("solo", 2, UNITS, "scope = \"worker\"\n"),
     ]
     .concat();
     let mut c = Corrald::new(&groups);
@@ -78,25 +74,18 @@ async fn scopes_hold_the_workers_under_the_slice_with_their_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn limit_changes_a_live_scope() {
-    let mut c = Corrald::new(&demo_group("web", 2, ""));
+    let mut c = Corrald::new(&demo_group("web", 2, UNITS, ""));
     c.start();
     c.wait_ready("web", 2).await;
-    let out = Command::new(CORRALCTL)
-        .args(["--socket", &path_str(&c.socket), "limit", "web", "MemoryMax=64M", "CPUQuota=50%"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let (code, text, err) = c.ctl(&["limit", "web", "MemoryMax=64M", "CPUQuota=50%"]);
+    assert_eq!(code, Some(0), "{text} {err}");
     assert!(text.contains("corral-web.scope: MemoryMax=67108864 CPUQuotaPerSecUSec=500000"), "{text}");
     assert_eq!(show("corral-web.scope", "MemoryMax"), "67108864");
     assert_eq!(show("corral-web.scope", "CPUQuotaPerSecUSec"), "500ms");
 
-    let out = Command::new(CORRALCTL)
-        .args(["--socket", &path_str(&c.socket), "limit", "web", "MemoryMax=lots"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid size"));
+    let (code, text, err) = c.ctl(&["limit", "web", "MemoryMax=lots"]);
+    assert_eq!(code, Some(1), "{text} {err}");
+    assert!(text.contains("invalid size"), "{text}");
 
     c.shutdown_ok().await;
 }
@@ -109,7 +98,7 @@ async fn an_operator_drop_in_applies_to_the_scope() {
     std::fs::write(dir.join("50-operator.conf"), "[Scope]\nTasksMax=77\n").unwrap();
     assert!(run("systemctl", &["daemon-reload"]).0);
 
-    let mut c = Corrald::new(&demo_group("dropped", 1, ""));
+    let mut c = Corrald::new(&demo_group("dropped", 1, UNITS, ""));
     c.start();
     c.wait_ready("dropped", 1).await;
     assert_eq!(show("corral-dropped.scope", "TasksMax"), "77");
@@ -122,12 +111,12 @@ async fn an_operator_drop_in_applies_to_the_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn systemctl_stop_of_a_scope_drains_its_group_only() {
-    let groups = [demo_group("web", 3, ""), demo_group("other", 2, "")].concat();
+    let groups = [demo_group("web", 3, UNITS, ""), demo_group("other", 2, UNITS, "")].concat();
     let mut c = Corrald::new(&groups);
     c.start();
     c.wait_ready("web", 3).await;
     c.wait_ready("other", 2).await;
-    c.wait_workers("work in flight", |_| c.work_log().started.len() >= 10).await;
+    c.wait_work("work in flight", |log| log.started.len() >= 10).await;
     let web = sorted_pids(&c, "web").await;
     let other = sorted_pids(&c, "other").await;
 
@@ -141,9 +130,9 @@ async fn systemctl_stop_of_a_scope_drains_its_group_only() {
     assert_eq!(log.exits.iter().filter(|e| e.0.starts_with("web-")).count(), 3);
     // The stop was corrald's soft stop: the workers stay stopped, not restarted.
     let status = c.status().await;
-    let g = |name: &str| status.groups.iter().find(|g| g.name == name).unwrap().clone();
-    assert_eq!((g("web").running, g("web").stopped), (0, 3), "{status:?}");
-    assert_eq!(g("other").ready, 2);
+    let web_group = group(&status, "web");
+    assert_eq!((web_group.running, web_group.stopped), (0, 3), "{status:?}");
+    assert_eq!(group(&status, "other").ready, 2);
     assert_eq!(sorted_pids(&c, "other").await, other);
     assert_eq!(status_pids("corral-other.scope"), other);
     assert!(c.stderr().contains("systemd asks to stop the scope"), "{}", c.stderr());
@@ -154,7 +143,9 @@ async fn systemctl_stop_of_a_scope_drains_its_group_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_them() {
-    let groups = [demo_group("web", 2, "scope = \"group\"\n"), demo_group("per", 1, "scope = \"worker\"\n")].concat();
+    let groups =
+        [demo_group("web", 2, UNITS, "scope = \"group\"\n"), demo_group("per", 1, UNITS, "scope = \"worker\"\n")]
+            .concat();
     let mut c = Corrald::new(&groups);
     c.start();
     c.wait_ready("web", 2).await;
@@ -201,7 +192,7 @@ async fn a_rejected_placement_never_runs_the_worker() {
     // scope's slice is masked.
     let slice = "corral-masked.slice";
     assert!(run("systemctl", &["mask", slice]).0);
-    let mut c = Corrald::new(&format!("slice = \"{slice}\"\n{}", demo_group("bad", 1, "restart = \"never\"\n")));
+    let mut c = Corrald::new(&format!("slice = \"{slice}\"\n{}", demo_group("bad", 1, UNITS, "restart = \"never\"\n")));
     c.start();
     let w = c
         .wait_workers("the placement to fail", |w| w.iter().any(|w| w.state == "failed" || w.state == "stopped"))
@@ -221,7 +212,7 @@ async fn a_rejected_placement_never_runs_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn placement_goes_on_after_systemd_re_executes() {
-    let mut c = Corrald::new(&demo_group("web", 1, "scope = \"worker\"\n"));
+    let mut c = Corrald::new(&demo_group("web", 1, UNITS, "scope = \"worker\"\n"));
     c.start();
     c.wait_ready("web", 1).await;
     assert!(run("systemctl", &["daemon-reexec"]).0);
@@ -273,15 +264,15 @@ async fn placements_in_flight_stay_within_the_window_and_none_is_lost() {
     c.wait_ready("many", 200).await;
     // Signal-mode readiness counts from the fork, so the last placements
     // may still be finishing.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
+    c.poll("one scope per worker", || async {
         let (_, units) = run("systemctl", &["list-units", "--no-legend", "--plain", "corral-many-*.scope"]);
         if units.lines().count() == 200 {
-            break;
+            Ok(())
+        } else {
+            Err(units)
         }
-        assert!(std::time::Instant::now() < deadline, "not one scope per worker: {units}\n{}", c.stderr_tail());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let most = watcher.join().unwrap();
     assert!(most <= 8, "{most} scope start jobs queued at once; limits.max_dbus_calls is 8");
@@ -311,11 +302,11 @@ fn unified_cgroup(pid: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn a_group_scope_gives_each_worker_a_leaf_with_its_own_accounting() {
-    let mut c = Corrald::new(&demo_group("web", 3, "scope = \"group\"\n"));
+    let mut c = Corrald::new(&demo_group("web", 3, UNITS, "scope = \"group\"\n"));
     c.start();
     c.wait_ready("web", 3).await;
     assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
-    c.wait_workers("work in flight", |_| c.work_log().started.len() >= 6).await;
+    c.wait_work("work in flight", |log| log.started.len() >= 6).await;
 
     let scope = show("corral-web.scope", "ControlGroup");
     assert_eq!(scope, "/corral.slice/corral-web.scope");
@@ -357,14 +348,20 @@ async fn a_group_scope_gives_each_worker_a_leaf_with_its_own_accounting() {
     let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 1 })).await;
     assert_eq!(last.status(), Status::Ok, "{last:?}");
     // The final answer can come before corrald has handled the exit.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    for id in ["web-2", "web-3"] {
-        let leaf = format!("{scope_dir}/{id}");
-        while std::path::Path::new(&leaf).exists() {
-            assert!(std::time::Instant::now() < deadline, "{id}'s leaf outlived its worker:\n{}", c.stderr_tail());
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let scope_dir = scope_dir.as_str();
+    c.poll("the leaves of web-2 and web-3 to go", || async move {
+        let left: Vec<String> = ["web-2", "web-3"]
+            .iter()
+            .map(|id| format!("{scope_dir}/{id}"))
+            .filter(|leaf| std::path::Path::new(leaf).exists())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?} outlived their workers"))
         }
-    }
+    })
+    .await;
     assert!(std::path::Path::new(&format!("{scope_dir}/web-1")).exists());
     // Scaling up again puts the new worker into a fresh leaf of the live scope.
     let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "web".into(), count: 2 })).await;
@@ -381,8 +378,8 @@ async fn a_group_scope_gives_each_worker_a_leaf_with_its_own_accounting() {
 async fn scaling_past_max_scopes_is_refused_and_changes_nothing() {
     let groups = format!(
         "[limits]\nmax_scopes = 3\n{}{}",
-        demo_group("per", 2, "scope = \"worker\"\n"),
-        demo_group("web", 2, "")
+        demo_group("per", 2, UNITS, "scope = \"worker\"\n"),
+        demo_group("web", 2, UNITS, "")
     );
     let mut c = Corrald::new(&groups);
     c.start();

@@ -11,11 +11,13 @@ use common::*;
 use corral::ctl::Client;
 use corral::proto::{self, request::Command as Cmd, Status};
 
-const WEB: &str = "[groups.web]\ncommand = \"{demo}\"\nargs = [\"--concurrency\", \"2\", \"--unit-ms\", \"300\", \"--log\", \"{log}\"]\ncount = 3\nstop_mode = \"protocol\"\n";
+fn web() -> String {
+    demo_group("web", 3, &["--concurrency", "2", "--unit-ms", "300"], "")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_keeps_the_socket_the_workers_and_every_response() {
-    let mut c = Corrald::new(WEB);
+    let mut c = Corrald::new(&web());
     c.start();
     c.wait_ready("web", 3).await;
     let before = c.pids("web").await;
@@ -46,15 +48,14 @@ async fn an_upgrade_keeps_the_socket_the_workers_and_every_response() {
         })
     };
 
-    let (ok, out) = run(CORRALCTL, &["--socket", c.socket.to_str().unwrap(), "upgrade"]);
-    assert!(ok, "{out}\n{}", c.stderr_tail());
-    assert!(out.contains("upgrading to"), "{out}");
+    let (code, out, err) = c.ctl(&["upgrade"]);
+    assert_eq!(code, Some(0), "{out}{err}\n{}", c.stderr_tail());
+    assert!(out.contains("upgrading to"), "{out}{err}");
     // The new corrald says so when it has taken the workers over.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !c.stderr().contains("adopted the workers of an earlier corrald") {
-        assert!(std::time::Instant::now() < deadline, "no new corrald:\n{}", c.stderr_tail());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    c.wait_stderr("a new corrald to adopt the workers", |log| {
+        log.contains("adopted the workers of an earlier corrald")
+    })
+    .await;
     let new = c.status().await;
     let seen_before = answered.load(Ordering::Relaxed);
     // Let the loop run against the new corrald too.
@@ -77,14 +78,14 @@ async fn an_upgrade_keeps_the_socket_the_workers_and_every_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_to_a_binary_that_fails_its_check_is_refused_and_nothing_changes() {
-    let mut c = Corrald::new(WEB);
+    let mut c = Corrald::new(&web());
     c.start();
     c.wait_ready("web", 3).await;
     let before = c.pids("web").await;
     let old = c.status().await;
-    let (ok, out) = run(CORRALCTL, &["--socket", c.socket.to_str().unwrap(), "upgrade", "--binary", "/bin/false"]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("upgrade refused, the running corrald stays"), "{out}");
+    let (code, out, err) = c.ctl(&["upgrade", "--binary", "/bin/false"]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(out.contains("upgrade refused, the running corrald stays"), "{out}{err}");
     let now = c.status().await;
     assert_eq!(now.pid, old.pid);
     assert!(now.uptime_ms >= old.uptime_ms, "the same corrald still serves");
