@@ -112,7 +112,11 @@ pub const MAX_GROUP_NAME: usize = 64;
 /// Group names become worker ids (`<group>-<n>`) and unit names, so they
 /// are kept to characters every one of those accepts, and must not end in
 /// `-<digits>`, which would make `web-1` both a group and a worker id.
+/// `all` names every worker, so no group may take it.
 pub fn check_group_name(name: &str) -> Result<(), String> {
+    if name == "all" {
+        return Err("group name \"all\" is reserved: it names every worker".into());
+    }
     let valid_chars = !name.is_empty()
         && name.len() <= MAX_GROUP_NAME
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -152,6 +156,7 @@ mod tests {
         }
         assert!(Target::parse(&"a".repeat(MAX_GROUP_NAME + 1)).is_err());
         assert!(Target::parse(&"a".repeat(MAX_GROUP_NAME)).is_ok());
+        assert!(check_group_name("all").is_err(), "all is every worker, never a group");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
 use zbus_systemd::systemd1::{JobProxy, ManagerProxy, UnitProxy};
 
 use crate::procfs;
+use crate::target::Target;
 
 pub use properties::Property;
 
@@ -706,15 +707,18 @@ pub fn scope_name(group: &str, index: Option<u32>) -> String {
     }
 }
 
-/// The command target a scope stands for: `corral-web.scope` -> `web`,
-/// `corral-web-3.scope` -> `web-3`.
-pub fn target_of_scope(unit: &str) -> Option<String> {
-    unit.strip_prefix("corral-")?.strip_suffix(".scope").map(str::to_string)
+/// The command target a scope stands for: `corral-web.scope` -> group
+/// `web`, `corral-web-3.scope` -> worker `web-3`. A scope never stands for
+/// every worker.
+pub fn target_of_scope(unit: &str) -> Option<Target> {
+    let name = unit.strip_prefix("corral-")?.strip_suffix(".scope")?;
+    Target::parse(name).ok().filter(|t| *t != Target::All)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::SlotKey;
 
     #[test]
     fn unit_paths_unescape() {
@@ -722,8 +726,11 @@ mod tests {
             unit_from_path("/org/freedesktop/systemd1/unit/corral_2dweb_2d3_2escope").as_deref(),
             Some("corral-web-3.scope")
         );
-        assert_eq!(target_of_scope("corral-web-3.scope").as_deref(), Some("web-3"));
+        assert_eq!(target_of_scope("corral-web-3.scope"), Some(Target::Worker(SlotKey::new("web", 3))));
+        assert_eq!(target_of_scope("corral-web.scope"), Some(Target::Group("web".into())));
         assert_eq!(target_of_scope("other.scope"), None);
+        assert_eq!(target_of_scope("corral-.scope"), None, "not everything");
+        assert_eq!(target_of_scope("corral-all.scope"), None, "not everything");
     }
 
     #[test]

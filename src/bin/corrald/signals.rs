@@ -89,7 +89,7 @@ fn scope_stop(event: systemd::Event) -> Option<Request> {
     match systemd::target_of_scope(&unit) {
         Some(target) => {
             tracing::info!(%unit, "systemd asks to stop the scope: draining its workers");
-            Some(Request::Stop(proto::Stop { target, hard: false }))
+            Some(Request::Stop(proto::Stop { target: target.wire(), hard: false }))
         }
         None => {
             tracing::warn!(%unit, "RequestStop for a unit that is not corral's");
