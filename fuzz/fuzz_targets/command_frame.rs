@@ -12,11 +12,11 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tokio_util::codec::Decoder;
 
-use corral::audit::{self, Actor, Outcome, Record};
+use corral::audit::{self, Actor, Record, RecordResult};
 use corral::command::authorise::{self, Policy, Tier};
 use corral::command::peer::Peer;
 use corral::command::validate;
-use corral::config::{AccessLists, Limits};
+use corral::config::{AccessLists, Limits, DEFAULT_MAX_AUDIT_ARGUMENT};
 use corral::frame;
 use corral::proto::{request::Command, Request};
 
@@ -68,11 +68,11 @@ fn audit(id: u64, command: &Command) {
         arguments: described.arguments,
         actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some("fuzz".into()), comm: Some("fuzz".into()) },
         socket: "/run/corral/corrald.sock".into(),
-        result: Outcome::Denied,
+        result: RecordResult::Denied,
         reason,
     };
-    let shown = record.shown(audit::DEFAULT_MAX_ARGUMENT);
-    let bound = audit::max_record_len(audit::DEFAULT_MAX_ARGUMENT);
+    let shown = record.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
+    let bound = audit::max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT);
 
     let line = shown.text_line(AT);
     assert!(line.len() <= bound, "a text record of {} bytes", line.len());

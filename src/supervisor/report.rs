@@ -24,11 +24,11 @@ impl Supervisor {
         }
     }
 
-    /// Makes the runtime file current before corrald leaves its workers.
+    /// Makes the runtime file current, on disk, before corrald leaves its
+    /// workers or exits: a write queued earlier counts too.
     pub(super) fn persist_now(&mut self) {
-        if std::mem::take(&mut self.runtime_dirty) {
-            self.runtime_file.write_now(self.fleet.runtime_workers(self.systemd.is_some()));
-        }
+        self.persist();
+        self.runtime_file.flush();
     }
 
     pub(super) fn status(&self) -> proto::SupervisorStatus {

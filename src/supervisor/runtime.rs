@@ -130,10 +130,9 @@ impl Writer {
         }
     }
 
-    /// Writes and waits until it is on disk: for the moment corrald leaves
-    /// its workers to another.
-    pub fn write_now(&self, workers: Vec<RuntimeWorker>) {
-        self.write(workers);
+    /// Waits until every write queued so far is on disk: for the moment
+    /// corrald leaves its workers to another, or exits.
+    pub fn flush(&self) {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = mpsc::channel();
         if tx.send(Job::Flush(done)).is_ok() {
@@ -169,5 +168,41 @@ fn save(path: &Path, workers: Vec<RuntimeWorker>) {
         .and_then(|text| files::write_atomically(path, &text, false));
     if let Err(e) = written {
         tracing::warn!("{e}: a restarted corrald could not adopt the workers");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(pid: u32) -> RuntimeWorker {
+        RuntimeWorker {
+            id: "web-1".into(),
+            group: "web".into(),
+            index: 1,
+            generation: u64::from(pid),
+            pid,
+            start_time: 1,
+            scope: None,
+            direct_output: false,
+        }
+    }
+
+    /// What the writer's thread was last given is on disk once `flush`
+    /// returns, whatever it skipped on the way.
+    #[test]
+    fn a_flush_returns_once_the_newest_write_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("workers.json");
+        let writer = Writer::start(path.clone());
+        for pid in 1..=50 {
+            writer.write(vec![worker(pid)]);
+        }
+        writer.flush();
+        let on_disk = parse(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(on_disk.iter().map(|w| w.pid).collect::<Vec<_>>(), [50]);
+        writer.write(Vec::new());
+        writer.flush();
+        assert!(load(&path, 1 << 20).is_empty(), "an empty fleet is written too");
     }
 }
