@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files;
 use crate::sanitise::sanitise;
+use crate::target::SlotKey;
 
 const VERSION: u32 = 1;
 
@@ -79,7 +80,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
     for w in &runtime.workers {
         let consistent = crate::config::check_group_name(&w.group).is_ok()
             && w.index >= 1
-            && w.id == format!("{}-{}", w.group, w.index)
+            && w.id == SlotKey::new(&w.group, w.index).id()
             && w.pid > 1
             && i32::try_from(w.pid).is_ok()
             && w.scope.as_ref().map_or(true, |s| crate::systemd::target_of_scope(s).is_some());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files;
 use crate::sanitise::excerpt;
+use crate::target::SlotKey;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -58,8 +59,7 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
             return Err(format!("in the state file: {} is not a valid group name", shown(name)));
         }
         for id in &group.stopped_workers {
-            let index = id.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('-'));
-            if !index.and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| i >= 1) {
+            if !SlotKey::parse(id).is_some_and(|k| k.group == *name && k.index >= 1) {
                 return Err(format!("in the state file: {} is not a worker of group {name}", shown(id)));
             }
         }
@@ -70,4 +70,23 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
 /// A value from the file as messages show it: escaped, and short.
 fn shown(value: &str) -> String {
     format!("\"{}\"", excerpt(value, 48))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_stopped(id: &str) -> Result<SavedState, String> {
+        let text = format!(r#"{{"version": 1, "groups": {{"web": {{"scale": 4, "stopped_workers": ["{id}"]}}}}}}"#);
+        parse(text.as_bytes())
+    }
+
+    #[test]
+    fn stopped_workers_must_be_worker_ids_of_their_own_group() {
+        assert_eq!(with_stopped("web-3").unwrap().groups["web"].stopped_workers, ["web-3"]);
+        for bad in ["web-+3", "web-0", "web-", "web", "api-1", "web-3x", "web--3"] {
+            let why = with_stopped(bad).unwrap_err();
+            assert!(why.contains("is not a worker of group web"), "{bad}: {why}");
+        }
+    }
 }
