@@ -434,7 +434,7 @@ impl GroupConfig {
 struct RawConfig {
     socket: Option<PathBuf>,
     state_directory: Option<PathBuf>,
-    max_frame_size: Option<usize>,
+    max_frame_size: Option<Scalar>,
     #[serde(default = "default_scopes")]
     scopes: Scopes,
     #[serde(default = "default_bus")]
@@ -493,7 +493,7 @@ impl RawLimits {
         let d = Limits::default();
         let max_connections = count("max_connections", self.max_connections, d.max_connections, 8..=65536)?;
         let max_response_size =
-            size("max_response_size", self.max_response_size, d.max_response_size, 64 << 10..=16 << 20)?;
+            size("limits.max_response_size", self.max_response_size, d.max_response_size, 64 << 10..=16 << 20)?;
         if max_response_size < max_frame_size {
             return Err(format!(
                 "key `limits.max_response_size`: {max_response_size} bytes is less than max_frame_size \
@@ -532,7 +532,7 @@ impl RawLimits {
                 1..=1024,
             )?,
             max_queued_response_bytes: size(
-                "max_queued_response_bytes",
+                "limits.max_queued_response_bytes",
                 self.max_queued_response_bytes,
                 d.max_queued_response_bytes,
                 64 << 10..=1 << 30,
@@ -540,13 +540,13 @@ impl RawLimits {
             max_response_size,
             frame_timeout,
             max_state_file_size: size(
-                "max_state_file_size",
+                "limits.max_state_file_size",
                 self.max_state_file_size,
                 d.max_state_file_size,
                 64 << 10..=1 << 30,
             )?,
             max_audit_argument: size(
-                "max_audit_argument",
+                "limits.max_audit_argument",
                 self.max_audit_argument,
                 d.max_audit_argument,
                 32..=64 << 10,
@@ -574,12 +574,12 @@ fn size(key: &str, value: Option<Scalar>, default: usize, range: RangeInclusive<
     let n = match value {
         None => return Ok(default),
         Some(Scalar::Number(n)) => n,
-        Some(Scalar::Text(t)) => properties::bytes(&t).map_err(|m| format!("key `limits.{key}`: {m}"))?,
+        Some(Scalar::Text(t)) => properties::bytes(&t).map_err(|m| format!("key `{key}`: {m}"))?,
     };
     match usize::try_from(n) {
         Ok(n) if range.contains(&n) => Ok(n),
         _ => Err(format!(
-            "key `limits.{key}`: {n} bytes is out of range ({} to {})",
+            "key `{key}`: {n} bytes is out of range ({} to {})",
             size_text(*range.start()),
             size_text(*range.end())
         )),
@@ -957,10 +957,8 @@ impl Config {
             }
         })?;
 
-        let max_frame_size = raw.max_frame_size.unwrap_or(crate::frame::MAX_COMMAND_FRAME);
-        if !(64..=64 * 1024 * 1024).contains(&max_frame_size) {
-            return Err(err("key `max_frame_size`: must be between 64 and 67108864 bytes".into()));
-        }
+        let max_frame_size =
+            size("max_frame_size", raw.max_frame_size, crate::frame::MAX_COMMAND_FRAME, 64..=64 << 20).map_err(err)?;
         let limits = raw.limits.resolve(max_frame_size).map_err(err)?;
         if raw.groups.len() > limits.max_groups as usize {
             return Err(err(format!(
@@ -1038,14 +1036,7 @@ impl Config {
         if !slice_ok {
             return Err(err(format!("key `slice`: {slice:?} is not a slice unit name (e.g. \"corral.slice\")")));
         }
-        let output_buffer = match raw.output_buffer {
-            None => 16 * 1024 * 1024,
-            Some(Scalar::Number(n)) => n,
-            Some(Scalar::Text(t)) => properties::bytes(&t).map_err(|m| err(format!("key `output_buffer`: {m}")))?,
-        };
-        if output_buffer < 64 * 1024 {
-            return Err(err("key `output_buffer`: must be at least 64K".into()));
-        }
+        let output_buffer = size("output_buffer", raw.output_buffer, 16 << 20, 64 << 10..=usize::MAX).map_err(err)?;
         if let Some(name) = &raw.command_socket_group {
             if name.is_empty() {
                 return Err(err("key `command_socket_group`: must not be empty".into()));
@@ -1085,7 +1076,7 @@ impl Config {
                 admin_gids: raw.command_admin_gids,
             },
             socket_group: raw.command_socket_group,
-            output_buffer: usize::try_from(output_buffer).unwrap_or(usize::MAX),
+            output_buffer,
             scopes: raw.scopes,
             bus: raw.bus,
             slice,
@@ -1295,6 +1286,32 @@ mod tests {
         assert_eq!(c.limits.max_audit_argument, 1024);
         assert_eq!(c.limits.admin_connection_reserve, 255);
         assert_eq!(c.limits.max_group_workers, 1024);
+    }
+
+    /// Every size key takes systemd's spellings and the ones operators
+    /// write besides (`64k`, `4MiB`), in powers of 1024, and a bad one is
+    /// refused naming its key.
+    #[test]
+    fn every_size_key_takes_the_same_spellings() {
+        let c = parse(
+            "output_buffer = \"64k\"\nmax_frame_size = \"1MiB\"\n[limits]\nmax_state_file_size = \"4m\"\n\
+             max_queued_response_bytes = \"1.5M\"\nmax_response_size = \"2 M\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.output_buffer, 64 << 10);
+        assert_eq!(c.max_frame_size, 1 << 20);
+        assert_eq!(c.limits.max_state_file_size, 4 << 20);
+        assert_eq!(c.limits.max_queued_response_bytes, 3 << 19);
+        assert_eq!(c.limits.max_response_size, 2 << 20);
+        for (text, key) in [
+            ("output_buffer = \"63k\"", "output_buffer"),
+            ("output_buffer = \"64x\"", "output_buffer"),
+            ("max_frame_size = \"65M\"", "max_frame_size"),
+            ("max_frame_size = 63", "max_frame_size"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{text}: {e}");
+        }
     }
 
     #[test]

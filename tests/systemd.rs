@@ -83,6 +83,11 @@ async fn limit_changes_a_live_scope() {
     assert_eq!(show("corral-web.scope", "MemoryMax"), "67108864");
     assert_eq!(show("corral-web.scope", "CPUQuotaPerSecUSec"), "500ms");
 
+    // Sizes as operators write them besides systemd's own spelling.
+    let (code, text, err) = c.ctl(&["limit", "web", "MemoryMax=96m"]);
+    assert_eq!(code, Some(0), "{text} {err}");
+    assert_eq!(show("corral-web.scope", "MemoryMax"), (96u64 << 20).to_string());
+
     let (code, text, err) = c.ctl(&["limit", "web", "MemoryMax=lots"]);
     assert_eq!(code, Some(1), "{text} {err}");
     assert!(text.contains("invalid size"), "{text}");

@@ -74,29 +74,45 @@ fn number(text: &str) -> Option<Result<u64, ()>> {
     Some(text.parse().map_err(|_| ()))
 }
 
-/// Sizes with systemd's suffixes (B, K, M, G, T, P, E, upper case as
-/// systemd takes them), which are powers of 1024; "infinity" is u64::MAX.
+/// Sizes as systemd writes them (`512`, `64K`, `1.5G`, `64 M`: suffixes B,
+/// K, M, G, T, P, E, each a power of 1024), and as operators also write
+/// them: in lower case and as `KiB` or `KB`, which count in powers of 1024
+/// too, as every size in systemd does. "infinity" is u64::MAX. A fraction
+/// needs a suffix: there is no half a byte.
 pub(crate) fn bytes(text: &str) -> Result<u64, String> {
     if text == "infinity" {
         return Ok(u64::MAX);
     }
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let invalid = || format!("invalid size {text:?} (e.g. \"512M\", \"64k\", \"1.5G\", \"infinity\")");
     let too_large = || format!("size {text:?} is too large (at most 16E, or \"infinity\")");
-    let n = match number(digits) {
-        Some(n) => n.map_err(|()| too_large())?,
-        None => return Err(format!("invalid size {text:?} (e.g. \"512M\", \"2G\", \"infinity\")")),
-    };
-    let shift = match unit {
+    let end = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    let shift = match unit.trim_start_matches(' ').to_ascii_uppercase().as_str() {
         "" | "B" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        "P" => 50,
-        "E" => 60,
-        _ => return Err(format!("invalid size suffix in {text:?} (B, K, M, G, T, P or E)")),
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        "P" | "PB" | "PIB" => 50,
+        "E" | "EB" | "EIB" => 60,
+        _ => return Err(format!("invalid size suffix in {text:?} (B, K, M, G, T, P or E, any case, or KiB ...)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(too_large)
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return Err(invalid());
+    }
+    if number.contains('.') && (shift == 0 || fraction.is_empty()) {
+        return Err(invalid());
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_large())? };
+    // Past 19 digits a fraction adds nothing a u64 can hold.
+    let fraction = &fraction[..fraction.len().min(19)];
+    let part: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| invalid())? };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let total =
+        whole.checked_shl(shift).filter(|t| t >> shift == whole).ok_or_else(too_large)? + (part << shift) / scale;
+    u64::try_from(total).map_err(|_| too_large())
 }
 
 /// systemd refuses a TasksMax of 0, and u64::MAX is how it spells
@@ -240,9 +256,33 @@ mod tests {
         for too_large in ["16E", "16384P", "18446744073709551616", "99999999999999999999999K"] {
             assert!(u64_of("MemoryMax", too_large).unwrap_err().contains("too large"), "{too_large}");
         }
-        for junk in ["", "M", "+5M", "-5M", "5 M", "5M ", "1.5G", "5MB", "5m", "5k", "0x10", "5M5", "５M"] {
+        for junk in ["", "M", "+5M", "-5M", "5M ", "1.5", "1.G", ".G", "1..5G", "0x10", "5M5", "５M", "5 MM", "5Ki"] {
             assert!(bytes(junk).is_err(), "{junk:?} accepted");
         }
+    }
+
+    /// systemd's own spellings, and the ones operators write besides.
+    #[test]
+    fn sizes_take_lower_case_and_kib_spellings_in_powers_of_1024() {
+        for (text, expected) in [
+            ("64k", 64 << 10),
+            ("64K", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64kib", 64 << 10),
+            ("64KB", 64 << 10),
+            ("64 K", 64 << 10),
+            ("5m", 5 << 20),
+            ("5MiB", 5 << 20),
+            ("1.5G", 3 << 29),
+            ("0.5M", 1 << 19),
+            (".5M", 1 << 19),
+            ("2t", 2 << 40),
+            ("512", 512),
+            ("512b", 512),
+        ] {
+            assert_eq!(bytes(text), Ok(expected), "{text}");
+        }
+        assert!(bytes("16.0E").unwrap_err().contains("too large"));
     }
 
     #[test]
