@@ -445,3 +445,31 @@ async fn soft_stop_of_signal_mode_worker_reports_processing_then_ok() {
 
     c.shutdown_ok().await;
 }
+
+/// A socket that takes the connection but never answers, as during the
+/// gap of a restart when systemd holds the socket for a corrald not yet
+/// up: corralctl gives up within its timeout, with exit 3 and a message
+/// that says what may be going on, instead of waiting for good. A request
+/// that has begun to answer is not cut off (the soft stop test above
+/// reports for as long as its drain takes).
+#[test]
+fn corralctl_gives_up_on_a_socket_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in listener.incoming().take(2) {
+            kept.push(stream.unwrap());
+        }
+        kept
+    });
+    let (code, out, err) = corralctl(&path, &["--timeout", "300ms", "stop", "web"]);
+    assert_eq!(code, Some(3), "{out} {err}");
+    assert!(err.contains("no answer from corrald on") && err.contains("within 300ms"), "{err}");
+    assert!(err.contains("starting or restarting"), "{err}");
+    let (code, out, err) = corralctl(&path, &["status"]);
+    assert_eq!(code, Some(3), "{out} {err}");
+    assert!(err.contains("within 5s"), "the default for a status: {err}");
+    drop(held);
+}

@@ -6,6 +6,7 @@
 //! came (corrald unreachable, connection lost, protocol error) or it could
 //! not be written out.
 
+use std::cell::Cell;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +38,10 @@ struct Cli {
     /// Print every response, PROCESSING ones included, as one JSON object per line
     #[arg(long, global = true, display_order = 101)]
     json: bool,
+    /// Give up when corrald has not begun to answer within this time (e.g. 10s)
+    /// [default: 5s for status and workers, 30s for the rest]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, display_order = 102)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -144,16 +149,42 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(EXIT_NO_ANSWER, &format!("cannot start the runtime: {err}")),
     };
+    let timeout = cli.timeout.unwrap_or_else(|| first_answer_timeout(&command));
     let mut out = Output::new(cli.json);
+    let answered = Cell::new(false);
     let result = runtime.block_on(async {
-        let mut client = Client::connect(&socket).await?;
-        client.call(command, |resp| out.progress(resp)).await
+        let call = async {
+            let mut client = Client::connect(&socket).await?;
+            client
+                .call(command, |resp| {
+                    answered.set(true);
+                    out.progress(resp)
+                })
+                .await
+        };
+        // Only the wait for the first answer is bounded: a drain may then
+        // take as long as its workers do, reporting as it goes.
+        let unanswered = async {
+            tokio::time::sleep(timeout).await;
+            if answered.get() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = call => result.map_err(|err| err.to_string()),
+            () = unanswered => Err(format!(
+                "no answer from corrald on {} within {}: it may be starting or restarting \
+                 (`systemctl status corrald` says which); --timeout waits longer",
+                socket.display(),
+                humantime::format_duration(timeout)
+            )),
+        }
     });
     let response = match result {
         Ok(response) => response,
         Err(err) => {
             out.clear_progress();
-            return fail(EXIT_NO_ANSWER, &err.to_string());
+            return fail(EXIT_NO_ANSWER, &err);
         }
     };
     out.finish(&response);
@@ -163,6 +194,16 @@ fn main() -> ExitCode {
     match response.status() {
         Status::Ok => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+/// How long to wait for corrald's first answer: a status is quick when
+/// corrald runs, so a client waiting longer is better told why; other
+/// requests may first wait on the audit trail or on an upgrade's checks.
+fn first_answer_timeout(command: &request::Command) -> Duration {
+    match command {
+        request::Command::Status(_) | request::Command::ListWorkers(_) => Duration::from_secs(5),
+        _ => Duration::from_secs(30),
     }
 }
 
