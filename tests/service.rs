@@ -777,3 +777,38 @@ async fn a_burst_of_audited_commands_reaches_the_journal_whole() {
     assert_eq!(distinct.len(), records, "and each one once");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The unit file says how `systemd-analyze security` scores it, and that
+/// is what systemd says; under all that hardening corrald still places a
+/// worker, which runs and drains.
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn the_unit_states_the_exposure_systemd_scores_and_workers_run_under_it() {
+    let unit = include_str!("../units/corrald.service");
+    let comment: String = unit.lines().filter_map(|l| l.strip_prefix("# ")).collect::<Vec<_>>().join(" ");
+    let stated = comment
+        .split_once("with none of the lines below, ")
+        .and_then(|(_, rest)| rest.split_once(" with them"))
+        .map(|(score, _)| score.to_string())
+        .expect("the unit's comment states its exposure");
+    let _i = Installed::new(&group("web", 2, &[], ""));
+    let (_, out) = run("systemd-analyze", &["security", "--no-pager", "corrald.service"]);
+    let scored = out
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for corrald.service: "))
+        .map(|(_, score)| score.trim_end_matches([' ', ':', '-', '(', ')', '|']).to_string())
+        .unwrap_or_else(|| panic!("no overall exposure in: {out}"));
+    assert_eq!(scored, stated, "the unit's comment is out of date");
+    systemctl(&["start", "corrald.service"]);
+    wait_for("both workers ready", || {
+        let web = group_status(&supervisor_status(), "web");
+        if web["ready"] == 2 {
+            Ok(())
+        } else {
+            Err(web.to_string())
+        }
+    });
+    let outcome = ctl(&["stop", "web"]).pop().unwrap();
+    assert_eq!(outcome["status"], "OK", "{outcome}");
+    assert_eq!(outcome["outcome"]["succeeded"], 2, "{outcome}");
+}
