@@ -405,3 +405,46 @@ async fn scaling_past_max_scopes_is_refused_and_changes_nothing() {
 
     c.shutdown_ok().await;
 }
+
+/// Which of an operator's changes to a scope outlive the scope, when
+/// corrald recreates it (here: every worker of a group scope stopped at
+/// once, so the scope empties and goes, then started). README ("Scopes") states the
+/// same: drop-ins and `corralctl limit` values are kept; a `systemctl
+/// set-property`, with or without --runtime, lasts only as long as the
+/// scope it was made on (systemd keeps it with the transient unit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn what_survives_a_scope_recreated_by_corrald() {
+    let dir = std::path::Path::new("/etc/systemd/system/corral-kept.scope.d");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("50-operator.conf"), "[Scope]\nTasksMax=77\n").unwrap();
+    assert!(run("systemctl", &["daemon-reload"]).0);
+    let mut c = Corrald::new(&demo_group("kept", 2, UNITS, ""));
+    c.start();
+    c.wait_ready("kept", 2).await;
+    let (code, text, err) = c.ctl(&["limit", "kept", "CPUWeight=33"]);
+    assert_eq!(code, Some(0), "{text} {err}");
+    let (ok, text) = run("systemctl", &["set-property", "corral-kept.scope", "MemoryMax=200M"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run("systemctl", &["set-property", "--runtime", "corral-kept.scope", "IOWeight=44"]);
+    assert!(ok, "{text}");
+    let seen = || ["TasksMax", "CPUWeight", "MemoryMax", "IOWeight"].map(|p| show("corral-kept.scope", p)).join(" ");
+    assert_eq!(seen(), "77 33 209715200 44");
+    let first = show("corral-kept.scope", "InvocationID");
+
+    let (code, text, err) = c.ctl(&["stop", "kept"]);
+    assert_eq!(code, Some(0), "{text} {err}");
+    poll_blocking("the empty scope to go", PATIENCE, || match show("corral-kept.scope", "ActiveState").as_str() {
+        "active" => Err("active".to_string()),
+        _ => Ok(()),
+    });
+    let (code, text, err) = c.ctl(&["start", "kept"]);
+    assert_eq!(code, Some(0), "{text} {err}");
+    c.wait_ready("kept", 2).await;
+    assert_ne!(show("corral-kept.scope", "InvocationID"), first, "the scope was recreated");
+    assert_eq!(seen(), "77 33 infinity [not set]", "drop-in and limit kept, set-property gone");
+
+    c.shutdown_ok().await;
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(run("systemctl", &["daemon-reload"]).0);
+}
