@@ -812,3 +812,30 @@ fn the_unit_states_the_exposure_systemd_scores_and_workers_run_under_it() {
     assert_eq!(outcome["status"], "OK", "{outcome}");
     assert_eq!(outcome["outcome"]["succeeded"], 2, "{outcome}");
 }
+
+/// Stopping corral for good takes both units, as with any socket-activated
+/// service: stopping the socket stops the service too (a corrald nobody can
+/// command is not left running), and a client then gets a clear refusal
+/// that starts nothing; stopping the service alone leaves its socket
+/// listening, and the next client starts the fleet again (README, "As a
+/// systemd service").
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn stopping_the_socket_stops_corral_and_a_client_then_starts_nothing() {
+    let _i = Installed::new(&group("web", 1, &[], ""));
+    systemctl(&["start", "corrald.socket"]);
+    systemctl(&["start", "corrald.service"]);
+    systemctl(&["stop", "corrald.socket"]);
+    assert_eq!(show("corrald.service", "ActiveState"), "inactive");
+    assert_eq!(show("corral-web.scope", "ActiveState"), "inactive", "the fleet drained");
+    let (ok, out) = run(CORRALCTL, &["status"]);
+    assert!(!ok && out.contains("no socket at /run/corral/corrald.sock: is corrald running?"), "{out}");
+    assert_eq!(show("corrald.service", "ActiveState"), "inactive", "nothing started it");
+
+    systemctl(&["start", "corrald.socket", "corrald.service"]);
+    systemctl(&["stop", "corrald.service"]);
+    assert_eq!(show("corrald.socket", "ActiveState"), "active");
+    let status = supervisor_status();
+    assert_eq!(group_status(&status, "web")["desired"], 1, "{status}");
+    wait_for("the service the client started to be active", || shows("corrald.service", "ActiveState", "active"));
+}
