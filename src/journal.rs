@@ -317,7 +317,8 @@ impl Output {
     }
 
     /// Waits, at most `timeout`, until every worker stream has closed and
-    /// everything queued has been written: the last thing before exit.
+    /// everything queued has been written: the last thing before an exit
+    /// that stopped the workers.
     pub async fn drain(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -329,6 +330,18 @@ impl Output {
                 break;
             }
         }
+        self.flush_until(deadline).await;
+    }
+
+    /// Waits, at most `timeout`, until everything queued has been written,
+    /// without waiting for the streams: for a hand-over or an upgrade,
+    /// where the workers run on and their streams never close (what is
+    /// still in their pipes is read by the next corrald).
+    pub async fn flush(&self, timeout: Duration) {
+        self.flush_until(tokio::time::Instant::now() + timeout).await;
+    }
+
+    async fn flush_until(&self, deadline: tokio::time::Instant) {
         let (tx, rx) = oneshot::channel();
         if self.shared.tx.send(Item::Flush(tx)).is_ok() {
             let _ = tokio::time::timeout_at(deadline, rx).await;

@@ -108,9 +108,11 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     signals::wedge_on_sigusr2(handle.clone());
     signals::answer(handle.clone(), systemd, auditor, systemd_events);
     let (ending, listener) = serve::until_ending(supervisor, server, &handle).await;
-    output.drain(Duration::from_secs(3)).await;
     if matches!(ending, Ending::Upgrade { .. } | Ending::Handover) {
+        output.flush(Duration::from_secs(3)).await;
         serve::flush_descriptor_store(notifier).await;
+    } else {
+        output.drain(Duration::from_secs(3)).await;
     }
     Ok(match ending {
         Ending::Upgrade { binary, fds } => serve::upgrade(&binary, &config_path, listener, fds, &output).await,
