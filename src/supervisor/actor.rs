@@ -45,6 +45,12 @@ pub enum Timer {
         key: SlotKey,
         token: u64,
     },
+    /// A group failed at its start limit is due to start again
+    /// (`start_limit_retry`); `token` names the failure it retries.
+    RetryDue {
+        group: String,
+        token: u64,
+    },
     /// Fork more of the queued workers (see [`Supervisor::fork_queued`]).
     ForkMore,
 }
@@ -189,6 +195,11 @@ impl Supervisor {
             }
             Msg::Timer(Timer::RestartDue { key, token }) => {
                 self.fleet.restart_due(&key, token);
+            }
+            Msg::Timer(Timer::RetryDue { group, token }) => {
+                if let Some(workers) = self.fleet.retry_due(&group, token) {
+                    tracing::info!(%group, workers, "starting the group again after its start limit (start_limit_retry)");
+                }
             }
             Msg::Timer(Timer::ForkMore) => self.fork_more_sent = false,
             Msg::Orchestrate(what) => self.on_orchestration(what),
