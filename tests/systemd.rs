@@ -400,3 +400,49 @@ async fn scaling_past_max_scopes_is_refused_and_changes_nothing() {
 
     c.shutdown_ok().await;
 }
+
+/// A signal to a whole group's scope ends every worker at once, 10 of them
+/// against a start limit of 5: that is one restart of each worker, not a
+/// crash loop. Both SIGKILL and SIGTERM (on which the demo workers drain
+/// and exit 0) end with all 10 running again in the scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_signal_to_a_group_scope_restarts_every_worker_and_never_fails_the_group() {
+    let extra = "restart = \"always\"\nstart_limit_burst = 5\nstart_limit_interval = \"10s\"\n";
+    let mut c = Corrald::new(&demo_group("web", 10, UNITS, extra));
+    c.start();
+    c.wait_ready("web", 10).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+
+    for signal in ["SIGKILL", "SIGTERM"] {
+        let before = sorted_pids(&c, "web").await;
+        assert_eq!(before.len(), 10);
+        // systemd 252 on a hybrid host signals every process of the scope
+        // and may still exit non-zero ("Failed to send signal SIGKILL to
+        // auxiliary processes: No such device"): the workers' exits are
+        // what count.
+        run("systemctl", &["kill", "-s", signal, "corral-web.scope"]);
+        let before = &before;
+        let c = &c;
+        let after = c
+            .poll(&format!("10 new workers after {signal} to the scope"), || async move {
+                let s = c.status().await;
+                let web = group(&s, "web");
+                assert_ne!(web.state, "failed", "{signal} to the scope failed the group: {web:?}\n{}", c.stderr_tail());
+                let pids = sorted_pids(c, "web").await;
+                let fresh = pids.len() == 10 && pids.iter().all(|p| !before.contains(p));
+                if web.ready == 10 && fresh {
+                    Ok(pids)
+                } else {
+                    Err(format!("{web:?}: {pids:?}"))
+                }
+            })
+            .await;
+        assert!(before.iter().all(|p| !pid_alive(*p)), "{signal}: a worker outlived the signal");
+        assert_eq!(show("corral-web.scope", "ActiveState"), "active");
+        assert_eq!(status_pids("corral-web.scope"), after, "after {signal} the scope holds the new workers");
+    }
+    let workers = c.workers().await;
+    assert!(workers.iter().all(|w| w.restarts == 2 && w.state == "ready"), "{workers:?}");
+    c.shutdown_ok().await;
+}
