@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{dependency_layers, Config, GroupConfig};
 use crate::sanitise::sanitise;
+use crate::systemd::PlaceError;
 use crate::target::{SlotKey, Target};
 
 pub use changes::{restart_notes, ReloadPlan, ScalePlan};
@@ -262,7 +263,7 @@ impl<H> Fleet<H> {
         }
     }
 
-    pub fn set_placement_error(&mut self, key: &SlotKey, generation: u64, error: String) {
+    pub fn set_placement_error(&mut self, key: &SlotKey, generation: u64, error: PlaceError) {
         let Some(slot) = self.slot_mut(key) else { return };
         if let SlotState::Starting(p) | SlotState::Ready(p) | SlotState::Stopping(p) = &mut slot.state {
             if p.generation == generation {
@@ -286,12 +287,16 @@ impl<H> Fleet<H> {
         let was_stopping = matches!(slot.state, SlotState::Stopping(_));
         let proc = slot.take_proc(SlotState::Stopped { requested: was_stopping })?;
         let described = match &proc.placement_error {
-            Some(error) => format!("never ran: {error}"),
+            Some(failed) => format!("never ran: {}", failed.error),
             None => description,
         };
         slot.last_exit = described.clone();
         let ran_for = now.saturating_duration_since(proc.started);
-        let next = self.settle(key, was_stopping, clean, ran_for, true, now);
+        // A placement the manager cut short (a re-exec, a bus restart) is
+        // like a fork that failed for want of resources: retried whatever
+        // the policy, and never counted toward the start limit.
+        let lost = proc.placement_error.as_ref().is_some_and(|f| f.lost);
+        let next = self.settle(key, was_stopping, clean && !lost, ran_for, !lost, now);
         Some(Exited { proc, described, next })
     }
 

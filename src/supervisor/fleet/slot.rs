@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::restart::StartLimit;
+use crate::systemd::PlaceError;
 
 /// A worker process as the fleet sees it. `H` is what the actor keeps to
 /// reach the process (its task's channel, its descriptors); the fleet
@@ -30,8 +31,8 @@ pub struct Proc<H> {
     /// When corrald started (or adopted) it; how long it ran drives the
     /// backoff.
     pub started: Instant,
-    /// Why systemd would not take it into its scope, if so: it never ran.
-    pub placement_error: Option<String>,
+    /// Why systemd did not take it into its scope, if so: it never ran.
+    pub placement_error: Option<PlaceError>,
     pub handle: H,
 }
 

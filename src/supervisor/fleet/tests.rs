@@ -367,6 +367,31 @@ fn a_fork_that_failed_for_want_of_resources_is_retried_whatever_the_policy_and_n
     assert_eq!(state(&f, "w-1"), "failed");
 }
 
+/// A placement the manager cut short (a re-exec, a bus restart) is
+/// systemd's plight, like a fork out of descriptors; one it refused is the
+/// worker's failure.
+#[test]
+fn a_placement_cut_short_is_retried_whatever_the_policy_and_not_counted() {
+    let text = "[groups.w]\ncommand = \"w\"\nrestart = \"never\"\nstart_limit_burst = 1\n";
+    let mut f = fleet(text);
+    f.start_waiting_groups();
+    let now = Instant::now();
+    let lost = |lost| PlaceError { error: "corral-w.scope: StartTransientUnit failed: NoReply".into(), lost };
+    for generation in 1..=3 {
+        let (k, g) = fork_all(&mut f, now, generation)[0].clone();
+        f.set_placement_error(&k, g, lost(true));
+        let exited = f.exited(&k, g, "exited 1".into(), false, now).unwrap();
+        assert_eq!(exited.described, "never ran: corral-w.scope: StartTransientUnit failed: NoReply");
+        let AfterExit::Restart { token, .. } = exited.next else { panic!("{:?}", exited.next) };
+        assert!(f.restart_due(&k, token));
+    }
+    let (k, g) = fork_all(&mut f, now, 4)[0].clone();
+    f.set_placement_error(&k, g, lost(false));
+    assert_eq!(f.exited(&k, g, "exited 1".into(), false, now).unwrap().next, AfterExit::Down, "refused: never");
+    assert_eq!(state(&f, "w-1"), "failed");
+    assert_eq!(shown(&f, "w"), "stopped", "the group never hit its limit");
+}
+
 #[test]
 fn a_stopped_worker_is_never_restarted_and_a_queued_one_never_forked() {
     let mut f = fleet("[groups.w]\ncommand = \"w\"\ncount = 2\nrestart = \"always\"\n");
