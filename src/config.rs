@@ -37,6 +37,11 @@ pub const MAX_LIST: usize = 1024;
 /// one of them the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// Bounds of `start_limit_retry`: a retry sooner than a second would be a
+/// crash loop of its own, and a day is longer than anyone waits on purpose.
+const START_LIMIT_RETRY_MIN: Duration = Duration::from_secs(1);
+const START_LIMIT_RETRY_MAX: Duration = Duration::from_secs(86_400);
+
 /// The PATH a worker gets when its group's environment sets none, as systemd
 /// gives services.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -355,6 +360,10 @@ pub struct GroupConfig {
     pub start_limit_burst: u32,
     #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub start_limit_interval: Duration,
+    /// How long after its start limit failed it the group starts again by
+    /// itself; `None`: it waits for an operator, as a unit does in systemd.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub start_limit_retry: Option<Duration>,
     #[serde(default = "default_stop_mode")]
     pub stop_mode: StopMode,
     #[serde(default = "sigterm", deserialize_with = "signal")]
@@ -811,6 +820,15 @@ fn check_group(name: &str, g: &GroupConfig, limits: &Limits) -> Result<(), Strin
     if g.start_limit_burst == 0 {
         return Err(format!("key `{}`: must be at least 1", key("start_limit_burst")));
     }
+    if let Some(retry) = g.start_limit_retry {
+        if !(START_LIMIT_RETRY_MIN..=START_LIMIT_RETRY_MAX).contains(&retry) {
+            return Err(format!(
+                "key `{}`: {} is out of range (1s to 1day)",
+                key("start_limit_retry"),
+                humantime::format_duration(retry)
+            ));
+        }
+    }
     if g.max_unavailable == 0 {
         return Err(format!("key `{}`: must be at least 1", key("max_unavailable")));
     }
@@ -1200,6 +1218,21 @@ mod tests {
         assert!(e.to_string().contains("key `groups.web.restart`"), "{e}");
         let e = parse("[groups.web]\ncommand = \"/bin/true\"\nstop_signal = \"SIGNOPE\"\n").unwrap_err();
         assert!(e.to_string().contains("key `groups.web.stop_signal`"), "{e}");
+    }
+
+    #[test]
+    fn a_start_limit_retry_is_off_unless_set_and_bounded() {
+        let group = |extra: &str| parse(&format!("[groups.web]\ncommand = \"x\"\n{extra}"));
+        assert_eq!(group("").unwrap().groups["web"].start_limit_retry, None);
+        let set = group("start_limit_retry = \"5min\"\n").unwrap();
+        assert_eq!(set.groups["web"].start_limit_retry, Some(Duration::from_secs(300)));
+        for bad in ["500ms", "2days"] {
+            let e = group(&format!("start_limit_retry = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("key `groups.web.start_limit_retry`") && e.to_string().contains("out of range"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

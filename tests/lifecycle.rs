@@ -112,6 +112,41 @@ async fn crash_loop_backoff_is_capped() {
     assert_eq!(read_starts(&starts).len(), 7, "a start after the group failed");
 }
 
+/// A group failed at its start limit starts again by itself
+/// `start_limit_retry` after the failure, and at once on an operator's
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_is_retried_after_start_limit_retry_and_by_an_operator_start() {
+    let mut c = Corrald::new("");
+    let starts = c.dir.path().join("starts");
+    c.write_config(&format!("{}start_limit_retry = \"1s\"\n", crash_loop_group(&starts, "100ms", 1)));
+    c.start();
+    // The first start and one restart, then the group fails.
+    let g = c.wait_group("crashy", "failed", |g| g.state == "failed").await;
+    assert!(g.reason.contains("start limit hit: crashy-1 restarted 1 times"), "{g:?}");
+    let failed_at = Instant::now();
+    c.wait_stderr("the retry", |log| log.contains("starting the group again after its start limit")).await;
+    assert!(failed_at.elapsed() >= Duration::from_millis(800), "retried after {:?}", failed_at.elapsed());
+    let (starts_path, corrald) = (&starts, &c);
+    c.poll("the retry's two starts and the failure again", || async move {
+        let s = corrald.status().await;
+        let n = read_starts(starts_path).len();
+        if n >= 4 && group(&s, "crashy").state == "failed" {
+            Ok(())
+        } else {
+            Err(format!("{n} starts, {:?}", group(&s, "crashy")))
+        }
+    })
+    .await;
+    assert!(c.stderr().contains("the group is marked failed and starts again in 1s"), "{}", c.stderr_tail());
+
+    let before = read_starts(&starts).len();
+    let (_, last) = c.call(Cmd::Start(proto::Start { target: "crashy".into() })).await;
+    assert_eq!(last.status(), Status::Failure, "the worker still crashes: {last:?}");
+    assert!(read_starts(&starts).len() > before, "an operator's start ran the worker again");
+    c.shutdown_ok().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_readding_a_group_still_draining_keeps_it() {
     // `slow` drains for seconds (a 3s unit in flight); a second reload that

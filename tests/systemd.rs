@@ -448,3 +448,145 @@ async fn what_survives_a_scope_recreated_by_corrald() {
     std::fs::remove_dir_all(dir).unwrap();
     assert!(run("systemctl", &["daemon-reload"]).0);
 }
+
+/// A signal to a whole group's scope ends every worker at once, 10 of them
+/// against a start limit of 5: that is one restart of each worker, not a
+/// crash loop. Both SIGKILL and SIGTERM (on which the demo workers drain
+/// and exit 0) end with all 10 running again in the scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_signal_to_a_group_scope_restarts_every_worker_and_never_fails_the_group() {
+    let extra = "restart = \"always\"\nstart_limit_burst = 5\nstart_limit_interval = \"10s\"\n";
+    let mut c = Corrald::new(&demo_group("web", 10, UNITS, extra));
+    c.start();
+    c.wait_ready("web", 10).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+
+    for signal in ["SIGKILL", "SIGTERM"] {
+        let before = sorted_pids(&c, "web").await;
+        assert_eq!(before.len(), 10);
+        // systemd 252 on a hybrid host signals every process of the scope
+        // and may still exit non-zero ("Failed to send signal SIGKILL to
+        // auxiliary processes: No such device"): the workers' exits are
+        // what count.
+        run("systemctl", &["kill", "-s", signal, "corral-web.scope"]);
+        let before = &before;
+        let c = &c;
+        let after = c
+            .poll(&format!("10 new workers after {signal} to the scope"), || async move {
+                let s = c.status().await;
+                let web = group(&s, "web");
+                assert_ne!(web.state, "failed", "{signal} to the scope failed the group: {web:?}\n{}", c.stderr_tail());
+                let pids = sorted_pids(c, "web").await;
+                let fresh = pids.len() == 10 && pids.iter().all(|p| !before.contains(p));
+                if web.ready == 10 && fresh {
+                    Ok(pids)
+                } else {
+                    Err(format!("{web:?}: {pids:?}"))
+                }
+            })
+            .await;
+        assert!(before.iter().all(|p| !pid_alive(*p)), "{signal}: a worker outlived the signal");
+        assert_eq!(show("corral-web.scope", "ActiveState"), "active");
+        assert_eq!(status_pids("corral-web.scope"), after, "after {signal} the scope holds the new workers");
+    }
+    let workers = c.workers().await;
+    assert!(workers.iter().all(|w| w.restarts == 2 && w.state == "ready"), "{workers:?}");
+    c.shutdown_ok().await;
+}
+
+/// Whether each worker is in its own scope, as /proc says.
+fn in_their_scopes(pids: &std::collections::BTreeMap<String, u32>) -> Result<(), String> {
+    let astray: Vec<String> = pids
+        .iter()
+        .filter(|(id, pid)| !unified_cgroup(**pid).ends_with(&format!("/corral-{id}.scope")))
+        .map(|(id, pid)| format!("{id} (pid {pid}) in {}", unified_cgroup(*pid)))
+        .collect();
+    if astray.is_empty() {
+        Ok(())
+    } else {
+        Err(astray.join(", "))
+    }
+}
+
+/// How many scopes named `prefix*` have a cgroup under corral.slice.
+fn scopes_made(prefix: &str) -> usize {
+    let slice = format!("{}/corral.slice", cgroup2_mount());
+    let Ok(entries) = std::fs::read_dir(slice) else { return 0 };
+    entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count()
+}
+
+/// Lines of corrald's log that show a placement's exchange with systemd
+/// cut short: retried, confirmed from /proc, or failed.
+fn interrupted_placements(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains("trying again in") || l.contains("after the D-Bus exchange failed") || l.contains("not started")
+        })
+        .count()
+}
+
+/// `systemctl daemon-reexec` while placements are in flight: the calls it
+/// cuts short are retried once /proc and the unit say what became of them,
+/// and no worker counts it as a failure. Each round scales a group of
+/// worker scopes from 0 to 100 and re-executes the manager once systemd
+/// shows one of their start jobs, until a round's log shows a placement
+/// interrupted (at most 10 rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn placements_cut_short_by_daemon_reexec_are_retried_and_never_count() {
+    struct StopScopes;
+    impl Drop for StopScopes {
+        fn drop(&mut self) {
+            let _ = run("systemctl", &["stop", "corral-re-*.scope"]);
+        }
+    }
+    let _cleanup = StopScopes;
+    let mut c = Corrald::new(
+        "[groups.re]\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\ncount = 0\nstop_mode = \"signal\"\n\
+         ready_after = \"10ms\"\nscope = \"worker\"\nrestart = \"always\"\nstart_limit_burst = 1\n",
+    );
+    c.start();
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+    let mut interrupted = 0;
+    for round in 1..=10 {
+        let seen_before = interrupted_placements(&c.stderr());
+        let mut client = c.client().await;
+        let scale = tokio::spawn(async move {
+            let cmd = Cmd::Scale(proto::Scale { group: "re".into(), count: 100 });
+            tokio::time::timeout(PATIENCE * 2, client.call(cmd, |_| {})).await
+        });
+        // Some scopes made and not all: placements are in flight. The whole
+        // scale may also finish between two looks; the round then tries again.
+        while !scale.is_finished() {
+            let made = scopes_made("corral-re-");
+            if (1..100).contains(&made) {
+                assert!(run("systemctl", &["daemon-reexec"]).0, "round {round}");
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let last = scale.await.unwrap().expect("the scale's answer in time").expect("the scale's answer");
+        interrupted = interrupted_placements(&c.stderr()) - seen_before;
+        assert_eq!(last.status(), Status::Ok, "round {round}: {last:?}\n{}", c.stderr_tail());
+        if interrupted > 0 {
+            break;
+        }
+        let (_, last) = c.call(Cmd::Scale(proto::Scale { group: "re".into(), count: 0 })).await;
+        assert_eq!(last.status(), Status::Ok, "round {round}: {last:?}");
+    }
+    assert!(interrupted > 0, "no daemon-reexec in 10 rounds cut a placement short:\n{}", c.stderr_tail());
+
+    let log = c.stderr();
+    assert!(!log.contains("not started"), "a placement failed:\n{}", c.stderr_tail());
+    let s = c.status().await;
+    let re = group(&s, "re");
+    assert_eq!((re.state.as_str(), re.ready), ("running", 100), "{re:?}");
+    let workers = c.workers().await;
+    let counted: Vec<_> = workers.iter().filter(|w| w.restarts != 0 || !w.last_exit.is_empty()).collect();
+    assert!(counted.is_empty(), "workers that counted the re-exec as a failure: {counted:?}");
+    let pids = c.pids("re").await;
+    assert_eq!(pids.len(), 100);
+    c.poll("every worker in its own scope", || async { in_their_scopes(&pids) }).await;
+    c.shutdown_ok().await;
+}

@@ -14,6 +14,7 @@ use super::state::SavedState;
 use super::{process, Ending, Reply, Supervisor};
 use crate::config::Config;
 use crate::proto::FailureKind;
+use crate::systemd::PlaceError;
 use crate::target::SlotKey;
 
 /// Messages to the supervisor actor, by who sends them.
@@ -36,13 +37,19 @@ pub enum Placement {
     /// A gated worker's placement is settled (its gate opened, or dropped
     /// after a failure): one fewer child waits.
     Settled,
-    /// systemd would not take a worker into its scope; it was never exec'd.
-    Failed { key: SlotKey, generation: u64, error: String },
+    /// systemd did not take a worker into its scope; it was never exec'd.
+    Failed { key: SlotKey, generation: u64, error: PlaceError },
 }
 
 pub enum Timer {
     RestartDue {
         key: SlotKey,
+        token: u64,
+    },
+    /// A group failed at its start limit is due to start again
+    /// (`start_limit_retry`); `token` names the failure it retries.
+    RetryDue {
+        group: String,
         token: u64,
     },
     /// Fork more of the queued workers (see [`Supervisor::fork_queued`]).
@@ -184,11 +191,20 @@ impl Supervisor {
             Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
             Msg::Placement(Placement::Settled) => self.gated = self.gated.saturating_sub(1),
             Msg::Placement(Placement::Failed { key, generation, error }) => {
-                tracing::error!(worker = %key, "not started: {error}");
+                if error.lost {
+                    tracing::warn!(worker = %key, "not started: {}; not counted toward the start limit", error.error);
+                } else {
+                    tracing::error!(worker = %key, "not started: {}", error.error);
+                }
                 self.fleet.set_placement_error(&key, generation, error);
             }
             Msg::Timer(Timer::RestartDue { key, token }) => {
                 self.fleet.restart_due(&key, token);
+            }
+            Msg::Timer(Timer::RetryDue { group, token }) => {
+                if let Some(workers) = self.fleet.retry_due(&group, token) {
+                    tracing::info!(%group, workers, "starting the group again after its start limit (start_limit_retry)");
+                }
             }
             Msg::Timer(Timer::ForkMore) => self.fork_more_sent = false,
             Msg::Orchestrate(what) => self.on_orchestration(what),

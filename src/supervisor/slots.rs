@@ -170,13 +170,23 @@ impl Supervisor {
         }
     }
 
-    /// Carries out what follows an exit: a restart timer, a log line.
+    /// Carries out what follows an exit: a restart timer, a log line, the
+    /// timer of a failed group's retry.
     fn after_exit(&mut self, key: &SlotKey, next: AfterExit) {
         match next {
             AfterExit::Stopped => self.start_waiting_groups(),
             AfterExit::Down => {}
-            AfterExit::GroupFailed(reason) => {
+            AfterExit::GroupFailed { reason, retry: None } => {
                 tracing::error!(group = %key.group, "{reason}; the group is marked failed")
+            }
+            AfterExit::GroupFailed { reason, retry: Some((delay, token)) } => {
+                let after = humantime::format_duration(delay);
+                tracing::error!(group = %key.group, "{reason}; the group is marked failed and starts again in {after}");
+                let (handle, group) = (self.handle.clone(), key.group.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    handle.send(Msg::Timer(Timer::RetryDue { group, token }));
+                });
             }
             AfterExit::Restart { delay, token } => {
                 tracing::info!(worker = %key, "restarting in {}", humantime::format_duration(delay));

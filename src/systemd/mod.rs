@@ -94,25 +94,40 @@ pub struct Systemd {
     window: Arc<tokio::sync::Semaphore>,
 }
 
-/// How often a call the bus or a re-executing manager dropped is tried
-/// again, and the first pause between tries (doubled each time).
-const RETRIES: u32 = 5;
+/// How long a placement whose exchange the bus or a re-executing manager
+/// cut short is tried again (a `daemon-reexec` of a manager with thousands
+/// of units takes seconds), and the first and longest pause between tries.
+const RETRY_FOR: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Why a worker could not be placed.
+#[derive(Debug, Clone)]
+pub struct PlaceError {
+    pub error: String,
+    /// The exchange with the manager was cut short for as long as corrald
+    /// tried (a re-exec, a bus restart), not refused: systemd's plight,
+    /// not the worker's.
+    pub lost: bool,
+}
 
 /// Starts the error of a job that systemd ran and that failed.
 const JOB_FAILED: &str = "the start job of";
 
 /// Whether a failed call is worth trying again after a pause: the bus was
 /// busy (LimitsExceeded) or the answer was lost (NoReply, a dropped
-/// connection, systemd re-executing), not a refusal of the call itself.
+/// connection, systemd re-executing and off the bus meanwhile), not a
+/// refusal of the call itself.
 fn transient(e: &zbus::Error) -> bool {
-    match error_name(e) {
+    match error_name(e).as_deref() {
         Some(name) => matches!(
             name,
             "org.freedesktop.DBus.Error.LimitsExceeded"
                 | "org.freedesktop.DBus.Error.NoReply"
                 | "org.freedesktop.DBus.Error.Disconnected"
                 | "org.freedesktop.DBus.Error.Timeout"
+                | "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
         ),
         // A job that ran and failed is systemd's answer, not a lost one.
         None => match e {
@@ -127,10 +142,13 @@ fn call_err(unit: &str, what: &str, e: impl std::fmt::Display) -> String {
     format!("{unit}: {what} failed: {e}")
 }
 
-/// The D-Bus error name of a method error, if it is one.
-fn error_name(e: &zbus::Error) -> Option<&str> {
+/// The D-Bus error name of a method error, if it is one. zbus reports the
+/// bus's own errors (`org.freedesktop.DBus.Error.*`: NoReply, ...) as
+/// `FDO`, every other name as `MethodError`.
+fn error_name(e: &zbus::Error) -> Option<String> {
     match e {
-        zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
+        zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
+        zbus::Error::FDO(fdo) => Some(zbus::DBusError::name(fdo.as_ref()).to_string()),
         _ => None,
     }
 }
@@ -259,8 +277,9 @@ impl Systemd {
     }
 
     /// Puts `pid` into its scope and confirms it is there. Returns a note
-    /// when an existing scope was joined rather than created.
-    pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, String> {
+    /// when an existing scope was joined rather than created, or the
+    /// placement was confirmed after its exchange was cut short.
+    pub async fn place(&self, pid: u32, placement: &Placement) -> Result<Option<String>, PlaceError> {
         // A group scope whose cgroup is there is live: its next workers
         // join it with one call each, as many at once as the window
         // allows. Should the scope be on its way out after all, the join
@@ -281,31 +300,36 @@ impl Systemd {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let _permit = self.window.acquire().await.map_err(|e| format!("{}: {e}", placement.unit))?;
         let unit = &placement.unit;
+        let _permit =
+            self.window.acquire().await.map_err(|e| PlaceError { error: format!("{unit}: {e}"), lost: false })?;
+        let leaf = placement.leaf.as_deref();
+        let since = tokio::time::Instant::now();
         let mut pause = RETRY_PAUSE;
-        let mut attempt = 1;
         loop {
-            match self.place_once(pid, placement).await {
-                Err((e, true))
-                    if attempt < RETRIES && confirm_in_unit(pid, unit, placement.leaf.as_deref()).is_err() =>
-                {
-                    tracing::info!("{unit}: {e}; trying again in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err((e, _)) => {
-                    // A worker stopped while it was being placed leaves
-                    // the leaf made for it; the group's lock is still held,
-                    // so no other placement is using that leaf meanwhile.
-                    if let Some(leaf) = &placement.leaf {
-                        self.release_leaf(unit, leaf);
-                    }
-                    return Err(e);
-                }
+            let (error, again) = match self.place_once(pid, placement).await {
                 Ok(note) => return Ok(note),
+                Err(failed) => failed,
+            };
+            // The kernel says whether the exchange that was cut short
+            // placed the process after all.
+            if again && confirm_in_unit(pid, unit, leaf).is_ok() {
+                return Ok(Some(format!(
+                    "{unit}: placement confirmed from /proc after the D-Bus exchange failed: {error}"
+                )));
             }
+            if !again || since.elapsed() >= RETRY_FOR {
+                // A worker stopped while it was being placed leaves the
+                // leaf made for it; the group's lock is still held, so no
+                // other placement is using that leaf meanwhile.
+                if let Some(leaf) = leaf {
+                    self.release_leaf(unit, leaf);
+                }
+                return Err(PlaceError { error, lost: again });
+            }
+            tracing::info!("placing pid {pid}: {error}; trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
@@ -326,9 +350,18 @@ impl Systemd {
         if !joined {
             match self.start_scope(&link, pid, placement).await {
                 Ok(()) => {}
-                Err(e) if error_name(&e) == Some("org.freedesktop.systemd1.UnitExists") => {
-                    // Left from an earlier run. A live one is joined (its
-                    // limits still apply); a dead one is reset and created anew.
+                Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.systemd1.UnitExists") => {
+                    // Made by an earlier try whose reply was lost (its start
+                    // job may still be queued, say across a re-exec: its
+                    // end is awaited first), or left from an earlier run. A
+                    // live one is joined (its limits still apply); a dead
+                    // one is reset and created anew.
+                    if let Some(job) = self.pending_job(&link, unit).await {
+                        self.job_result(&link, job).await.map_err(|e| {
+                            let again = transient(&e);
+                            (call_err(unit, "the start job of an earlier try", e), again)
+                        })?;
+                    }
                     if self.is_active(&link, unit).await {
                         self.attach(&link, unit, None, pid).await.map_err(|e| (e, false))?;
                         note = Some(format!("{unit} existed from an earlier run and was joined"));
@@ -517,6 +550,15 @@ impl Systemd {
         timed("AttachProcessesToUnit", link.manager.attach_processes_to_unit(unit.to_string(), subcgroup, vec![pid]))
             .await
             .map_err(|e| call_err(unit, "AttachProcessesToUnit", e))
+    }
+
+    /// The job systemd has queued or running for `unit`, if any.
+    async fn pending_job(&self, link: &Link, unit: &str) -> Option<String> {
+        let path = timed("GetUnit", link.manager.get_unit(unit.to_string())).await.ok()?;
+        let proxy =
+            UnitProxy::builder(&link.conn).path(path).cache_properties(CacheProperties::No).build().await.ok()?;
+        let (id, job) = timed("Job", proxy.job()).await.ok()?;
+        (id != 0).then(|| job.to_string())
     }
 
     async fn is_active(&self, link: &Link, unit: &str) -> bool {
@@ -731,6 +773,24 @@ mod tests {
         assert_eq!(target_of_scope("other.scope"), None);
         assert_eq!(target_of_scope("corral-.scope"), None, "not everything");
         assert_eq!(target_of_scope("corral-all.scope"), None, "not everything");
+    }
+
+    /// zbus hands the bus's own errors over as `FDO`, systemd's as
+    /// `MethodError`: a reply lost to a re-exec is worth another try either
+    /// way, a refusal or a job that ran and failed is not.
+    #[test]
+    fn lost_replies_are_tried_again_and_refusals_are_not() {
+        let fdo = |e: zbus::fdo::Error| zbus::Error::FDO(Box::new(e));
+        let lost = fdo(zbus::fdo::Error::NoReply("Message recipient disconnected from message bus".into()));
+        assert_eq!(error_name(&lost).as_deref(), Some("org.freedesktop.DBus.Error.NoReply"));
+        assert!(transient(&lost));
+        assert!(transient(&fdo(zbus::fdo::Error::ServiceUnknown("re-executing".into()))));
+        assert!(transient(&fdo(zbus::fdo::Error::LimitsExceeded("busy".into()))));
+        assert!(!transient(&fdo(zbus::fdo::Error::AccessDenied("no".into()))));
+        assert!(transient(&zbus::Error::Failure("job /org/freedesktop/systemd1/job/7 did not finish".into())));
+        assert!(!transient(&zbus::Error::Failure(format!(
+            "{JOB_FAILED} corral-w.scope finished with result \"failed\""
+        ))));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::restart::StartLimit;
 use super::slot::{Slot, SlotState};
 use crate::config::{GroupConfig, ScopeMode};
 use crate::systemd::{self, Property};
@@ -16,8 +15,13 @@ pub enum GroupPhase {
     /// Waits for the groups it starts after to be ready.
     Waiting,
     Active,
-    /// Its start limit was hit: no restarts until an operator starts it.
-    Failed(String),
+    /// A slot hit its start limit, for `reason`: no restarts until an
+    /// operator starts it, or until the timer `retry` names (with
+    /// `start_limit_retry`) starts it again.
+    Failed {
+        reason: String,
+        retry: Option<u64>,
+    },
     /// A reload removed it: it drains, then is forgotten.
     Removing,
 }
@@ -30,7 +34,6 @@ pub struct Group<H> {
     /// By index; slots past `desired` exist only while they stop.
     pub slots: BTreeMap<u32, Slot<H>>,
     pub phase: GroupPhase,
-    pub start_limit: StartLimit,
     /// Properties changed at runtime with `limit`; later scopes get them too.
     pub limits: Vec<Property>,
 }
@@ -43,7 +46,6 @@ impl<H> Group<H> {
             desired,
             slots: (1..=desired).map(|i| (i, Slot::new(SlotState::Waiting))).collect(),
             phase: GroupPhase::Waiting,
-            start_limit: StartLimit::default(),
             limits: Vec::new(),
         }
     }
@@ -103,7 +105,7 @@ impl<H> Group<H> {
     pub fn settled(&self, blocked: bool) -> bool {
         match self.phase {
             GroupPhase::Waiting => blocked,
-            GroupPhase::Failed(_) | GroupPhase::Removing => true,
+            GroupPhase::Failed { .. } | GroupPhase::Removing => true,
             GroupPhase::Active => self.slots.values().all(|s| {
                 matches!(
                     s.state,
@@ -121,7 +123,7 @@ impl<H> Group<H> {
             self.slots.values().filter(|s| matches!(s.state, SlotState::Queued) || s.state.is_running()).count();
         match &self.phase {
             GroupPhase::Removing => ("stopping", String::new()),
-            GroupPhase::Failed(reason) => ("failed", reason.clone()),
+            GroupPhase::Failed { reason, .. } => ("failed", reason.clone()),
             GroupPhase::Waiting => ("waiting", format!("waiting for {}", self.config.after.join(", "))),
             GroupPhase::Active
                 if running == 0 && self.slots.values().any(|s| matches!(s.state, SlotState::Backoff { .. })) =>

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{dependency_layers, Config, GroupConfig};
 use crate::sanitise::sanitise;
+use crate::systemd::PlaceError;
 use crate::target::{SlotKey, Target};
 
 pub use changes::{restart_notes, ReloadPlan, ScalePlan};
@@ -34,8 +35,10 @@ pub enum AfterExit {
     Stopped,
     /// Its restart policy leaves it down (stopped or failed).
     Down,
-    /// Its group hit its start limit and is now failed, for this reason.
-    GroupFailed(String),
+    /// A slot of its group hit its start limit, so the group is now
+    /// failed, for `reason`; with `start_limit_retry`, a timer reporting
+    /// `token` after `delay` starts it again.
+    GroupFailed { reason: String, retry: Option<(Duration, u64)> },
     /// Restart it after `delay`: the timer then reports `token`.
     Restart { delay: Duration, token: u64 },
 }
@@ -260,7 +263,7 @@ impl<H> Fleet<H> {
         }
     }
 
-    pub fn set_placement_error(&mut self, key: &SlotKey, generation: u64, error: String) {
+    pub fn set_placement_error(&mut self, key: &SlotKey, generation: u64, error: PlaceError) {
         let Some(slot) = self.slot_mut(key) else { return };
         if let SlotState::Starting(p) | SlotState::Ready(p) | SlotState::Stopping(p) = &mut slot.state {
             if p.generation == generation {
@@ -284,18 +287,22 @@ impl<H> Fleet<H> {
         let was_stopping = matches!(slot.state, SlotState::Stopping(_));
         let proc = slot.take_proc(SlotState::Stopped { requested: was_stopping })?;
         let described = match &proc.placement_error {
-            Some(error) => format!("never ran: {error}"),
+            Some(failed) => format!("never ran: {}", failed.error),
             None => description,
         };
         slot.last_exit = described.clone();
         let ran_for = now.saturating_duration_since(proc.started);
-        let next = self.settle(key, was_stopping, clean, ran_for, true, now);
+        // A placement the manager cut short (a re-exec, a bus restart) is
+        // like a fork that failed for want of resources: retried whatever
+        // the policy, and never counted toward the start limit.
+        let lost = proc.placement_error.as_ref().is_some_and(|f| f.lost);
+        let next = self.settle(key, was_stopping, clean && !lost, ran_for, !lost, now);
         Some(Exited { proc, described, next })
     }
 
     /// Decides what follows an exit or a failed start: nothing when it was
     /// asked to stop, otherwise the restart policy with exponential
-    /// backoff, bounded by the group's start limit. `counts`: whether it
+    /// backoff, bounded by the slot's start limit. `counts`: whether it
     /// counts toward the start limit.
     fn settle(
         &mut self,
@@ -311,7 +318,7 @@ impl<H> Fleet<H> {
         let cfg = group.config.clone();
         let desired = group.desired;
         let removing = group.phase == GroupPhase::Removing;
-        let failed = matches!(group.phase, GroupPhase::Failed(_));
+        let failed = matches!(group.phase, GroupPhase::Failed { .. });
         let Some(slot) = group.slots.get_mut(&key.index) else { return AfterExit::Stopped };
 
         if was_stopping || shutting_down || removing {
@@ -327,8 +334,8 @@ impl<H> Fleet<H> {
             slot.state = if clean { SlotState::Stopped { requested: false } } else { SlotState::Failed };
             return AfterExit::Down;
         }
-        if counts && !group.start_limit.admit(&cfg, now) {
-            let reason = restart::StartLimit::reason(&cfg);
+        if counts && !slot.start_limit.admit(&cfg, now) {
+            let reason = restart::StartLimit::reason(&cfg, &key.id());
             for s in group.slots.values_mut() {
                 if matches!(s.state, SlotState::Backoff { .. } | SlotState::Queued) {
                     s.state = SlotState::Failed;
@@ -337,8 +344,12 @@ impl<H> Fleet<H> {
             if let Some(slot) = group.slots.get_mut(&key.index) {
                 slot.state = SlotState::Failed;
             }
-            group.phase = GroupPhase::Failed(reason.clone());
-            return AfterExit::GroupFailed(reason);
+            let retry = cfg.start_limit_retry.map(|delay| {
+                self.next_token += 1;
+                (delay, self.next_token)
+            });
+            group.phase = GroupPhase::Failed { reason: reason.clone(), retry: retry.map(|(_, token)| token) };
+            return AfterExit::GroupFailed { reason, retry };
         }
         slot.consecutive_failures = restart::failures_in_a_row(&cfg, slot.consecutive_failures, ran_for);
         let delay = restart::backoff(&cfg, slot.consecutive_failures);
@@ -354,7 +365,7 @@ impl<H> Fleet<H> {
             return false;
         }
         let Some(group) = self.groups.get_mut(&key.group) else { return false };
-        if matches!(group.phase, GroupPhase::Failed(_)) {
+        if matches!(group.phase, GroupPhase::Failed { .. }) {
             return false;
         }
         let Some(slot) = group.slots.get_mut(&key.index) else { return false };
@@ -364,6 +375,42 @@ impl<H> Fleet<H> {
         slot.restarts += 1;
         self.queue(key);
         true
+    }
+
+    /// The timed retry of a group failed at its start limit is due: if the
+    /// group is still failed by that very failure, it is active again with
+    /// every start limit cleared, and each worker its policy would have
+    /// restarted is queued (those stopped on request stay stopped).
+    /// Returns how many it queued, or `None` if the timer is stale.
+    pub fn retry_due(&mut self, name: &str, token: u64) -> Option<usize> {
+        if self.shutting_down {
+            return None;
+        }
+        let group = self.groups.get_mut(name)?;
+        if !matches!(group.phase, GroupPhase::Failed { retry: Some(t), .. } if t == token) {
+            return None;
+        }
+        group.phase = GroupPhase::Active;
+        let policy = group.config.restart;
+        let desired = group.desired;
+        let mut keys = Vec::new();
+        for (index, slot) in group.slots.iter_mut().filter(|(i, _)| **i <= desired) {
+            slot.start_limit.clear();
+            let restarts = match slot.state {
+                SlotState::Failed => restart::policy_restarts(policy, false),
+                SlotState::Stopped { requested: false } => restart::policy_restarts(policy, true),
+                _ => false,
+            };
+            if restarts {
+                slot.consecutive_failures = 0;
+                slot.restarts += 1;
+                keys.push(SlotKey::new(name, *index));
+            }
+        }
+        for key in &keys {
+            self.queue(key);
+        }
+        Some(keys.len())
     }
 
     /// Stops one slot: a running one is now stopping and its process must
@@ -399,8 +446,8 @@ impl<H> Fleet<H> {
         if group.phase != GroupPhase::Removing {
             group.phase = GroupPhase::Active;
         }
-        group.start_limit.clear();
         let slot = group.slots.entry(key.index).or_insert_with(|| Slot::new(SlotState::Stopped { requested: false }));
+        slot.start_limit.clear();
         match slot.state {
             SlotState::Ready(_) => StartStep::AlreadyReady,
             SlotState::Starting(_) | SlotState::Queued => StartStep::Wait,

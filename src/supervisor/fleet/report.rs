@@ -37,7 +37,7 @@ impl<H> Fleet<H> {
                 ScopeMode::Group => u32::from(running > 0),
                 ScopeMode::Worker => running,
             };
-            if matches!(g.phase, GroupPhase::Failed(_)) {
+            if matches!(g.phase, GroupPhase::Failed { .. }) {
                 failed.push(g.name());
             }
             // A group waiting on a failed one will not start by itself.
@@ -45,7 +45,7 @@ impl<H> Fleet<H> {
                 .config
                 .after
                 .iter()
-                .any(|d| self.groups.get(d).is_some_and(|d| matches!(d.phase, GroupPhase::Failed(_))));
+                .any(|d| self.groups.get(d).is_some_and(|d| matches!(d.phase, GroupPhase::Failed { .. })));
             settled &= g.settled(blocked);
         }
         let mut text = if self.shutting_down {

@@ -1,7 +1,6 @@
 //! The restart rules: whether an exit is restarted, after how long, and
 //! when a crash loop ends in the group's failed state.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,35 +34,43 @@ pub fn failures_in_a_row(cfg: &GroupConfig, before: u32, ran_for: Duration) -> u
     }
 }
 
-/// A group's restarts within its start-limit interval.
+/// One slot's restarts in its current start-limit window, counted as
+/// systemd counts a unit's starts (`StartLimitBurst=` within
+/// `StartLimitIntervalSec=`): a window opens at the first restart and
+/// counts until the interval has passed since then, when the next restart
+/// opens a new one. Per slot, so that a whole group that exits at once (a
+/// signal to its scope) is one restart of each worker, not a crash loop.
 #[derive(Debug, Default)]
 pub struct StartLimit {
-    recent: VecDeque<Instant>,
+    window: Option<(Instant, u32)>,
 }
 
 impl StartLimit {
-    /// Counts a restart at `now` if the group has one left in its interval;
-    /// `false` when the limit is hit (nothing is counted then).
+    /// Counts a restart at `now`; `false` when it is one more than the
+    /// window allows.
     pub fn admit(&mut self, cfg: &GroupConfig, now: Instant) -> bool {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > cfg.start_limit_interval) {
-            self.recent.pop_front();
-        }
-        if self.recent.len() as u32 >= cfg.start_limit_burst {
-            return false;
-        }
-        self.recent.push_back(now);
-        true
+        let count = match self.window {
+            Some((opened, count)) if now.saturating_duration_since(opened) <= cfg.start_limit_interval => {
+                count.saturating_add(1)
+            }
+            _ => {
+                self.window = Some((now, 1));
+                return true;
+            }
+        };
+        self.window = self.window.map(|(opened, _)| (opened, count));
+        count <= cfg.start_limit_burst
     }
 
-    /// An operator's start forgives the past.
+    /// An operator's start, or a timed retry, forgives the past.
     pub fn clear(&mut self) {
-        self.recent.clear();
+        self.window = None;
     }
 
     /// Why the group failed, for status and the log.
-    pub fn reason(cfg: &GroupConfig) -> String {
+    pub fn reason(cfg: &GroupConfig, worker: &str) -> String {
         format!(
-            "start limit hit: {} restarts within {}",
+            "start limit hit: {worker} restarted {} times within {}",
             cfg.start_limit_burst,
             humantime::format_duration(cfg.start_limit_interval)
         )

@@ -10,6 +10,9 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use super::restart::StartLimit;
+use crate::systemd::PlaceError;
+
 /// A worker process as the fleet sees it. `H` is what the actor keeps to
 /// reach the process (its task's channel, its descriptors); the fleet
 /// never looks inside it, so its rules can be tested with `H = ()`.
@@ -28,8 +31,8 @@ pub struct Proc<H> {
     /// When corrald started (or adopted) it; how long it ran drives the
     /// backoff.
     pub started: Instant,
-    /// Why systemd would not take it into its scope, if so: it never ran.
-    pub placement_error: Option<String>,
+    /// Why systemd did not take it into its scope, if so: it never ran.
+    pub placement_error: Option<PlaceError>,
     pub handle: H,
 }
 
@@ -55,7 +58,8 @@ pub enum SlotState<H> {
     Stopped {
         requested: bool,
     },
-    /// It crashed and its policy or its group's start limit ended it.
+    /// It crashed and its policy ended it, or its group failed at a
+    /// start limit.
     Failed,
 }
 
@@ -107,6 +111,8 @@ pub struct Slot<H> {
     pub restarts: u32,
     /// Exits in a row that came soon after their start; drives the backoff.
     pub consecutive_failures: u32,
+    /// Its restarts in the start-limit window: a crash loop is one slot's.
+    pub start_limit: StartLimit,
     pub last_exit: String,
     /// Output lines of this worker dropped because the log queue was full;
     /// shared with the pumps that read its output.
@@ -119,6 +125,7 @@ impl<H> Slot<H> {
             state,
             restarts: 0,
             consecutive_failures: 0,
+            start_limit: StartLimit::default(),
             last_exit: String::new(),
             output_dropped: Arc::new(AtomicU64::new(0)),
         }

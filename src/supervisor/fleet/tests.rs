@@ -120,8 +120,10 @@ fn a_worker_that_ran_past_the_longest_backoff_starts_the_count_anew() {
     assert!(matches!(third, AfterExit::Restart { delay, .. } if delay == ms(100)), "{third:?}");
 }
 
+/// The limit is a slot's own: slot 2's crash does not count toward slot
+/// 1's, which fails the group at its fourth restart within the interval.
 #[test]
-fn the_start_limit_fails_the_group_and_only_an_operator_start_clears_it() {
+fn a_slot_past_its_start_limit_fails_the_group_and_an_operator_start_clears_it() {
     let text = "[groups.w]\ncommand = \"w\"\ncount = 2\nrestart = \"always\"\nstart_limit_burst = 3\n\
                 start_limit_interval = \"10s\"\nrestart_backoff_initial = \"1ms\"\nrestart_backoff_max = \"1ms\"\n";
     let mut f = fleet(text);
@@ -135,7 +137,7 @@ fn the_start_limit_fails_the_group_and_only_an_operator_start_clears_it() {
         panic!("the first crash restarts")
     };
     let mut generation = 10;
-    for n in 0..2 {
+    for n in 0..3 {
         let next = f.exited(&w1, generation_of(&f, &w1).unwrap_or(g1), "crashed".into(), false, now).unwrap().next;
         let AfterExit::Restart { token, .. } = next else { panic!("crash {n} restarts: {next:?}") };
         assert!(f.restart_due(&w1, token));
@@ -143,9 +145,9 @@ fn the_start_limit_fails_the_group_and_only_an_operator_start_clears_it() {
         generation += 10;
     }
     let last = f.exited(&w1, generation_of(&f, &w1).unwrap(), "crashed".into(), false, now).unwrap().next;
-    let reason = "start limit hit: 3 restarts within 10s".to_string();
-    assert_eq!(last, AfterExit::GroupFailed(reason.clone()));
-    assert_eq!(f.group("w").unwrap().phase, GroupPhase::Failed(reason.clone()));
+    let reason = "start limit hit: w-1 restarted 3 times within 10s".to_string();
+    assert_eq!(last, AfterExit::GroupFailed { reason: reason.clone(), retry: None });
+    assert_eq!(f.group("w").unwrap().phase, GroupPhase::Failed { reason: reason.clone(), retry: None });
     assert_eq!((state(&f, "w-1"), state(&f, "w-2")), ("failed", "failed"), "the slot in backoff fails too");
     assert!(!f.restart_due(&w2, t2), "a failed group restarts nothing");
     assert_eq!(f.group("w").unwrap().shown(), ("failed", reason));
@@ -156,6 +158,151 @@ fn the_start_limit_fails_the_group_and_only_an_operator_start_clears_it() {
     let (k, g) = fork_all(&mut f, now, 100)[0].clone();
     let next = f.exited(&k, g, "crashed".into(), false, now).unwrap().next;
     assert!(matches!(next, AfterExit::Restart { .. }), "the limit counts anew: {next:?}");
+}
+
+/// A signal to a group's scope ends every worker at once (those that drain
+/// exit 0): that is one restart of each, however many workers there are
+/// beside the burst, and again each time.
+#[test]
+fn a_whole_group_exiting_at_once_is_one_restart_of_each_worker() {
+    let text = "[groups.web]\ncommand = \"w\"\ncount = 10\nrestart = \"always\"\nstart_limit_burst = 5\n\
+                start_limit_interval = \"10s\"\nrestart_backoff_initial = \"1ms\"\nrestart_backoff_max = \"1ms\"\n";
+    let mut f = fleet(text);
+    f.start_waiting_groups();
+    let mut now = Instant::now();
+    let mut generation = 1;
+    for round in 0..5 {
+        let forked = fork_all(&mut f, now, generation);
+        assert_eq!(forked.len(), 10, "round {round}");
+        generation += 10;
+        now += ms(100);
+        for (n, (k, g)) in forked.into_iter().enumerate() {
+            let clean = n % 2 == 0;
+            let next = f.exited(&k, g, "signalled".into(), clean, now).unwrap().next;
+            let AfterExit::Restart { token, .. } = next else { panic!("round {round}, {k}: {next:?}") };
+            assert!(f.restart_due(&k, token));
+        }
+    }
+    assert_eq!(shown(&f, "web"), "running");
+    let forked = fork_all(&mut f, now, generation);
+    let (k, g) = forked[3].clone();
+    let next = f.exited(&k, g, "signalled".into(), false, now).unwrap().next;
+    let reason = "start limit hit: web-4 restarted 5 times within 10s".to_string();
+    assert_eq!(next, AfterExit::GroupFailed { reason, retry: None }, "the sixth restart of one slot");
+}
+
+/// systemd's window: it opens at a restart and counts until the interval
+/// has passed since then; the next restart opens a new one. Clean exits
+/// count under `always` (each is a start), and are never restarted, so
+/// never counted, under `on-failure`.
+#[test]
+fn the_start_limit_window_opens_at_a_restart_and_counts_until_the_interval_passes() {
+    let exits = |policy: &str, at_ms: &[(u64, bool)]| {
+        let text = format!(
+            "[groups.w]\ncommand = \"w\"\nrestart = \"{policy}\"\nstart_limit_burst = 2\n\
+             start_limit_interval = \"1s\"\nrestart_backoff_initial = \"1ms\"\nrestart_backoff_max = \"1ms\"\n"
+        );
+        let mut f = fleet(&text);
+        f.start_waiting_groups();
+        let start = Instant::now();
+        let mut nexts = Vec::new();
+        for (generation, (at, clean)) in at_ms.iter().enumerate() {
+            let forked = fork_all(&mut f, start, generation as u64 + 1);
+            let Some((k, g)) = forked.first().cloned() else { break };
+            let next = f.exited(&k, g, "exited".into(), *clean, start + ms(*at)).unwrap().next;
+            if let AfterExit::Restart { token, .. } = &next {
+                assert!(f.restart_due(&k, *token));
+            }
+            nexts.push(match next {
+                AfterExit::Restart { .. } => "restart",
+                AfterExit::GroupFailed { .. } => "failed",
+                AfterExit::Down => "down",
+                AfterExit::Stopped => "stopped",
+            });
+        }
+        nexts
+    };
+    let crashes = |at: &[u64]| at.iter().map(|t| (*t, false)).collect::<Vec<_>>();
+    assert_eq!(exits("always", &crashes(&[0, 500, 900])), ["restart", "restart", "failed"]);
+    assert_eq!(exits("always", &crashes(&[0, 900, 1100, 1500])), ["restart", "restart", "restart", "restart"]);
+    assert_eq!(
+        exits("always", &crashes(&[0, 900, 1100, 1500, 2000])),
+        ["restart"; 4].into_iter().chain(["failed"]).collect::<Vec<_>>()
+    );
+    assert_eq!(exits("always", &[(0, true), (10, true), (20, true)]), ["restart", "restart", "failed"]);
+    assert_eq!(exits("on-failure", &[(0, false), (10, false), (20, true)]), ["restart", "restart", "down"]);
+}
+
+#[test]
+fn a_timed_retry_starts_a_failed_group_again_with_its_limits_cleared() {
+    let text = "[groups.w]\ncommand = \"w\"\ncount = 4\nrestart = \"on-failure\"\nstart_limit_burst = 1\n\
+                start_limit_interval = \"10s\"\nstart_limit_retry = \"1min\"\nrestart_backoff_initial = \"1ms\"\n\
+                restart_backoff_max = \"1ms\"\n";
+    let mut f = fleet(text);
+    f.start_waiting_groups();
+    let now = Instant::now();
+    let forked = fork_all(&mut f, now, 1);
+    let gen_of = |id: &str| forked.iter().find(|(k, _)| k.id() == id).map(|(k, g)| (k.clone(), *g)).unwrap();
+    // w-4 is stopped by an operator, w-3 ends cleanly (on-failure leaves
+    // it), w-1 crashes twice: the second crash is past its limit.
+    let (w4, g4) = gen_of("w-4");
+    assert!(matches!(f.stop(&w4), StopStep::Signal(())));
+    assert_eq!(f.exited(&w4, g4, "stopped".into(), true, now).unwrap().next, AfterExit::Stopped);
+    let (w3, g3) = gen_of("w-3");
+    assert_eq!(f.exited(&w3, g3, "exited 0".into(), true, now).unwrap().next, AfterExit::Down);
+    let (w1, g1) = gen_of("w-1");
+    let AfterExit::Restart { token, .. } = f.exited(&w1, g1, "crashed".into(), false, now).unwrap().next else {
+        panic!("the first crash restarts")
+    };
+    assert!(f.restart_due(&w1, token));
+    let (_, g) = fork_all(&mut f, now, 10)[0].clone();
+    let next = f.exited(&w1, g, "crashed".into(), false, now).unwrap().next;
+    let AfterExit::GroupFailed { reason, retry: Some((delay, token)) } = next else { panic!("{next:?}") };
+    assert_eq!(delay, Duration::from_secs(60));
+    assert_eq!(reason, "start limit hit: w-1 restarted 1 times within 10s");
+    // w-2 still runs in the failed group, and then crashes: no restart.
+    let (w2, g2) = gen_of("w-2");
+    assert_eq!(f.exited(&w2, g2, "crashed".into(), false, now).unwrap().next, AfterExit::Down);
+
+    assert_eq!(f.retry_due("w", token + 1), None, "another failure's timer");
+    assert_eq!(f.retry_due("w", token), Some(2), "w-1 and w-2: the crashed ones");
+    assert_eq!(f.group("w").unwrap().phase, GroupPhase::Active);
+    let states: Vec<_> = ["w-1", "w-2", "w-3", "w-4"].iter().map(|id| state(&f, id)).collect();
+    assert_eq!(states, ["starting", "starting", "stopped", "stopped"]);
+    assert!(f.slot(&w4).unwrap().state.stopped_on_request(), "an operator's stop holds");
+    assert_eq!(f.retry_due("w", token), None, "a retry happens once");
+    let (k, g) = fork_all(&mut f, now, 20)[0].clone();
+    let next = f.exited(&k, g, "crashed".into(), false, now).unwrap().next;
+    let AfterExit::Restart { token, .. } = next else { panic!("the limit counts anew: {next:?}") };
+    assert!(f.restart_due(&k, token));
+    let (k, g) = fork_all(&mut f, now, 30)[0].clone();
+    let next = f.exited(&k, g, "crashed".into(), false, now).unwrap().next;
+    let AfterExit::GroupFailed { retry: Some((_, again)), .. } = next else { panic!("{next:?}") };
+    assert_eq!(f.start(&key("w-1")), StartStep::Wait, "an operator starts it first");
+    assert_eq!(f.retry_due("w", again), None, "the retry of a failure already cleared");
+
+    // Under always, a clean exit in the failed group would have been
+    // restarted: the retry starts it.
+    let text = text.replace("on-failure", "always").replace("count = 4", "count = 2");
+    let mut f = fleet(&text);
+    f.start_waiting_groups();
+    let forked = fork_all(&mut f, now, 1);
+    let (w1, g1) = forked[0].clone();
+    let AfterExit::Restart { token, .. } = f.exited(&w1, g1, "crashed".into(), false, now).unwrap().next else {
+        panic!("restarts")
+    };
+    assert!(f.restart_due(&w1, token));
+    let (_, g) = fork_all(&mut f, now, 10)[0].clone();
+    let AfterExit::GroupFailed { retry: Some((_, token)), .. } =
+        f.exited(&w1, g, "crashed".into(), false, now).unwrap().next
+    else {
+        panic!("fails")
+    };
+    let (w2, g2) = forked[1].clone();
+    assert_eq!(f.exited(&w2, g2, "exited 0".into(), true, now).unwrap().next, AfterExit::Down);
+    assert_eq!(f.retry_due("w", token), Some(2));
+    assert!(f.shutting_down() || f.begin_shutdown());
+    assert_eq!(f.retry_due("w", token), None, "nothing starts in a shutdown");
 }
 
 fn generation_of(f: &Fleet<()>, k: &SlotKey) -> Option<u64> {
@@ -218,6 +365,31 @@ fn a_fork_that_failed_for_want_of_resources_is_retried_whatever_the_policy_and_n
     let k = f.next_to_fork().unwrap();
     assert_eq!(f.fork_failed(&k, "No such file".into(), false, now), AfterExit::Down, "never: a real failure ends it");
     assert_eq!(state(&f, "w-1"), "failed");
+}
+
+/// A placement the manager cut short (a re-exec, a bus restart) is
+/// systemd's plight, like a fork out of descriptors; one it refused is the
+/// worker's failure.
+#[test]
+fn a_placement_cut_short_is_retried_whatever_the_policy_and_not_counted() {
+    let text = "[groups.w]\ncommand = \"w\"\nrestart = \"never\"\nstart_limit_burst = 1\n";
+    let mut f = fleet(text);
+    f.start_waiting_groups();
+    let now = Instant::now();
+    let lost = |lost| PlaceError { error: "corral-w.scope: StartTransientUnit failed: NoReply".into(), lost };
+    for generation in 1..=3 {
+        let (k, g) = fork_all(&mut f, now, generation)[0].clone();
+        f.set_placement_error(&k, g, lost(true));
+        let exited = f.exited(&k, g, "exited 1".into(), false, now).unwrap();
+        assert_eq!(exited.described, "never ran: corral-w.scope: StartTransientUnit failed: NoReply");
+        let AfterExit::Restart { token, .. } = exited.next else { panic!("{:?}", exited.next) };
+        assert!(f.restart_due(&k, token));
+    }
+    let (k, g) = fork_all(&mut f, now, 4)[0].clone();
+    f.set_placement_error(&k, g, lost(false));
+    assert_eq!(f.exited(&k, g, "exited 1".into(), false, now).unwrap().next, AfterExit::Down, "refused: never");
+    assert_eq!(state(&f, "w-1"), "failed");
+    assert_eq!(shown(&f, "w"), "stopped", "the group never hit its limit");
 }
 
 #[test]
@@ -308,7 +480,7 @@ fn a_group_waiting_on_a_failed_one_counts_as_settled_for_ready() {
     };
     assert!(f.restart_due(&db, token));
     let (db, g) = fork_all(&mut f, now, 2)[0].clone();
-    assert!(matches!(f.exited(&db, g, "crashed".into(), false, now).unwrap().next, AfterExit::GroupFailed(_)));
+    assert!(matches!(f.exited(&db, g, "crashed".into(), false, now).unwrap().next, AfterExit::GroupFailed { .. }));
     let line = f.line(true, 3);
     assert!(line.settled, "web will not start by itself: {line:?}");
     assert_eq!(line.text, "0/2 workers ready in 0 scopes; failed: db; 3 output lines dropped");
