@@ -688,6 +688,33 @@ fn worker_channels_survive_restarts_of_the_service_and_its_socket_and_a_crash_af
 
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn without_a_descriptor_store_corrald_stores_nothing_and_says_once_what_a_restart_loses() {
+    let i = Installed::new(&group("web", 3, &[], ""));
+    i.drop_in("[Service]\nFileDescriptorStoreMax=0\n");
+    let cursor = journal_cursor();
+    systemctl(&["start", "corrald.service"]);
+    let since = || {
+        let _ = run("journalctl", &["--sync"]);
+        let args = ["--no-pager", "-o", "cat", "-u", "corrald.service", &format!("--after-cursor={cursor}")];
+        run("journalctl", &args).1
+    };
+    wait_for("corrald to say the service has no descriptor store", || {
+        let log = since();
+        if log.contains("the service has no descriptor store") {
+            Ok(())
+        } else {
+            Err("not said".to_string())
+        }
+    });
+    assert_eq!(group_status(&supervisor_status(), "web")["ready"], 3, "the workers run all the same");
+    assert_eq!(show("corrald.service", "NFileDescriptorStore"), "0");
+    let log = since();
+    assert!(!log.contains("Cannot store more fds"), "corrald pushed descriptors to no store:\n{log}");
+    assert_eq!(log.matches("the service has no descriptor store").count(), 1, "{log}");
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn an_upgrade_of_the_service_keeps_its_pid_and_workers_and_is_audited() {
     let _i = Installed::new(&group("web", 4, &[], ""));
     systemctl(&["start", "corrald.service"]);
