@@ -444,3 +444,42 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn soft(f: impl FnOnce(&mut SoftStopState)) -> SoftStopState {
+        let mut s = SoftStopState { started: true, ..SoftStopState::default() };
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn an_adopted_worker_that_answered_ok_drained_whatever_its_unknown_status() {
+        let (text, clean) = adopted_exit(&soft(|s| s.answered_ok = true), false);
+        assert!(clean);
+        assert!(text.starts_with("drained: answered its soft stop OK"), "{text}");
+    }
+
+    #[test]
+    fn an_adopted_worker_that_exits_after_its_stop_signal_in_time_stopped_cleanly() {
+        assert!(adopted_exit(&soft(|s| s.signalled = true), false).1);
+        assert!(!adopted_exit(&soft(|s| s.signalled = true), true).1, "a hard stop overtook it");
+        let late = soft(|s| {
+            s.signalled = true;
+            s.timed_out = true;
+        });
+        assert!(!adopted_exit(&late, true).1, "killed at its stop timeout");
+    }
+
+    #[test]
+    fn an_adopted_worker_that_exits_unasked_or_without_answering_is_an_unexplained_end() {
+        let (text, clean) = adopted_exit(&soft(|_| {}), false);
+        assert!(!clean);
+        assert!(text.starts_with("exited without answering its soft stop"), "{text}");
+        let (text, clean) = adopted_exit(&SoftStopState::default(), false);
+        assert!(!clean);
+        assert!(text.starts_with("exited (exit status unknown"), "{text}");
+    }
+}
