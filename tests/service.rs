@@ -621,6 +621,98 @@ fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
     assert_eq!(left.trim(), "", "scopes left behind");
 }
 
+/// Where the journal ends now, for reading only what comes after.
+fn journal_cursor() -> String {
+    let (ok, out) = run("journalctl", &["--no-pager", "-n", "0", "--show-cursor"]);
+    assert!(ok, "journalctl --show-cursor failed: {out}");
+    out.lines().find_map(|l| l.strip_prefix("-- cursor: ")).expect("a cursor").trim().to_string()
+}
+
+/// A soft stop of `target` drained every one of its workers: they answered
+/// OK over channels an earlier corrald left them.
+fn drains(target: &str) {
+    let answer = ctl(&["stop", target]).pop().unwrap();
+    assert_eq!(answer["status"], "OK", "soft stop of {target}: {answer}\n{}", corrald_journal());
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn worker_channels_survive_restarts_of_the_service_and_its_socket_and_a_crash_after_them() {
+    let groups = [("web", 3, ""), ("jobs", 3, "scope = \"worker\""), ("api", 3, "")];
+    let busy = Busy::start(&groups, &[]);
+    let log = busy.log.as_str();
+    let before = worker_pids();
+    assert_eq!(before.len(), 9);
+    let cursor = journal_cursor();
+    wait_for("units of work in flight", || units_started(log, 18));
+
+    systemctl(&["restart", "corrald.service"]);
+    assert_eq!(worker_pids(), before, "the restart kept the same 9 processes");
+    drains("web");
+
+    // The socket's restart restarts the service that requires it.
+    let main = show("corrald.service", "MainPID");
+    systemctl(&["restart", "corrald.socket"]);
+    wait_for("a new corrald after the socket's restart", || {
+        shows("corrald.service", "ActiveState", "active")?;
+        let pid = show("corrald.service", "MainPID");
+        if pid != main && pid != "0" {
+            Ok(())
+        } else {
+            Err(format!("MainPID {pid}"))
+        }
+    });
+    drains("jobs");
+
+    // A crash after the restarts: the channels are still whole for the
+    // corrald systemd restarts then.
+    systemctl(&["kill", "--kill-who=main", "-s", "SIGKILL", "corrald.service"]);
+    wait_for("systemd to restart corrald", || {
+        shows("corrald.service", "NRestarts", "1").and_then(|()| shows("corrald.service", "ActiveState", "active"))
+    });
+
+    systemctl(&["stop", "corrald.service"]);
+    shows("corrald.service", "Result", "success").unwrap_or_else(|e| panic!("{e}\n{}", corrald_journal()));
+    let work = WorkLog::read(Path::new(log));
+    assert!(work.unfinished().is_empty(), "work cut off: {:?}", work.unfinished());
+    let exited: BTreeSet<u64> = work.exits.iter().map(|e| u64::from(e.1)).collect();
+    let first: BTreeSet<u64> = before.values().copied().collect();
+    assert!(
+        exited.is_superset(&first),
+        "not every one of the first 9 drained and exited: {exited:?}\n{}",
+        corrald_journal()
+    );
+    let since = run("journalctl", &["--no-pager", "-o", "cat", &format!("--after-cursor={cursor}")]).1;
+    assert!(!since.contains("worker channel closed by the supervisor"), "a worker lost its channel");
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn without_a_descriptor_store_corrald_stores_nothing_and_says_once_what_a_restart_loses() {
+    let i = Installed::new(&group("web", 3, &[], ""));
+    i.drop_in("[Service]\nFileDescriptorStoreMax=0\n");
+    let cursor = journal_cursor();
+    systemctl(&["start", "corrald.service"]);
+    let since = || {
+        let _ = run("journalctl", &["--sync"]);
+        let args = ["--no-pager", "-o", "cat", "-u", "corrald.service", &format!("--after-cursor={cursor}")];
+        run("journalctl", &args).1
+    };
+    wait_for("corrald to say the service has no descriptor store", || {
+        let log = since();
+        if log.contains("the service has no descriptor store") {
+            Ok(())
+        } else {
+            Err("not said".to_string())
+        }
+    });
+    assert_eq!(group_status(&supervisor_status(), "web")["ready"], 3, "the workers run all the same");
+    assert_eq!(show("corrald.service", "NFileDescriptorStore"), "0");
+    let log = since();
+    assert!(!log.contains("Cannot store more fds"), "corrald pushed descriptors to no store:\n{log}");
+    assert_eq!(log.matches("the service has no descriptor store").count(), 1, "{log}");
+}
+
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn an_upgrade_of_the_service_keeps_its_pid_and_workers_and_is_audited() {

@@ -520,6 +520,19 @@ impl Systemd {
         }
     }
 
+    /// The size of the descriptor store of corrald's own unit
+    /// (`FileDescriptorStoreMax=`); none when there is no service unit to
+    /// ask about or no answer.
+    pub async fn descriptor_store_max(&self) -> Option<u64> {
+        let link = self.link().await.ok()?;
+        let unit = timed("GetUnitByPID", link.manager.get_unit_by_pid(std::process::id())).await.ok()?;
+        let proxy = zbus::Proxy::new(&link.conn, "org.freedesktop.systemd1", unit, "org.freedesktop.systemd1.Service")
+            .await
+            .ok()?;
+        let max: u32 = timed("Get", proxy.get_property("FileDescriptorStoreMax")).await.ok()?;
+        Some(u64::from(max))
+    }
+
     /// Whether the job systemd runs on corrald's own unit is a restart: a
     /// SIGTERM then asks for a handover to the next corrald, not for the
     /// workers to stop. Any doubt (no unit, no job, no answer) is a no.

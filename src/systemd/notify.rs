@@ -9,6 +9,12 @@
 //! compares each stored descriptor with every one it holds, so with
 //! thousands stored it reads its notify socket slowly, and a send to a
 //! full socket blocks. The supervisor must never wait on that.
+//!
+//! The store is used only where the unit has one: `$FDSTORE` says so from
+//! systemd 254 on; before that (systemd 252 sets no `$FDSTORE`) the unit's
+//! `FileDescriptorStoreMax=` is asked over D-Bus and passed to
+//! [`Notifier::use_store`]. Without a store the manager would log a refusal
+//! for every descriptor.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +32,10 @@ struct Inner {
     ready: AtomicBool,
     status: Mutex<String>,
     watchdog: Option<Duration>,
+    /// `$FDSTORE`, the store's size, when the manager set it.
+    store_size: Option<u64>,
+    /// Whether descriptors go to the store: until told otherwise, yes.
+    storing: AtomicBool,
     /// To the store thread, in order: a removal never overtakes its store.
     store: mpsc::Sender<StoreOp>,
 }
@@ -76,6 +86,7 @@ impl Notifier {
             return Notifier { inner: None };
         }
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        let store_size = std::env::var("FDSTORE").ok().and_then(|v| v.trim().parse().ok());
         let (store, ops) = mpsc::channel();
         if let Err(e) = std::thread::Builder::new().name("corral-fdstore".into()).spawn(move || store_thread(ops)) {
             tracing::warn!("cannot start the descriptor store thread ({e}): workers' descriptors are not stored");
@@ -85,9 +96,33 @@ impl Notifier {
                 ready: AtomicBool::new(false),
                 status: Mutex::new(String::new()),
                 watchdog,
+                store_size,
+                storing: AtomicBool::new(store_size != Some(0)),
                 store,
             })),
         }
+    }
+
+    /// Whether a service manager started corrald (`NOTIFY_SOCKET`).
+    pub fn under_service_manager(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The descriptor store's size as the manager gave it in `$FDSTORE`.
+    pub fn store_size(&self) -> Option<u64> {
+        self.inner.as_ref()?.store_size
+    }
+
+    /// The unit's descriptor store holds `size` descriptors (0: it has none,
+    /// and nothing is sent to it).
+    pub fn use_store(&self, size: u64) {
+        if let Some(inner) = &self.inner {
+            inner.storing.store(size > 0, Ordering::Release);
+        }
+    }
+
+    fn storing(&self) -> Option<&Inner> {
+        self.inner.as_deref().filter(|i| i.storing.load(Ordering::Acquire))
     }
 
     /// A notifier that sends nothing.
@@ -156,7 +191,7 @@ impl Notifier {
     /// they outlive this corrald and come back to the next one in
     /// `LISTEN_FDS` (the unit needs `FileDescriptorStoreMax=`).
     pub fn store_fds(&self, name: &str, fds: &[BorrowedFd<'_>]) {
-        let Some(inner) = &self.inner else { return };
+        let Some(inner) = self.storing() else { return };
         if fds.is_empty() {
             return;
         }
@@ -171,7 +206,7 @@ impl Notifier {
     /// Waits, at most `timeout`, until every store operation queued so far
     /// has been sent: before corrald leaves its workers to a successor.
     pub fn flush_store(&self, timeout: Duration) {
-        let Some(inner) = &self.inner else { return };
+        let Some(inner) = self.storing() else { return };
         let (done, wait) = mpsc::channel();
         inner.queue(StoreOp::Flush(done));
         if wait.recv_timeout(timeout).is_err() {
@@ -183,7 +218,7 @@ impl Notifier {
 
     /// Drops descriptors stored under `name`.
     pub fn remove_fds(&self, name: &str) {
-        if let Some(inner) = &self.inner {
+        if let Some(inner) = self.storing() {
             inner.queue(StoreOp::Remove(name.to_string()));
         }
     }

@@ -17,6 +17,7 @@ use corral::command::peer::UserNames;
 use corral::command::{Access, Listener};
 use corral::config::{BusChoice, Config, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
+use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
 
 /// corrald's own logs: natively to the journal when it runs as a service
@@ -160,6 +161,37 @@ pub async fn connect_systemd(config: &Config) -> Result<Option<(Systemd, Unbound
             );
             Ok(None)
         }
+    }
+}
+
+/// Whether the service manager keeps the workers' descriptors for the next
+/// corrald: `$FDSTORE` says so (systemd 254 on), else the unit's
+/// `FileDescriptorStoreMax=` is asked. Said once when it does not; when
+/// nobody can tell, the store is tried.
+pub async fn descriptor_store(notifier: &Notifier, systemd: Option<&Systemd>) {
+    if !notifier.under_service_manager() {
+        return;
+    }
+    let size = match (notifier.store_size(), systemd) {
+        (Some(size), _) => Some(size),
+        (None, Some(sd)) => sd.descriptor_store_max().await,
+        (None, None) => None,
+    };
+    match size {
+        Some(0) => {
+            notifier.use_store(0);
+            tracing::warn!(
+                "the service has no descriptor store (FileDescriptorStoreMax=0): a corrald restarted after a crash \
+                 or by `systemctl restart` adopts the running workers without their channels and output pipes \
+                 (soft stops fall back to the stop signal, output is lost); the shipped unit sets \
+                 FileDescriptorStoreMax="
+            );
+        }
+        Some(size) => {
+            notifier.use_store(size);
+            tracing::debug!("the service's descriptor store holds {size} descriptors");
+        }
+        None => tracing::debug!("cannot tell whether the service has a descriptor store; using it"),
     }
 }
 

@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
+use tokio::net::unix::{pipe, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -72,6 +72,31 @@ impl Exit {
     }
 }
 
+/// corrald's writing half of a worker channel. tokio's write half shuts
+/// the socket down for writing when dropped, and a shutdown is not this
+/// descriptor's alone: it ends the socket for every copy, the descriptor
+/// store's included, so a worker whose corrald exited for a restart would
+/// read end of file and a successor could never reach it. Dropped, this
+/// only closes corrald's descriptor.
+struct ChannelWriter(Option<OwnedWriteHalf>);
+
+impl ChannelWriter {
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        match self.0.as_mut() {
+            Some(w) => w.write_all(bytes).await.is_ok(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.forget();
+        }
+    }
+}
+
 pub(super) struct ProcessTask {
     worker_id: String,
     pid: Pid,
@@ -91,6 +116,8 @@ struct SoftStopState {
     started: bool,
     acked: bool,
     answered_ok: bool,
+    /// The stop signal was sent (signal mode, or no channel to ask over).
+    signalled: bool,
     deadline: Option<Instant>,
     timed_out: bool,
     ops: Vec<OpSink>,
@@ -153,10 +180,10 @@ impl ProcessTask {
                     // Idle channels are the rule: buffers start small and
                     // grow with what a worker actually sends.
                     Some(FramedRead::with_capacity(r, frame::codec(frame::MAX_WORKER_FRAME), CHANNEL_BUFFER)),
-                    Some(w),
+                    ChannelWriter(Some(w)),
                 )
             }
-            None => (None, None),
+            None => (None, ChannelWriter(None)),
         };
         let mut soft = SoftStopState::default();
         let mut hard_ops: Vec<OpSink> = Vec::new();
@@ -229,23 +256,24 @@ impl ProcessTask {
                         }
                         soft.started = true;
                         soft.deadline = Some(Instant::now() + self.stop_timeout);
-                        let sent = match (self.stop_mode, writer.as_mut()) {
-                            (StopMode::Protocol, Some(w)) => {
+                        let sent = match self.stop_mode {
+                            StopMode::Protocol => {
                                 soft_request_id = next_request_id;
                                 next_request_id += 1;
                                 let req = proto::WorkerRequest {
                                     id: soft_request_id,
                                     command: Some(worker_request::Command::SoftStop(proto::SoftStop {})),
                                 };
-                                w.write_all(&frame::encode_with_length(&req)).await.is_ok()
+                                writer.send(&frame::encode_with_length(&req)).await
                             }
-                            _ => false,
+                            StopMode::Signal => false,
                         };
                         if !sent {
                             // Signal mode, or a protocol worker whose channel
                             // is gone: the stop signal is all that is left,
                             // and corrald acknowledges on the worker's behalf.
                             let _ = kill(self.pid, self.stop_signal);
+                            soft.signalled = true;
                             soft.acked = true;
                             for op in &soft.ops {
                                 let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
@@ -303,7 +331,7 @@ impl ProcessTask {
                 Some(why) => (format!("failed to start: {why}"), false),
                 None => describe_exit(status),
             },
-            Ok(None) => ("exited (status unknown: adopted from an earlier corrald)".to_string(), false),
+            Ok(None) => adopted_exit(&soft, killed),
             Err(e) => (format!("lost: {e}"), false),
         };
         let outcome = if soft.timed_out {
@@ -367,6 +395,23 @@ impl ProcessTask {
     }
 }
 
+/// How a worker of an earlier corrald ended, whose exit status went with
+/// that corrald: a soft stop it answered OK before exiting drained it, and
+/// one that exits after its stop signal within the stop timeout stopped as
+/// systemd counts a scope's stop. Anything else is an unexplained end.
+fn adopted_exit(soft: &SoftStopState, killed: bool) -> (String, bool) {
+    const UNKNOWN: &str = "exit status unknown: adopted from an earlier corrald";
+    if soft.answered_ok {
+        (format!("drained: answered its soft stop OK, then exited ({UNKNOWN})"), true)
+    } else if soft.signalled && !killed && !soft.timed_out {
+        (format!("exited after its stop signal ({UNKNOWN})"), true)
+    } else if soft.started && !soft.signalled {
+        (format!("exited without answering its soft stop ({UNKNOWN})"), false)
+    } else {
+        (format!("exited ({UNKNOWN})"), false)
+    }
+}
+
 /// The child's failure reports, read whole however the bytes arrive.
 struct Reports {
     pipe: pipe::Receiver,
@@ -397,5 +442,44 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn soft(f: impl FnOnce(&mut SoftStopState)) -> SoftStopState {
+        let mut s = SoftStopState { started: true, ..SoftStopState::default() };
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn an_adopted_worker_that_answered_ok_drained_whatever_its_unknown_status() {
+        let (text, clean) = adopted_exit(&soft(|s| s.answered_ok = true), false);
+        assert!(clean);
+        assert!(text.starts_with("drained: answered its soft stop OK"), "{text}");
+    }
+
+    #[test]
+    fn an_adopted_worker_that_exits_after_its_stop_signal_in_time_stopped_cleanly() {
+        assert!(adopted_exit(&soft(|s| s.signalled = true), false).1);
+        assert!(!adopted_exit(&soft(|s| s.signalled = true), true).1, "a hard stop overtook it");
+        let late = soft(|s| {
+            s.signalled = true;
+            s.timed_out = true;
+        });
+        assert!(!adopted_exit(&late, true).1, "killed at its stop timeout");
+    }
+
+    #[test]
+    fn an_adopted_worker_that_exits_unasked_or_without_answering_is_an_unexplained_end() {
+        let (text, clean) = adopted_exit(&soft(|_| {}), false);
+        assert!(!clean);
+        assert!(text.starts_with("exited without answering its soft stop"), "{text}");
+        let (text, clean) = adopted_exit(&SoftStopState::default(), false);
+        assert!(!clean);
+        assert!(text.starts_with("exited (exit status unknown"), "{text}");
     }
 }
