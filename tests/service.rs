@@ -783,7 +783,7 @@ fn final_answer(args: &[&str]) -> Value {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
     let (_, out) = run(CORRALCTL, &full);
-    out.lines().filter_map(|l| serde_json::from_str(l).ok()).last().unwrap_or_else(|| panic!("no answer: {out}"))
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).next_back().unwrap_or_else(|| panic!("no answer: {out}"))
 }
 
 /// A small tmpfs at `dir`, so a test can fill a disk; unmounted on drop,
