@@ -62,9 +62,11 @@ pub fn private_dir(dir: &Path, mode: u32) -> Result<(), String> {
 }
 
 /// Opens a file for appending, creating it with `mode`; never through a
-/// symlink, and only a regular file.
+/// symlink, and only a regular file. Readable too, so that a torn last
+/// line can be found.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     let file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(mode)

@@ -10,7 +10,7 @@
 //! or stuck: a worker's pipe is always read, lines wait in a queue bounded
 //! in bytes, one dedicated thread does the blocking sends, and a line that
 //! does not fit in the queue is dropped and counted (per worker, and in
-//! total). The journal crates for `log` and `tracing` send from the caller's
+//! total), as is one that neither the journal nor stderr took. The journal crates for `log` and `tracing` send from the caller's
 //! thread and block it once journald's socket queue is full, and cannot set
 //! another process's `SYSLOG_PID`; hence this module.
 
@@ -74,8 +74,8 @@ pub struct Origin {
     pub group: String,
     pub worker_id: String,
     pub pid: u32,
-    /// Lines of this worker dropped because the queue was full; kept by
-    /// the worker's slot across restarts.
+    /// Lines of this worker dropped because the queue was full or no sink
+    /// took them; kept by the worker's slot across restarts.
     pub dropped: Arc<AtomicU64>,
 }
 
@@ -172,6 +172,11 @@ struct Shared {
 }
 
 impl Shared {
+    fn count_dropped(&self, origin: &Origin) {
+        origin.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn counter(&self, budget: Budget) -> (&AtomicUsize, usize) {
         match budget {
             Budget::Workers => (&self.queued, self.limit),
@@ -204,7 +209,7 @@ impl Output {
             pumps: AtomicUsize::new(0),
             idle: Notify::new(),
         });
-        let writer = Writer { shared: shared.clone(), journal, retry_at: None, reported_dropped: 0 };
+        let writer = Writer { shared: shared.clone(), journal, retry_at: None, reported_dropped: 0, unwritten: 0 };
         std::thread::Builder::new()
             .name("corral-output".into())
             .spawn(move || writer.run(rx))
@@ -216,7 +221,8 @@ impl Output {
         self.shared.sink
     }
 
-    /// Lines of worker output dropped since corrald started.
+    /// Lines of worker output dropped since corrald started: those the
+    /// queue had no room for, and those neither the journal nor stderr took.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -311,8 +317,7 @@ impl Output {
         }
         let entry = Entry { priority, message: text, source: Source::Worker(origin.clone(), stream) };
         if !self.push(entry, Budget::Workers) {
-            origin.dropped.fetch_add(1, Ordering::Relaxed);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.count_dropped(origin);
         }
     }
 
@@ -362,6 +367,8 @@ struct Writer {
     /// When to try the journal again after it failed.
     retry_at: Option<Instant>,
     reported_dropped: u64,
+    /// Worker lines neither the journal nor stderr took, not yet reported.
+    unwritten: u64,
 }
 
 impl Writer {
@@ -370,7 +377,10 @@ impl Writer {
         while let Ok(item) = rx.recv() {
             match item {
                 Item::Entry(entry, budget) => {
-                    self.write(&entry, &mut buf);
+                    if let (false, Source::Worker(origin, _)) = (self.write(&entry, &mut buf), &entry.source) {
+                        self.shared.count_dropped(origin);
+                        self.unwritten += 1;
+                    }
                     self.shared.counter(budget).0.fetch_sub(entry.cost(), Ordering::AcqRel);
                 }
                 Item::Flush(done) => {
@@ -381,7 +391,9 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, entry: &Entry, buf: &mut Vec<u8>) {
+    /// Writes the entry to the journal, or else to stderr; false when
+    /// neither took it (journald stopped, and stderr is its stream).
+    fn write(&mut self, entry: &Entry, buf: &mut Vec<u8>) -> bool {
         if self.journal.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
             self.retry_at = None;
             self.journal = connect_journal().ok();
@@ -392,7 +404,7 @@ impl Writer {
         if let Some(journal) = &self.journal {
             entry.encode(buf);
             match journal.send(buf) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(e) => {
                     let _ = writeln!(
                         io::stderr(),
@@ -403,27 +415,34 @@ impl Writer {
                 }
             }
         }
-        let _ = entry.write_stderr(&mut io::stderr().lock());
+        entry.write_stderr(&mut io::stderr().lock()).is_ok()
     }
 
-    /// Once the queue has room again after drops, says how many were lost.
+    /// Once the queue has room again after drops, says how many were lost
+    /// and why; tried again until a sink takes the report.
     fn report_drops(&mut self, buf: &mut Vec<u8>) {
         let dropped = self.shared.dropped.load(Ordering::Relaxed);
         if dropped == self.reported_dropped || self.shared.queued.load(Ordering::Acquire) > self.shared.limit / 2 {
             return;
         }
         let lost = dropped - self.reported_dropped;
-        self.reported_dropped = dropped;
+        let why = match self.unwritten {
+            0 => format!("the log queue ({} bytes) was full", self.shared.limit),
+            n if n == lost => "neither the journal nor stderr took them".to_string(),
+            n => format!(
+                "{n} of them neither the journal nor stderr took, the rest did not fit the log queue ({} bytes)",
+                self.shared.limit
+            ),
+        };
         let entry = Entry {
             priority: 4,
-            message: format!(
-                "{lost} lines of worker output dropped: the log queue ({} bytes) was full ({dropped} since start)",
-                self.shared.limit
-            )
-            .into_bytes(),
+            message: format!("{lost} lines of worker output dropped: {why} ({dropped} since start)").into_bytes(),
             source: Source::Corrald(vec![("CORRAL_DROPPED", lost.to_string())]),
         };
-        self.write(&entry, buf);
+        if self.write(&entry, buf) {
+            self.reported_dropped = dropped;
+            self.unwritten = 0;
+        }
     }
 }
 

@@ -931,3 +931,181 @@ fn stopping_the_socket_stops_corral_and_a_client_then_starts_nothing() {
     assert_eq!(group_status(&status, "web")["desired"], 1, "{status}");
     wait_for("the service the client started to be active", || shows("corrald.service", "ActiveState", "active"));
 }
+
+/// `corralctl --json ARGS`'s final answer, whatever its status.
+fn final_answer(args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (_, out) = run(CORRALCTL, &full);
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).next_back().unwrap_or_else(|| panic!("no answer: {out}"))
+}
+
+/// A small tmpfs at `dir`, so a test can fill a disk; unmounted on drop,
+/// after corrald (declared earlier, dropped later) let go of its files.
+struct SmallDisk(&'static Path);
+
+impl SmallDisk {
+    fn mount(dir: &'static Path, size: &str) -> SmallDisk {
+        let _ = run("umount", &["-l", dir.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let (ok, out) = run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size},mode=0750"), "corral-test", dir.to_str().unwrap()],
+        );
+        assert!(ok, "mount a tmpfs on {}: {out}", dir.display());
+        SmallDisk(dir)
+    }
+
+    /// Fills the disk to the last byte with `name`.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join(name)).unwrap();
+        let page = [b'x'; 4096];
+        while filler.write(&page).is_ok_and(|n| n > 0) {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn a_full_audit_disk_leaves_every_record_whole_and_each_refusal_recorded_where_it_was_accepted() {
+    let disk = SmallDisk::mount(Path::new("/var/log/corral-full"), "64k");
+    let text_dir = Path::new("/var/log/corral-text");
+    let _ = std::fs::remove_dir_all(text_dir);
+    let (text, json) = (text_dir.join("audit.log"), disk.0.join("audit.jsonl"));
+    let _i = Installed::new(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\n{}",
+        group("web", 1, &[], "")
+    ));
+    systemctl(&["start", "corrald.service"]);
+    // The JSON log keeps only the room left in its last page: the record
+    // that does not fit there is cut off by ENOSPC part way through.
+    disk.fill("filler");
+    let mut answers = Vec::new();
+    while answers.last().is_none_or(|a: &Value| a["status"] == "OK") {
+        assert!(answers.len() < 64, "the disk filled up within 64 commands: {answers:#?}");
+        answers.push(final_answer(&["start", "web-1"]));
+    }
+    let refused = answers.last().unwrap();
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains(&format!("{} (audit_logs_json_target)", json.display())), "{refused}");
+    assert!(message.contains("nothing was done"), "{refused}");
+
+    let verify = || run(CORRALCTL, &["audit", "verify", json.to_str().unwrap()]);
+    let (ok, out) = verify();
+    assert!(ok && out.contains("intact"), "the JSON log holds whole records only: {out}");
+    // An outcome that did not fit is missing only where the answer said so.
+    let mut requests: std::collections::BTreeMap<(u64, u64), Vec<String>> = Default::default();
+    for r in json_lines(&json).iter().filter(|r| r["record"] == "audit") {
+        let key = (r["session"].as_u64().unwrap(), r["request_id"].as_u64().unwrap());
+        requests.entry(key).or_default().push(r["result"].as_str().unwrap().to_string());
+    }
+    let unrecorded = requests.values().filter(|results| **results == ["accepted"]).count();
+    let said = answers
+        .iter()
+        .filter(|a| a["status"] == "OK" && a["message"].as_str().unwrap().contains("outcome could not be written"))
+        .count();
+    assert_eq!(unrecorded, said, "{requests:?}\n{answers:#?}");
+    let text_lines = lines(&text);
+    for line in &text_lines {
+        assert_eq!(line.split('\t').count(), 12, "a whole text record: {line:?}");
+    }
+    // The refused command's acceptance is in the text log; its outcome is too.
+    let outcome = text_lines
+        .iter()
+        .find(|l| l.contains("\tresult=failed\t") && l.contains("(audit_logs_json_target)"))
+        .unwrap_or_else(|| panic!("no failed outcome in the text log: {text_lines:#?}"));
+    let slots = outcome.split('\t').next().unwrap();
+    let results: Vec<&str> = text_lines
+        .iter()
+        .filter(|l| l.starts_with(slots))
+        .filter_map(|l| l.split('\t').find_map(|f| f.strip_prefix("result=")))
+        .collect();
+    assert_eq!(results, ["accepted", "failed"], "{text_lines:#?}");
+    let session = slots.trim_start_matches('[').split(' ').next().unwrap();
+    let entries = journal(&[
+        &format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID),
+        &format!("_PID={}", show("corrald.service", "MainPID")),
+        &format!("CORRAL_AUDIT_SESSION={session}"),
+    ]);
+    let results: Vec<&str> = entries.iter().filter_map(|e| e["CORRAL_AUDIT_RESULT"].as_str()).collect();
+    assert_eq!(results, ["accepted", "failed"], "the journal has the refusal's outcome too: {entries:?}");
+    let warnings = journal(&["-u", "corrald.service", "PRIORITY=4"]);
+    let named = json.display().to_string();
+    assert!(
+        warnings.iter().any(|e| e["MESSAGE"].as_str().is_some_and(|m| m.contains(&named) && m.contains("refused"))),
+        "corrald warns of the refusal, naming the file: {warnings:?}"
+    );
+
+    // With room again the trail goes on, still intact.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    let answer = final_answer(&["start", "web-1"]);
+    assert_eq!(answer["status"], "OK", "{answer}");
+    let (ok, out) = verify();
+    assert!(ok && out.contains("intact"), "{out}");
+    let records = json_lines(&json);
+    assert_eq!(records.last().unwrap()["result"], "ok");
+}
+
+/// journald stopped for good, its sockets too; started again on drop.
+struct JournaldStopped;
+
+impl JournaldStopped {
+    const UNITS: [&'static str; 4] = [
+        "systemd-journald.service",
+        "systemd-journald.socket",
+        "systemd-journald-dev-log.socket",
+        "systemd-journald-audit.socket",
+    ];
+
+    fn now() -> JournaldStopped {
+        let mut args = vec!["stop"];
+        args.extend(Self::UNITS);
+        systemctl(&args);
+        JournaldStopped
+    }
+}
+
+impl Drop for JournaldStopped {
+    fn drop(&mut self) {
+        let _ = run("systemctl", &["start", Self::UNITS[1], Self::UNITS[2], Self::UNITS[0]]);
+    }
+}
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn with_journald_stopped_every_record_and_line_it_misses_is_counted() {
+    const LINES: u64 = 200;
+    const COMMANDS: u64 = 10;
+    let _i = Installed::new(&group("blind", 1, &["--burst-lines", &LINES.to_string()], ""));
+    systemctl(&["start", "corrald.service"]);
+    wait_for("the first burst in the journal", || {
+        holding(burst_lines_in_journal("blind-1").len() as u64, |n| *n == LINES).map(drop)
+    });
+    let status = supervisor_status();
+    assert_eq!((status["output_dropped"].as_u64(), status["audit_journal_missed"].as_u64()), (Some(0), Some(0)));
+
+    let _stopped = JournaldStopped::now();
+    // Each restart is two audit records, and a new worker printing its burst.
+    for _ in 0..COMMANDS {
+        let answer = ctl(&["restart", "blind-1"]).pop().unwrap();
+        assert_eq!(answer["status"], "OK", "{answer}");
+    }
+    let want = (Some(LINES * COMMANDS), Some(2 * COMMANDS));
+    wait_for("status to count what the journal missed", || {
+        let status = supervisor_status();
+        holding((status["output_dropped"].as_u64(), status["audit_journal_missed"].as_u64()), |seen| *seen == want)
+    });
+    let workers = ctl(&["workers"]).pop().unwrap();
+    assert_eq!(workers["workers"][0]["output_dropped"].as_u64(), Some(LINES * COMMANDS), "{workers}");
+    let (_, out) = run(CORRALCTL, &["status"]);
+    assert!(out.contains(&format!("{} lines dropped", LINES * COMMANDS)), "{out}");
+    assert!(out.contains(&format!("{} records missed by the journal", 2 * COMMANDS)), "{out}");
+}

@@ -15,11 +15,12 @@
 //!
 //! One thread writes every record, in batches: see [`Auditor`].
 
+mod append;
 pub mod chain;
 pub mod journal;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
 use crate::sanitise::sanitise;
+use append::Appender;
 use journal::Journal;
 
 /// The version of the JSON record layout (docs/audit-schema.md).
@@ -349,11 +351,12 @@ struct JsonActor<'a> {
 }
 
 /// An append-only audit file: created 0640 (and missing directories
-/// 0750), whatever the umask.
+/// 0750), whatever the umask. Each batch is in it whole or not at all
+/// ([`append`]).
 struct FileSink {
     key: &'static str,
     path: PathBuf,
-    file: File,
+    out: Appender<File>,
 }
 
 impl FileSink {
@@ -369,24 +372,65 @@ impl FileSink {
         if meta.is_file() && meta.permissions().mode() & 0o7777 != 0o640 {
             file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
         }
-        Ok(FileSink { key, path: path.to_path_buf(), file })
+        if meta.is_file() {
+            let whole = append::whole_length(&file)?;
+            if whole < meta.len() {
+                file.set_len(whole)?;
+                tracing::warn!(
+                    "the audit log {} ({key}) ended in a torn record, {} bytes after its last whole line (a write \
+                     cut off part way); cut it off so that the next record starts on a line of its own",
+                    path.display(),
+                    meta.len() - whole
+                );
+            }
+        }
+        Ok(FileSink { key, path: path.to_path_buf(), out: Appender::new(file) })
     }
 
     fn failed(&self, e: io::Error) -> String {
         format!("cannot write the audit log {} ({}): {e}", self.path.display(), self.key)
     }
 
-    /// Writes whole lines (each ending in a newline).
+    /// Writes whole lines (each ending in a newline); after a failure the
+    /// file holds nothing of the batch.
     fn write(&mut self, lines: &[u8]) -> Result<(), String> {
-        self.file.write_all(lines).map_err(|e| self.failed(e))
+        self.out.append(lines).map_err(|e| self.failed(e))
     }
 
     fn sync(&mut self) -> Result<(), String> {
-        self.file.sync_data().map_err(|e| self.failed(e))
+        self.out.file.sync_data().map_err(|e| self.failed(e))
+    }
+
+    /// Takes the batch back out of the file.
+    fn take_back(&mut self) -> Result<(), String> {
+        self.out.undo().map_err(|e| {
+            format!(
+                "cannot take refused records back out of the audit log {} ({}): {e}; nothing more is written to \
+                 it until that succeeds",
+                self.path.display(),
+                self.key
+            )
+        })
+    }
+
+    /// Adds the outcomes of a refused batch the file took: written and
+    /// synced, or else the batch is taken back out.
+    fn add_outcomes(&mut self, lines: &[u8], sync: bool) -> Result<(), String> {
+        self.write(lines)?;
+        if sync {
+            if let Err(e) = self.sync() {
+                return Err(match self.take_back() {
+                    Ok(()) => e,
+                    Err(cut) => format!("{e}; {cut}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// One line, synced with `sync`: the anchors, outside any batch.
     fn append(&mut self, line: &str, sync: bool) -> Result<(), String> {
+        self.out.begin();
         self.write(format!("{line}\n").as_bytes())?;
         if sync {
             self.sync()?;
@@ -410,7 +454,7 @@ fn sync_one((sink, error): ToSync) {
 /// short-lived thread; without one, the two are synced in turn.
 fn sync_both(text: ToSync, json: ToSync) {
     let duplicate = match (&text, &json) {
-        ((Some(t), None), (Some(_), None)) => t.file.try_clone().ok(),
+        ((Some(t), None), (Some(_), None)) => t.out.file.try_clone().ok(),
         _ => None,
     };
     let helper = duplicate.and_then(|file| {
@@ -480,6 +524,9 @@ struct Rendered {
     text: Option<String>,
     json: Option<chain::Unlinked>,
     journal: Option<Vec<u8>>,
+    /// An `accepted` record itself, for the `failed` outcome the writer
+    /// adds if its command is refused.
+    accepted: Option<Box<Record>>,
 }
 
 /// Which sinks a record is rendered for.
@@ -499,8 +546,23 @@ impl Sinks {
             text: self.text.then(|| shown.text_line(&at) + "\n"),
             json: self.json.then(|| chain::Unlinked::new(shown.json_line(&at, chain::GENESIS))),
             journal: self.journal.then(|| shown.journal_entry(&at)),
+            accepted: None,
         }
     }
+
+    /// Renders `record`, keeping it along if it is an `accepted` one.
+    fn render_owned(self, record: Record) -> Rendered {
+        let mut rendered = self.render(&record);
+        if record.result == RecordResult::Accepted {
+            rendered.accepted = Some(Box::new(record));
+        }
+        rendered
+    }
+}
+
+/// The answer to a privileged request whose record could not be written.
+pub fn refusal(error: &str) -> String {
+    format!("refused, nothing was done: the audit record could not be written: {error}")
 }
 
 impl Record {
@@ -530,7 +592,14 @@ impl Auditor {
     /// is an error naming its config key.
     pub fn open(config: AuditConfig) -> Result<Auditor, String> {
         let journal_missed = Arc::new(AtomicU64::new(0));
+        let sinks = Sinks {
+            text: config.text_target.is_some(),
+            json: config.json_target.is_some(),
+            journal: config.journal,
+            max_argument: config.max_argument,
+        };
         let mut writer = Writer {
+            sinks,
             config,
             text: None,
             json: None,
@@ -540,12 +609,6 @@ impl Auditor {
             batch: Batch::default(),
         };
         writer.open_files(Opening::Start)?;
-        let sinks = Sinks {
-            text: writer.text.is_some(),
-            json: writer.json.is_some(),
-            journal: writer.config.journal,
-            max_argument: writer.config.max_argument,
-        };
         writer.journal = writer.config.journal.then(Journal::system);
         let (jobs, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -557,13 +620,15 @@ impl Auditor {
 
     /// Writes one record to every sink, and returns once it is written (and
     /// with `audit_sync`, synced). An error names the file sink that failed;
-    /// with `audit_failure = "continue"` it is logged instead.
+    /// with `audit_failure = "continue"` it is logged instead. An
+    /// `accepted` record that fails is followed by a `failed` one, with
+    /// [`refusal`] as its reason, in every sink that took it.
     pub async fn write(&self, record: Record) -> Result<(), String> {
         let sinks = self.sinks;
         let rendered = if record.raw_len() <= RENDER_INLINE {
-            sinks.render(&record)
+            sinks.render_owned(record)
         } else {
-            tokio::task::spawn_blocking(move || sinks.render(&record))
+            tokio::task::spawn_blocking(move || sinks.render_owned(record))
                 .await
                 .map_err(|e| format!("rendering the audit record failed: {e}"))?
         };
@@ -597,6 +662,7 @@ fn now() -> String {
 /// The `corral-audit` thread: the only place audit files and the audit
 /// journal socket are written.
 struct Writer {
+    sinks: Sinks,
     config: AuditConfig,
     text: Option<FileSink>,
     json: Option<FileSink>,
@@ -618,6 +684,21 @@ struct Batch {
     json_hash: String,
     text_error: Option<String>,
     json_error: Option<String>,
+}
+
+impl Batch {
+    /// Adds a record's lines, its JSON line linked to the one before.
+    fn add(&mut self, record: &Rendered) {
+        if let Some(line) = &record.text {
+            self.text.extend_from_slice(line.as_bytes());
+        }
+        if let Some(unlinked) = &record.json {
+            let start = self.json.len();
+            unlinked.link_into(&self.json_hash, &mut self.json);
+            self.json_hash = chain::hash(&self.json[start..]);
+            self.json.push(b'\n');
+        }
+    }
 }
 
 impl Writer {
@@ -643,7 +724,8 @@ impl Writer {
     }
 
     /// Writes the records of a batch in order, syncs each file once, sends
-    /// the journal entries, then lets every command of the batch go.
+    /// the journal entries, then lets every command of the batch go. A file
+    /// that fails gets nothing of the batch (see [`Writer::refuse`]).
     fn commit(&mut self, records: &mut Vec<(Rendered, oneshot::Sender<Written>)>) {
         if records.is_empty() {
             return;
@@ -655,17 +737,13 @@ impl Writer {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let mut batch = std::mem::take(&mut self.batch);
-        batch.json_hash.clone_from(&self.last_hash);
+        let chain_start = self.last_hash.clone();
+        batch.json_hash.clone_from(&chain_start);
+        for sink in [&mut self.text, &mut self.json].into_iter().flatten() {
+            sink.out.begin();
+        }
         for (record, _) in records.iter() {
-            if let Some(line) = &record.text {
-                batch.text.extend_from_slice(line.as_bytes());
-            }
-            if let Some(unlinked) = &record.json {
-                let start = batch.json.len();
-                unlinked.link_into(&batch.json_hash, &mut batch.json);
-                batch.json_hash = chain::hash(&batch.json[start..]);
-                batch.json.push(b'\n');
-            }
+            batch.add(record);
             if batch.text.len() + batch.json.len() >= WRITE_CHUNK {
                 self.write_out(&mut batch);
             }
@@ -674,39 +752,97 @@ impl Writer {
         if self.config.sync {
             sync_both((&mut self.text, &mut batch.text_error), (&mut self.json, &mut batch.json_error));
         }
-        if let Some(journal) = &mut self.journal {
-            let missed = records.iter().filter_map(|(r, _)| r.journal.as_ref()).filter(|e| !journal.send(e)).count();
-            self.journal_missed.fetch_add(missed as u64, Ordering::Relaxed);
+        for (sink, error) in [(&mut self.text, &batch.text_error), (&mut self.json, &batch.json_error)] {
+            if let (Some(sink), Some(_)) = (sink, error) {
+                if let Err(e) = sink.take_back() {
+                    tracing::error!("{e}");
+                }
+            }
         }
-        let result = match batch.text_error.take().or(batch.json_error.take()) {
+        self.last_hash = if batch.json_error.is_none() { batch.json_hash.clone() } else { chain_start };
+        let (result, outcomes) = match batch.text_error.clone().or(batch.json_error.clone()) {
             Some(e) if self.config.continue_on_failure => {
                 tracing::error!(
                     "AUDIT RECORD LOST: {} records not written, their commands allowed anyway (audit_failure = \"continue\"): {e}",
                     records.len()
                 );
-                Ok(())
+                (Ok(()), Vec::new())
             }
-            Some(e) => Err(e),
-            None => Ok(()),
+            Some(e) => {
+                let outcomes = self.refuse(records, &mut batch, &e);
+                (Err(e), outcomes)
+            }
+            None => (Ok(()), Vec::new()),
         };
+        if let Some(journal) = &mut self.journal {
+            let entries = records.iter().map(|(r, _)| r).chain(&outcomes).filter_map(|r| r.journal.as_ref());
+            let missed = entries.filter(|e| !journal.send(e)).count();
+            self.journal_missed.fetch_add(missed as u64, Ordering::Relaxed);
+        }
+        batch.text_error = None;
+        batch.json_error = None;
         self.batch = batch;
         for (rendered, done) in records.drain(..) {
             let _ = done.send(Written { result: result.clone(), _rendered: rendered });
         }
     }
 
+    /// The batch's commands are refused, for `error`. A file that took the
+    /// batch gets a `failed` outcome for each `accepted` record in it, or,
+    /// if it cannot take those, nothing of the batch either; a file that
+    /// failed has nothing of it already. So wherever a refused command's
+    /// acceptance is, its outcome is too. Returns the outcomes, for the
+    /// journal.
+    fn refuse(
+        &mut self,
+        records: &mut [(Rendered, oneshot::Sender<Written>)],
+        batch: &mut Batch,
+        error: &str,
+    ) -> Vec<Rendered> {
+        let reason = refusal(error);
+        let sinks = self.sinks;
+        let outcomes: Vec<Rendered> = records
+            .iter_mut()
+            .filter_map(|(r, _)| r.accepted.as_mut())
+            .map(|record| {
+                record.result = RecordResult::Failed;
+                record.reason.clone_from(&reason);
+                sinks.render(record)
+            })
+            .collect();
+        let chain_start = self.last_hash.clone();
+        batch.json_hash.clone_from(&chain_start);
+        for outcome in &outcomes {
+            batch.add(outcome);
+        }
+        let sync = self.config.sync;
+        if let (Some(text), None) = (&mut self.text, &batch.text_error) {
+            if let Err(e) = text.add_outcomes(&batch.text, sync) {
+                tracing::error!("the refused records were taken back out: {e}");
+            }
+        }
+        if let (Some(json), None) = (&mut self.json, &batch.json_error) {
+            match json.add_outcomes(&batch.json, sync) {
+                Ok(()) => self.last_hash.clone_from(&batch.json_hash),
+                Err(e) => {
+                    tracing::error!("the refused records were taken back out: {e}");
+                    self.last_hash = chain_start;
+                }
+            }
+        }
+        batch.text.clear();
+        batch.json.clear();
+        outcomes
+    }
+
     /// Writes what the batch holds so far. After a failed write a file gets
-    /// nothing more of the batch; the chain goes on from the last line that
-    /// was written whole.
+    /// nothing more of the batch.
     fn write_out(&mut self, batch: &mut Batch) {
         if let (Some(text), None) = (&mut self.text, &batch.text_error) {
             batch.text_error = text.write(&batch.text).err();
         }
         if let (Some(json), None) = (&mut self.json, &batch.json_error) {
             batch.json_error = json.write(&batch.json).err();
-            if batch.json_error.is_none() {
-                self.last_hash.clone_from(&batch.json_hash);
-            }
         }
         batch.text.clear();
         batch.json.clear();
@@ -1054,5 +1190,58 @@ mod tests {
         let written = std::fs::metadata(&text).unwrap().len() + std::fs::metadata(&json).unwrap().len();
         assert!(written <= 2 * max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT) as u64, "{written} bytes for one record");
         assert_eq!(chain::verify(&json), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_has_its_outcome_wherever_its_acceptance_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("audit.jsonl");
+        let config = AuditConfig {
+            text_target: Some("/dev/full".into()),
+            json_target: Some(json.clone()),
+            sync: true,
+            ..Default::default()
+        };
+        let auditor = Auditor::open(config).unwrap();
+        let mut r = record("web".into(), "web-1".into(), vec![], "root".into(), "corralctl".into(), String::new());
+        r.result = RecordResult::Accepted;
+        let e = auditor.write(r.clone()).await.unwrap_err();
+        assert!(e.contains("/dev/full (audit_logs_target)"), "{e}");
+        let records: Vec<serde_json::Value> =
+            std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let results: Vec<&str> = records.iter().filter_map(|r| r["result"].as_str()).collect();
+        assert_eq!(results, ["accepted", "failed"]);
+        assert_eq!(records[2]["reason"].as_str(), Some(refusal(&e).as_str()), "the reason is the answer");
+        assert_eq!((records[2]["session"].as_u64(), records[2]["request_id"].as_u64()), (Some(7), Some(42)));
+        assert_eq!(chain::verify(&json), Ok(2));
+
+        // A refusal is its own outcome, and an outcome has none.
+        for result in [RecordResult::Denied, RecordResult::Ok] {
+            r.result = result;
+            assert!(auditor.write(r.clone()).await.is_err());
+        }
+        assert_eq!(chain::verify(&json), Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_off_when_the_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (text, json) = (dir.path().join("audit.log"), dir.path().join("audit.jsonl"));
+        let config =
+            AuditConfig { text_target: Some(text.clone()), json_target: Some(json.clone()), ..Default::default() };
+        let r = record("web".into(), "web-1".into(), vec![], "root".into(), "corralctl".into(), String::new());
+        Auditor::open(config.clone()).unwrap().write(r.clone()).await.unwrap();
+        let whole = (std::fs::read(&text).unwrap(), std::fs::read(&json).unwrap());
+        for (path, content) in [(&text, &whole.0), (&json, &whole.1)] {
+            let mut torn = content.clone();
+            torn.extend_from_slice(&content[..40]);
+            std::fs::write(path, torn).unwrap();
+        }
+
+        let auditor = Auditor::open(config).unwrap();
+        assert_eq!((std::fs::read(&text).unwrap(), std::fs::read(&json).unwrap()), whole);
+        auditor.write(r).await.unwrap();
+        assert_eq!(chain::verify(&json), Ok(2));
+        assert!(std::fs::read_to_string(&text).unwrap().lines().all(|l| l.split('\t').count() == 12));
     }
 }

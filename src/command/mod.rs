@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::audit::{Actor, Auditor, Record, RecordResult};
+use crate::audit::{self, Actor, Auditor, Record, RecordResult};
 use crate::config::Limits;
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
@@ -451,23 +451,28 @@ impl Session {
         }
         let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
         let record = self.record(id, &described, RecordResult::Accepted, String::new()).await;
-        auditor
-            .write(record.clone())
-            .await
-            .map_err(|e| format!("refused, nothing was done: the audit record could not be written: {e}"))?;
+        if let Err(e) = auditor.write(record.clone()).await {
+            let why = audit::refusal(&e);
+            tracing::warn!(session = self.id, uid = self.peer.uid, "request {}: {why}", described.command);
+            return Err(why);
+        }
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, record);
         Ok(())
     }
 }
 
 /// Records the outcome of an audited request as its final answer goes out.
-async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &proto::Response) {
+/// The request has run, so an outcome that cannot be recorded changes
+/// nothing of the answer but its message, which says so.
+async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &mut proto::Response) {
     let started = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     let (Some(auditor), Some(mut record)) = (auditor, started) else { return };
     record.result = if response.status() == Status::Ok { RecordResult::Ok } else { RecordResult::Failed };
     record.reason = response.message.clone();
     if let Err(e) = auditor.write(record).await {
         tracing::error!("the outcome of request {} could not be audited: {e}", response.id);
+        let note = format!("the audit record of this outcome could not be written: {e}");
+        response.message = if response.message.is_empty() { note } else { format!("{}; {note}", response.message) };
     }
 }
 
@@ -537,7 +542,7 @@ async fn write_responses(
         peak = peak.max(queue.queued() + len);
         let mut response = fit(response, len, max_response);
         if response.status() != Status::Processing && seq != 0 {
-            audit_final(&auditor, &pending, seq, &response).await;
+            audit_final(&auditor, &pending, seq, &mut response).await;
             flow.in_flight().remove(&response.id);
         }
         if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
