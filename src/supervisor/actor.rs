@@ -186,6 +186,11 @@ impl Supervisor {
 
     /// Handles one message; `Some` when the run loop ends.
     fn on_message(&mut self, msg: Msg) -> Option<Ending> {
+        // What an operator or an orchestration changes is the fleet's
+        // shape, which the runtime file keeps for a restarted corrald.
+        if matches!(&msg, Msg::Orchestrate(_)) || matches!(&msg, Msg::Request { request, .. } if !request.read_only()) {
+            self.runtime_dirty = true;
+        }
         match msg {
             Msg::Request { request, reply } => self.on_request(request, reply),
             Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),

@@ -24,7 +24,14 @@ impl Supervisor {
         let path = runtime::path(&self.config.state_directory);
         let limits = self.config.limits.clone();
         let mut adopted = 0;
-        for (n, w) in runtime::load(&path, limits.max_state_file_size).into_iter().enumerate() {
+        let left = runtime::load(&path, limits.max_state_file_size);
+        if let Some(shape) = left.fleet {
+            match self.fleet.restore(shape, &left.configured, &limits, self.systemd.is_some()) {
+                Ok(()) => tracing::info!("kept the scales and stopped workers an earlier corrald left"),
+                Err(why) => tracing::warn!("{why}: the config's counts stand"),
+            }
+        }
+        for (n, w) in left.workers.into_iter().enumerate() {
             if n >= limits.max_workers as usize || w.index > limits.max_group_workers {
                 tracing::warn!(worker = %w.id, pid = w.pid, "beyond corrald's worker limits; not adopted");
                 continue;

@@ -2,6 +2,7 @@
 //! (status line, READY), clients (status), and a later corrald (the
 //! runtime file).
 
+use super::runtime::{self, Runtime};
 use super::Supervisor;
 use crate::proto;
 
@@ -16,11 +17,17 @@ impl Supervisor {
         }
     }
 
-    /// Has the runtime file rewritten when the set of worker processes
-    /// changed (on the writer's thread).
+    /// Has the runtime file rewritten when the fleet changed (on the
+    /// writer's thread): its workers, and its shape unless corrald is
+    /// shutting down, after which the next start is the config's.
     pub(super) fn persist(&mut self) {
         if std::mem::take(&mut self.runtime_dirty) {
-            self.runtime_file.write(self.fleet.runtime_workers(self.systemd.is_some()));
+            self.runtime_file.write(Runtime {
+                version: runtime::VERSION,
+                workers: self.fleet.runtime_workers(self.systemd.is_some()),
+                fleet: (!self.fleet.shutting_down()).then(|| self.fleet.saved_state()),
+                configured: self.config.groups.values().map(|g| (g.name.clone(), g.count)).collect(),
+            });
         }
     }
 

@@ -1,23 +1,37 @@
 //! The facts a later corrald needs to find this one's workers again: which
 //! process fills which slot, its start time (so a reused pid is never taken
-//! for the worker), and its scope. Rewritten atomically after every change,
-//! in the state directory.
+//! for the worker), and its scope; and the fleet's shape as operators left
+//! it (scales, workers stopped on request), so that a restart or a crash
+//! keeps it as systemd keeps a unit's state across its own re-exec.
+//! Rewritten atomically after every change, in the state directory; a
+//! clean shutdown leaves no workers and no shape, and the next start is
+//! the config's.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
+use super::state::{self, SavedState};
 use crate::files;
 use crate::sanitise::sanitise;
 use crate::target::SlotKey;
 
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Default)]
 pub struct Runtime {
     pub version: u32,
     pub workers: Vec<RuntimeWorker>,
+    /// Scales and stopped workers; absent after a clean shutdown (and in
+    /// files of corralds before it was kept).
+    #[serde(default)]
+    pub fleet: Option<SavedState>,
+    /// Each group's count in the config the shape was made under: a group
+    /// whose count the config has changed since starts as the config says.
+    #[serde(default)]
+    pub configured: BTreeMap<String, u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -39,24 +53,24 @@ pub fn path(state_directory: &Path) -> PathBuf {
     state_directory.join("workers.json")
 }
 
-/// The last corrald's workers; none when there is no file (a clean exit
-/// leaves an empty list) or it cannot be read, which is said.
-pub fn load(path: &Path, max: usize) -> Vec<RuntimeWorker> {
+/// What the last corrald left: none when there is no file (a clean exit
+/// leaves an empty one) or it cannot be read, which is said.
+pub fn load(path: &Path, max: usize) -> Runtime {
     if !path.exists() {
-        return Vec::new();
+        return Runtime::default();
     }
     let text = match files::read_bounded(path, max) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("{e}; no workers are adopted");
-            return Vec::new();
+            return Runtime::default();
         }
     };
     match parse(&text) {
-        Ok(workers) => workers,
+        Ok(runtime) => runtime,
         Err(e) => {
             tracing::warn!("{}: {e}; no workers are adopted", path.display());
-            Vec::new()
+            Runtime::default()
         }
     }
 }
@@ -64,7 +78,7 @@ pub fn load(path: &Path, max: usize) -> Vec<RuntimeWorker> {
 /// Parses a runtime file's bytes, refusing the whole file if any entry is
 /// not one corrald could have written: a worker is signalled by its pid
 /// only if everything about it adds up.
-pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
+pub fn parse(text: &[u8]) -> Result<Runtime, String> {
     let runtime = match serde_json::from_slice::<Runtime>(text) {
         Ok(r) if r.version == VERSION => r,
         Ok(r) => return Err(format!("version {} is not {VERSION}", r.version)),
@@ -88,7 +102,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<RuntimeWorker>, String> {
             return Err(format!("entry {:?} is not a worker corrald could have written", sanitise(&w.id)));
         }
     }
-    Ok(runtime.workers)
+    if let Some(fleet) = &runtime.fleet {
+        state::check(fleet)?;
+    }
+    Ok(runtime)
 }
 
 /// Writes the runtime file on a thread of its own, so the actor never
@@ -100,7 +117,7 @@ pub struct Writer {
 }
 
 enum Job {
-    Write(Vec<RuntimeWorker>),
+    Write(Runtime),
     /// Answered once everything queued before it is on disk.
     Flush(mpsc::Sender<()>),
 }
@@ -120,14 +137,14 @@ impl Writer {
         }
     }
 
-    pub fn write(&self, workers: Vec<RuntimeWorker>) {
+    pub fn write(&self, runtime: Runtime) {
         match &self.tx {
             Some(tx) => {
-                if let Err(mpsc::SendError(Job::Write(workers))) = tx.send(Job::Write(workers)) {
-                    save(&self.path, workers);
+                if let Err(mpsc::SendError(Job::Write(runtime))) = tx.send(Job::Write(runtime)) {
+                    save(&self.path, &runtime);
                 }
             }
-            None => save(&self.path, workers),
+            None => save(&self.path, &runtime),
         }
     }
 
@@ -148,12 +165,12 @@ fn write_jobs(path: &Path, rx: mpsc::Receiver<Job>) {
         let mut flushes = Vec::new();
         for job in std::iter::once(job).chain(rx.try_iter()) {
             match job {
-                Job::Write(workers) => newest = Some(workers),
+                Job::Write(runtime) => newest = Some(runtime),
                 Job::Flush(done) => flushes.push(done),
             }
         }
-        if let Some(workers) = newest {
-            save(path, workers);
+        if let Some(runtime) = newest {
+            save(path, &runtime);
         }
         for done in flushes {
             let _ = done.send(());
@@ -163,8 +180,8 @@ fn write_jobs(path: &Path, rx: mpsc::Receiver<Job>) {
 
 /// Not synced: it must survive corrald, and workers do not survive the
 /// machine.
-fn save(path: &Path, workers: Vec<RuntimeWorker>) {
-    let written = serde_json::to_vec(&Runtime { version: VERSION, workers })
+fn save(path: &Path, runtime: &Runtime) {
+    let written = serde_json::to_vec(runtime)
         .map_err(|e| format!("cannot encode {}: {e}", path.display()))
         .and_then(|text| files::write_atomically(path, &text, false));
     if let Err(e) = written {
@@ -196,14 +213,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("workers.json");
         let writer = Writer::start(path.clone());
+        let runtime = |workers| Runtime { version: VERSION, workers, ..Runtime::default() };
         for pid in 1..=50 {
-            writer.write(vec![worker(pid)]);
+            writer.write(runtime(vec![worker(pid)]));
         }
         writer.flush();
         let on_disk = parse(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(on_disk.iter().map(|w| w.pid).collect::<Vec<_>>(), [50]);
-        writer.write(Vec::new());
+        assert_eq!(on_disk.workers.iter().map(|w| w.pid).collect::<Vec<_>>(), [50]);
+        writer.write(runtime(Vec::new()));
         writer.flush();
-        assert!(load(&path, 1 << 20).is_empty(), "an empty fleet is written too");
+        assert!(load(&path, 1 << 20).workers.is_empty(), "an empty fleet is written too");
     }
 }

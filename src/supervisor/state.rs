@@ -48,6 +48,13 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
     let state: SavedState = serde_json::from_slice(text).map_err(|e| {
         format!("not a corral state file ({:?} error at line {} column {})", e.classify(), e.line(), e.column())
     })?;
+    check(&state)?;
+    Ok(state)
+}
+
+/// Whether a saved state is one corrald could have written: its version,
+/// group names and worker ids.
+pub fn check(state: &SavedState) -> Result<(), String> {
     if state.version != STATE_VERSION {
         return Err(format!(
             "state version {} is not supported (this corrald reads version {STATE_VERSION})",
@@ -64,7 +71,7 @@ pub fn parse(text: &[u8]) -> Result<SavedState, String> {
             }
         }
     }
-    Ok(state)
+    Ok(())
 }
 
 /// A value from the file as messages show it: escaped, and short.

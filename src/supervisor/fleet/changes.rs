@@ -2,6 +2,7 @@
 //! is checked against the bounds first (nothing changes when one is over)
 //! and returns the plan of stops and starts that carries it out.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,15 +221,9 @@ impl<H> Fleet<H> {
         SavedState { version: STATE_VERSION, groups }
     }
 
-    /// Applies a saved state (`shown`: its file, as messages name it):
-    /// scales, and which workers run. Groups the config lacks are ignored.
-    pub fn apply_state(
-        &mut self,
-        saved: SavedState,
-        shown: &str,
-        limits: &Limits,
-        scopes: bool,
-    ) -> Result<ReloadPlan, String> {
+    /// Whether a saved state's scales fit today's bounds (`shown`: its
+    /// file, as messages name it); the reason if not.
+    fn check_scales(&self, saved: &SavedState, shown: &str, limits: &Limits, scopes: bool) -> Result<(), String> {
         if let Some((name, g)) = saved.groups.iter().find(|(_, g)| g.scale > limits.max_group_workers) {
             return Err(format!(
                 "{shown}: group {name} is scaled to {}, over the limit of {} workers per group \
@@ -252,6 +247,52 @@ impl<H> Fleet<H> {
                 return Err(format!("{shown}: {why}; nothing changed"));
             }
         }
+        Ok(())
+    }
+
+    /// Takes back the shape an earlier corrald left in its runtime file
+    /// (scales, workers stopped on request), before its workers are
+    /// adopted: a restart or a crash of corrald changes neither. A group
+    /// whose count in the config differs from `configured` (the count the
+    /// shape was made under) starts as the config now says, as do groups
+    /// the shape does not name; a shape over today's bounds is not taken.
+    pub fn restore(
+        &mut self,
+        mut saved: SavedState,
+        configured: &BTreeMap<String, u32>,
+        limits: &Limits,
+        scopes: bool,
+    ) -> Result<(), String> {
+        saved
+            .groups
+            .retain(|name, _| self.groups.get(name).is_some_and(|g| configured.get(name) == Some(&g.config.count)));
+        self.check_scales(&saved, "the runtime file", limits, scopes)?;
+        for (name, sg) in saved.groups {
+            let Some(group) = self.groups.get_mut(&name) else { continue };
+            group.desired = sg.scale;
+            group.slots.retain(|i, _| *i <= sg.scale);
+            for index in 1..=sg.scale {
+                group.slots.entry(index).or_insert_with(|| Slot::new(SlotState::Waiting));
+            }
+            for key in sg.stopped_workers.iter().filter_map(|id| SlotKey::parse(id)).filter(|k| k.group == name) {
+                if let Some(slot) = group.slots.get_mut(&key.index) {
+                    slot.state = SlotState::Stopped { requested: true };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a saved state (`shown`: its file, as messages name it):
+    /// scales, and which workers run. Groups the config lacks are ignored.
+    pub fn apply_state(
+        &mut self,
+        saved: SavedState,
+        shown: &str,
+        limits: &Limits,
+        scopes: bool,
+    ) -> Result<ReloadPlan, String> {
+        self.check_scales(&saved, shown, limits, scopes)?;
         let mut plan = ReloadPlan::default();
         let mut unknown = Vec::new();
         for (name, sg) in saved.groups {

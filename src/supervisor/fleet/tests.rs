@@ -644,3 +644,40 @@ fn a_loaded_state_sets_scales_and_keeps_stopped_workers_stopped() {
     assert!(why.ends_with("(limits.max_group_workers); nothing changed"), "{why}");
     assert_eq!(f.group("w").unwrap().desired, 4);
 }
+
+#[test]
+fn a_restored_shape_keeps_scales_and_stopped_workers_unless_the_config_changed_the_count() {
+    let text = "[groups.web]\ncommand = \"w\"\ncount = 2\n[groups.jobs]\ncommand = \"j\"\ncount = 2\n\
+                [groups.edited]\ncommand = \"e\"\ncount = 4\n";
+    let mut f = fleet(text);
+    let shape = SavedState {
+        version: STATE_VERSION,
+        groups: [
+            ("web".to_string(), SavedGroup { scale: 2, stopped_workers: vec!["web-2".into()] }),
+            ("jobs".to_string(), SavedGroup { scale: 3, stopped_workers: vec![] }),
+            ("edited".to_string(), SavedGroup { scale: 1, stopped_workers: vec!["edited-1".into()] }),
+            ("gone".to_string(), SavedGroup { scale: 5, stopped_workers: vec![] }),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let configured = [("web", 2), ("jobs", 2), ("edited", 2), ("gone", 5)].map(|(n, c)| (n.to_string(), c)).into();
+    f.restore(shape, &configured, &Limits::default(), false).unwrap();
+    assert_eq!(f.group("jobs").unwrap().desired, 3, "a scale outlives corrald");
+    assert_eq!(state(&f, "web-2"), "stopped", "so does a stop");
+    assert!(f.slot(&key("web-2")).unwrap().state.stopped_on_request());
+    assert_eq!(f.group("edited").unwrap().desired, 4, "the config changed this count: it wins");
+    assert_eq!(state(&f, "edited-1"), "waiting");
+    f.start_waiting_groups();
+    let queued: Vec<String> = std::iter::from_fn(|| f.next_to_fork()).map(|k| k.id()).collect();
+    assert_eq!(queued, ["edited-1", "edited-2", "edited-3", "edited-4", "jobs-1", "jobs-2", "jobs-3", "web-1"]);
+
+    let over = SavedState {
+        version: STATE_VERSION,
+        groups: [("web".to_string(), SavedGroup { scale: 5000, stopped_workers: vec![] })].into_iter().collect(),
+    };
+    let mut f = fleet(text);
+    let configured = [("web".to_string(), 2)].into();
+    assert!(f.restore(over, &configured, &Limits::default(), false).unwrap_err().contains("max_group_workers"));
+    assert_eq!(f.group("web").unwrap().desired, 2);
+}
