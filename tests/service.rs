@@ -1109,3 +1109,52 @@ fn with_journald_stopped_every_record_and_line_it_misses_is_counted() {
     assert!(out.contains(&format!("{} lines dropped", LINES * COMMANDS)), "{out}");
     assert!(out.contains(&format!("{} records missed by the journal", 2 * COMMANDS)), "{out}");
 }
+
+/// corrald restarted (`systemctl restart`) or killed and restarted by
+/// systemd keeps the fleet as its operator left it: a worker stopped on
+/// request stays stopped and a scale stays, with the same processes
+/// running on. A clean stop and start begins from the config again.
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn restarts_of_corrald_keep_stopped_workers_stopped_and_scales_as_they_were() {
+    let _i = Installed::new(&[group("web", 2, &[], ""), group("jobs", 1, &[], "")].concat());
+    systemctl(&["start", "corrald.service"]);
+    assert_eq!(ctl(&["stop", "web-2"]).pop().unwrap()["status"], "OK");
+    assert_eq!(ctl(&["scale", "jobs", "3"]).pop().unwrap()["status"], "OK");
+    let before = worker_pids();
+    let as_left = || {
+        let status = supervisor_status();
+        let (web, jobs) = (group_status(&status, "web"), group_status(&status, "jobs"));
+        let seen = format!("web {web}, jobs {jobs}");
+        let kept = web["ready"] == 1 && web["stopped"] == 1 && jobs["desired"] == 3 && jobs["ready"] == 3;
+        if kept {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    };
+    wait_for("web-2 stopped and jobs at 3", as_left);
+
+    systemctl(&["restart", "corrald.service"]);
+    wait_for("the restarted corrald to keep web-2 stopped and jobs at 3", as_left);
+    assert_eq!(worker_pids(), before, "the same processes, adopted");
+
+    systemctl(&["kill", "--kill-who=main", "-s", "SIGKILL", "corrald.service"]);
+    wait_for("systemd to restart corrald", || {
+        shows("corrald.service", "NRestarts", "1").and_then(|()| shows("corrald.service", "ActiveState", "active"))
+    });
+    wait_for("the corrald restarted after a crash to keep them too", as_left);
+    assert_eq!(worker_pids(), before, "the same processes, adopted again");
+
+    systemctl(&["stop", "corrald.service"]);
+    systemctl(&["start", "corrald.service"]);
+    wait_for("a fresh start to follow the config", || {
+        let status = supervisor_status();
+        let (web, jobs) = (group_status(&status, "web"), group_status(&status, "jobs"));
+        if web["ready"] == 2 && jobs["desired"] == 1 && jobs["ready"] == 1 {
+            Ok(())
+        } else {
+            Err(format!("web {web}, jobs {jobs}"))
+        }
+    });
+}
