@@ -11,6 +11,15 @@
 //! a group scope is one unit for systemd (one `Controller` match rule on its
 //! bus connection, of the 512 dbus-daemon allows it) with a leaf sub-cgroup
 //! per worker that corrald itself creates and removes.
+//!
+//! A scope's `Controller` is fixed when the scope is created: systemd 252
+//! answers `SetUnitProperties(Controller=...)` on a live scope with
+//! `PropertyReadOnly`. So the controller corrald names is the well-known
+//! name [`BUS_NAME`], not its connection's unique name, which dies with
+//! the connection: after `systemctl restart dbus.service` corrald connects
+//! again at once, owns the name again, and the bus routes every scope's
+//! `RequestStop` to it. systemd keeps the Controller of its scopes across a
+//! restart of the bus (its watch on the name went with the old bus).
 
 pub mod notify;
 pub mod properties;
@@ -21,7 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
 use zbus_systemd::systemd1::{JobProxy, ManagerProxy, UnitProxy};
@@ -34,6 +44,15 @@ pub use properties::Property;
 /// How long one D-Bus call, or one job, may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The name corrald owns on the bus and names as its scopes' `Controller`
+/// (see the module's notes). On the system bus a policy must let root own
+/// it: packaging/org.corral.Corrald.conf, installed by packaging/install.
+pub const BUS_NAME: &str = "org.corral.Corrald";
+
+/// The longest pause between two tries at reconnecting to a bus that went
+/// away (restarted, or systemd re-executing).
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
 /// Which bus to find the service manager on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bus {
@@ -44,8 +63,20 @@ pub enum Bus {
 /// What the service manager asks of corrald.
 #[derive(Debug)]
 pub enum Event {
-    /// `systemctl stop` of one of our scopes: drain its workers.
-    RequestStop { unit: String },
+    /// `systemctl stop` of one of our scopes: drain its workers. `sender`
+    /// is the bus's unique name of whoever sent the signal (systemd).
+    RequestStop { unit: String, sender: Option<String> },
+}
+
+/// What the bus says of a connection (`GetConnectionCredentials`): a field
+/// it did not give is `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    /// The first of the bus's `UnixGroupIDs`: dbus-daemon lists the groups
+    /// of the uid's user database entry, its primary group first.
+    pub gid: Option<u32>,
+    pub pid: Option<u32>,
 }
 
 /// The scope a worker is placed in.
@@ -73,6 +104,8 @@ struct Link {
     conn: Connection,
     manager: ManagerProxy<'static>,
     jobs: Arc<Mutex<Jobs>>,
+    /// The name scopes made on this link name as their `Controller`.
+    controller: String,
 }
 
 #[derive(Clone)]
@@ -83,6 +116,10 @@ pub struct Systemd {
     /// and the rest attach.
     unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Told when a link's connection closes, so that corrald reconnects at
+    /// once rather than on its next call: `RequestStop` reaches only a
+    /// connected corrald.
+    dropped: Arc<Notify>,
     /// The cgroup path (below each hierarchy's root) of the shared units
     /// placed into, so that a worker's leaf can be removed once it exits.
     /// One entry per group scope; bounded for groups that come and go.
@@ -146,25 +183,54 @@ impl Systemd {
     /// Connects and checks that a service manager answers on the bus.
     pub async fn connect(bus: Bus, calls: usize) -> Result<(Systemd, mpsc::UnboundedReceiver<Event>), String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let link = Self::open(bus, tx.clone()).await?;
+        let dropped = Arc::new(Notify::new());
+        let link = Self::open(bus, tx.clone(), dropped.clone()).await?;
         let version = link.manager.version().await.unwrap_or_default();
         let sd = Systemd {
             bus,
             link: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(link)))),
             unit_locks: Arc::default(),
             events: tx,
+            dropped,
             scope_paths: Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero")))),
             version,
             window: Arc::new(tokio::sync::Semaphore::new(calls.max(1))),
         };
+        tokio::spawn(sd.clone().keep_connected());
         Ok((sd, rx))
+    }
+
+    /// Reconnects as soon as the connection drops, trying again (with a
+    /// growing pause) while the bus or systemd is not back yet.
+    async fn keep_connected(self) {
+        loop {
+            self.dropped.notified().await;
+            let mut pause = RETRY_PAUSE;
+            loop {
+                match self.link().await {
+                    Ok(link) => {
+                        tracing::info!(
+                            "reconnected to systemd on the {} bus; scopes' stop requests go to {}",
+                            bus_name(self.bus),
+                            link.controller
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!("reconnecting to systemd: {e}; trying again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+                    }
+                }
+            }
+        }
     }
 
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    async fn open(bus: Bus, events: mpsc::UnboundedSender<Event>) -> Result<Link, String> {
+    async fn open(bus: Bus, events: mpsc::UnboundedSender<Event>, dropped: Arc<Notify>) -> Result<Link, String> {
         let conn = match bus {
             Bus::System => Connection::system().await,
             Bus::User => Connection::session().await,
@@ -222,14 +288,53 @@ impl Systemd {
             .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stops.next().await {
-                if let Some(path) = msg.header().path() {
-                    if let Some(unit) = unit_from_path(path.as_str()) {
-                        let _ = events.send(Event::RequestStop { unit });
-                    }
+                let header = msg.header();
+                if let Some(unit) = header.path().and_then(|path| unit_from_path(path.as_str())) {
+                    let sender = header.sender().map(|s| s.to_string());
+                    let _ = events.send(Event::RequestStop { unit, sender });
                 }
             }
+            dropped.notify_one();
         });
-        Ok(Link { conn, manager, jobs })
+        let controller = Self::own_name(&conn, bus).await;
+        Ok(Link { conn, manager, jobs, controller })
+    }
+
+    /// Asks for [`BUS_NAME`] and returns the name scopes are to name as
+    /// their controller: it, or when the bus refuses (no policy for it,
+    /// another corrald has it) this connection's unique name.
+    async fn own_name(conn: &Connection, bus: Bus) -> String {
+        let unique = conn.unique_name().map(|n| n.to_string()).unwrap_or_default();
+        let why = match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
+            Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => return BUS_NAME.to_string(),
+            Ok(reply) => format!("the bus answered {reply:?}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            "cannot own the name {BUS_NAME} on the {} bus ({why}); scopes started now name {unique} as their \
+             controller, and once the bus restarts `systemctl stop` of them no longer reaches corrald \
+             (systemd waits TimeoutStopSec, then kills their workers). packaging/install installs the \
+             bus policy that lets root own the name",
+            bus_name(bus)
+        );
+        unique
+    }
+
+    /// What the bus says of the connection that has `name`.
+    pub async fn credentials(&self, name: &str) -> Result<Credentials, String> {
+        let link = self.link().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&link.conn).await.map_err(|e| format!("the bus: {e}"))?;
+        let bus_name = zbus::names::BusName::try_from(name).map_err(|e| format!("{name}: {e}"))?;
+        let creds = timed("GetConnectionCredentials", async {
+            dbus.get_connection_credentials(bus_name).await.map_err(zbus::Error::from)
+        })
+        .await
+        .map_err(|e| format!("GetConnectionCredentials({name}): {e}"))?;
+        Ok(Credentials {
+            uid: creds.unix_user_id(),
+            gid: creds.unix_group_ids().and_then(|groups| groups.first().copied()),
+            pid: creds.process_id(),
+        })
     }
 
     /// The live link, reconnecting when the last one dropped (systemd
@@ -247,15 +352,9 @@ impl Systemd {
             }
             tracing::warn!("the D-Bus connection to systemd dropped; reconnecting");
         }
-        let link = Arc::new(Self::open(self.bus, self.events.clone()).await?);
+        let link = Arc::new(Self::open(self.bus, self.events.clone(), self.dropped.clone()).await?);
         *slot = Some(link.clone());
         Ok(link)
-    }
-
-    /// Our name on the bus: the scopes' `Controller`, to which systemd sends
-    /// `RequestStop`.
-    fn controller(link: &Link) -> String {
-        link.conn.unique_name().map(|n| n.to_string()).unwrap_or_default()
     }
 
     /// Puts `pid` into its scope and confirms it is there. Returns a note
@@ -448,7 +547,7 @@ impl Systemd {
             ("Description".into(), OwnedVariant::from(zbus::Str::from(p.description.clone()))),
             ("Slice".into(), OwnedVariant::from(zbus::Str::from(p.slice.clone()))),
             ("CollectMode".into(), OwnedVariant::from(zbus::Str::from("inactive-or-failed"))),
-            ("Controller".into(), OwnedVariant::from(zbus::Str::from(Self::controller(link)))),
+            ("Controller".into(), OwnedVariant::from(zbus::Str::from(link.controller.clone()))),
             ("PIDs".into(), OwnedVariant::try_from(Variant::from(vec![pid]))?),
             // systemd moves processes into a live scope (a group's later
             // workers, a scope joined after a restart) only if it is delegated.
