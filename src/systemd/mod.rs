@@ -26,6 +26,7 @@ pub mod properties;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +107,16 @@ struct Link {
     jobs: Arc<Mutex<Jobs>>,
     /// The name scopes made on this link name as their `Controller`.
     controller: String,
+    /// Set when its `RequestStop` stream has ended, which can be before
+    /// the connection counts as closed: a link that no longer hears stop
+    /// requests is replaced as one whose connection closed is.
+    ended: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn alive(&self) -> bool {
+        !self.conn.is_closed() && !self.ended.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Clone)]
@@ -286,18 +297,32 @@ impl Systemd {
         let mut stops = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
             .await
             .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
+        let bus_daemon =
+            zbus::fdo::DBusProxy::new(&conn).await.map_err(|e| format!("cannot reach the bus itself: {e}"))?;
+        let ended = Arc::new(AtomicBool::new(false));
+        let end = ended.clone();
         tokio::spawn(async move {
-            while let Some(Ok(msg)) = stops.next().await {
+            // The stream ends with the connection; an error is one message.
+            while let Some(msg) = stops.next().await {
+                let Ok(msg) = msg else { continue };
                 let header = msg.header();
-                if let Some(unit) = header.path().and_then(|path| unit_from_path(path.as_str())) {
-                    let sender = header.sender().map(|s| s.to_string());
+                let Some(unit) = header.path().and_then(|path| unit_from_path(path.as_str())) else { continue };
+                let sender = header.sender().map(|s| s.to_string());
+                if from_systemd(&bus_daemon, sender.as_deref()).await {
                     let _ = events.send(Event::RequestStop { unit, sender });
+                } else {
+                    tracing::warn!(
+                        %unit,
+                        "ignored a RequestStop sent by {}, which is not systemd",
+                        sender.as_deref().unwrap_or("an unnamed sender")
+                    );
                 }
             }
+            end.store(true, Ordering::Release);
             dropped.notify_one();
         });
         let controller = Self::own_name(&conn, bus).await;
-        Ok(Link { conn, manager, jobs, controller })
+        Ok(Link { conn, manager, jobs, controller, ended })
     }
 
     /// Asks for [`BUS_NAME`] and returns the name scopes are to name as
@@ -341,13 +366,13 @@ impl Systemd {
     /// re-executed, the bus restarted).
     async fn link(&self) -> Result<Arc<Link>, String> {
         if let Some(link) = self.link.read().await.as_ref() {
-            if !link.conn.is_closed() {
+            if link.alive() {
                 return Ok(link.clone());
             }
         }
         let mut slot = self.link.write().await;
         if let Some(link) = slot.as_ref() {
-            if !link.conn.is_closed() {
+            if link.alive() {
                 return Ok(link.clone());
             }
             tracing::warn!("the D-Bus connection to systemd dropped; reconnecting");
@@ -656,6 +681,20 @@ impl Systemd {
             shown.push((p.dbus_name.to_string(), properties::render(&value)));
         }
         Ok(shown)
+    }
+}
+
+/// Whether a signal's sender is the service manager: any client of the bus
+/// may send a signal that looks like systemd's (the bus policy allows
+/// signals to anyone), so the sender must be the name's current owner.
+async fn from_systemd(bus_daemon: &zbus::fdo::DBusProxy<'_>, sender: Option<&str>) -> bool {
+    let (Some(sender), Ok(systemd)) = (sender, zbus::names::BusName::from_static_str("org.freedesktop.systemd1"))
+    else {
+        return false;
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, bus_daemon.get_name_owner(systemd)).await {
+        Ok(Ok(owner)) => owner.as_str() == sender,
+        _ => false,
     }
 }
 
