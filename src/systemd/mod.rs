@@ -65,8 +65,8 @@ pub enum Bus {
 #[derive(Debug)]
 pub enum Event {
     /// `systemctl stop` of one of our scopes: drain its workers. `sender`
-    /// is the bus's unique name of whoever sent the signal (systemd).
-    RequestStop { unit: String, sender: Option<String> },
+    /// is the service manager's unique name on the bus, which sent it.
+    RequestStop { unit: String, sender: String },
 }
 
 /// What the bus says of a connection (`GetConnectionCredentials`): a field
@@ -297,8 +297,13 @@ impl Systemd {
         let mut stops = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
             .await
             .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
-        let bus_daemon =
-            zbus::fdo::DBusProxy::new(&conn).await.map_err(|e| format!("cannot reach the bus itself: {e}"))?;
+        let systemd = SystemdName {
+            bus_daemon: zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| format!("cannot reach the bus itself: {e}"))?,
+            last_seen: Arc::default(),
+        };
+        systemd.owner().await;
         let ended = Arc::new(AtomicBool::new(false));
         let end = ended.clone();
         tokio::spawn(async move {
@@ -307,16 +312,21 @@ impl Systemd {
                 let Ok(msg) = msg else { continue };
                 let header = msg.header();
                 let Some(unit) = header.path().and_then(|path| unit_from_path(path.as_str())) else { continue };
-                let sender = header.sender().map(|s| s.to_string());
-                if from_systemd(&bus_daemon, sender.as_deref()).await {
+                let Some(sender) = header.sender().map(|s| s.to_string()) else { continue };
+                if systemd.was(&sender) {
                     let _ = events.send(Event::RequestStop { unit, sender });
-                } else {
-                    tracing::warn!(
-                        %unit,
-                        "ignored a RequestStop sent by {}, which is not systemd",
-                        sender.as_deref().unwrap_or("an unnamed sender")
-                    );
+                    continue;
                 }
+                // Asked off this task, which must keep draining the stream
+                // so that the connection never waits on it.
+                let (systemd, events) = (systemd.clone(), events.clone());
+                tokio::spawn(async move {
+                    if systemd.owner().await.as_deref() == Some(sender.as_str()) {
+                        let _ = events.send(Event::RequestStop { unit, sender });
+                    } else {
+                        tracing::warn!(%unit, "ignored a RequestStop sent by {sender}, which is not systemd");
+                    }
+                });
             }
             end.store(true, Ordering::Release);
             dropped.notify_one();
@@ -684,17 +694,31 @@ impl Systemd {
     }
 }
 
-/// Whether a signal's sender is the service manager: any client of the bus
-/// may send a signal that looks like systemd's (the bus policy allows
-/// signals to anyone), so the sender must be the name's current owner.
-async fn from_systemd(bus_daemon: &zbus::fdo::DBusProxy<'_>, sender: Option<&str>) -> bool {
-    let (Some(sender), Ok(systemd)) = (sender, zbus::names::BusName::from_static_str("org.freedesktop.systemd1"))
-    else {
-        return false;
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, bus_daemon.get_name_owner(systemd)).await {
-        Ok(Ok(owner)) => owner.as_str() == sender,
-        _ => false,
+/// Who the service manager is on the bus: any client of the bus may send a
+/// signal that looks like systemd's (the bus policy allows signals to
+/// anyone), so a `RequestStop` counts only from the owner of
+/// `org.freedesktop.systemd1`. Its unique name changes when systemd
+/// re-executes, so a sender that is not the one last seen is asked about.
+#[derive(Clone)]
+struct SystemdName {
+    bus_daemon: zbus::fdo::DBusProxy<'static>,
+    last_seen: Arc<Mutex<Option<String>>>,
+}
+
+impl SystemdName {
+    fn was(&self, sender: &str) -> bool {
+        self.last_seen.lock().expect("systemd's name").as_deref() == Some(sender)
+    }
+
+    /// The name's owner now, as the bus says; none if it does not answer.
+    async fn owner(&self) -> Option<String> {
+        let name = zbus::names::BusName::from_static_str("org.freedesktop.systemd1").ok()?;
+        let owner = match tokio::time::timeout(CALL_TIMEOUT, self.bus_daemon.get_name_owner(name)).await {
+            Ok(Ok(owner)) => owner.to_string(),
+            _ => return None,
+        };
+        *self.last_seen.lock().expect("systemd's name") = Some(owner.clone());
+        Some(owner)
     }
 }
 

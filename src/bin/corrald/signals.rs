@@ -110,7 +110,7 @@ struct ScopeStops {
 }
 
 impl ScopeStops {
-    fn start(&mut self, unit: String, sender: Option<String>) {
+    fn start(&mut self, unit: String, sender: String) {
         let Some(target) = systemd::target_of_scope(&unit) else {
             tracing::warn!(%unit, "RequestStop for a unit that is not corral's");
             return;
@@ -179,13 +179,13 @@ fn accepted(seq: u64, unit: &str, stop: &proto::Stop, actor: Actor) -> Record {
 
 /// systemd as the actor of a stop: what the bus says of the signal's
 /// sender. Who asked systemd for the stop job, the signal does not say.
-async fn systemd_actor(manager: &Option<Systemd>, sender: Option<String>) -> Actor {
-    let credentials = match (manager, &sender) {
-        (Some(sd), Some(name)) => sd.credentials(name).await.unwrap_or_else(|e| {
+async fn systemd_actor(manager: &Option<Systemd>, sender: String) -> Actor {
+    let credentials = match manager {
+        Some(sd) => sd.credentials(&sender).await.unwrap_or_else(|e| {
             tracing::warn!("the audit record of systemd's stop request leaves out its sender's credentials: {e}");
             systemd::Credentials::default()
         }),
-        _ => systemd::Credentials::default(),
+        None => systemd::Credentials::default(),
     };
     Actor {
         kind: ActorKind::Systemd,
@@ -194,7 +194,7 @@ async fn systemd_actor(manager: &Option<Systemd>, sender: Option<String>) -> Act
         pid: credentials.pid,
         user: None,
         comm: None,
-        bus_name: sender,
+        bus_name: Some(sender),
     }
 }
 
