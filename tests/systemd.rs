@@ -544,3 +544,40 @@ async fn stops_through_systemd_are_audited_with_systemd_as_the_actor() {
 
     c.shutdown_ok().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_stop_asked_for_while_corrald_is_off_the_bus_is_a_drain_once_it_is_back() {
+    install_bus_policy();
+    let mut c = Corrald::new(&demo_group("gap", 2, UNITS, "scope = \"worker\"\n"));
+    c.env.push(("CORRAL_FAULT_RECONNECT_DELAY_MS".into(), "3000".into()));
+    c.start();
+    c.wait_ready("gap", 2).await;
+    c.wait_work("gap-2 at work", |log| log.started.iter().any(|u| u.0 == "gap-2")).await;
+    let gap2 = c.pids("gap").await["gap-2"];
+
+    // systemd is back on the bus and corrald not yet: its RequestStop goes
+    // to a name nobody owns.
+    assert!(run("systemctl", &["restart", "dbus.service"]).0);
+    c.poll("systemd back on the bus, corrald not", || async {
+        match (bus_owner("org.freedesktop.systemd1"), bus_owner("org.corral.Corrald")) {
+            (Ok(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let began = std::time::Instant::now();
+    let (ok, text) = run("timeout", &["120", "systemctl", "stop", "corral-gap-2.scope"]);
+    let took = began.elapsed();
+    assert!(ok, "{text}");
+    assert!(took < PATIENCE, "systemctl stop took {took:?}\n{}", c.stderr_tail());
+    assert!(!pid_alive(gap2));
+    let log = c.work_log();
+    let unfinished: Vec<_> = log.unfinished().into_iter().filter(|u| u.0 == "gap-2").collect();
+    assert_eq!(unfinished, vec![], "the stop was a drain, not a kill");
+    let workers = c.workers().await;
+    assert_eq!(worker(&workers, "gap-2").state, "stopped", "{workers:?}");
+    assert_eq!(worker(&workers, "gap-1").state, "ready", "{workers:?}");
+
+    c.shutdown_ok().await;
+}

@@ -111,6 +111,7 @@ struct Link {
     /// the connection counts as closed: a link that no longer hears stop
     /// requests is replaced as one whose connection closed is.
     ended: Arc<AtomicBool>,
+    systemd: SystemdName,
 }
 
 impl Link {
@@ -216,6 +217,12 @@ impl Systemd {
     async fn keep_connected(self) {
         loop {
             self.dropped.notified().await;
+            // Test builds only: corrald stays off the bus a while, so a test
+            // can ask systemd for a stop while no one owns corrald's name.
+            #[cfg(feature = "fault-injection")]
+            if let Some(ms) = std::env::var("CORRAL_FAULT_RECONNECT_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let mut pause = RETRY_PAUSE;
             loop {
                 match self.link().await {
@@ -225,6 +232,7 @@ impl Systemd {
                             bus_name(self.bus),
                             link.controller
                         );
+                        self.stops_missed(&link).await;
                         break;
                     }
                     Err(e) => {
@@ -233,6 +241,27 @@ impl Systemd {
                         pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
                     }
                 }
+            }
+        }
+    }
+
+    /// Stops systemd asked for while corrald was off the bus: their
+    /// `RequestStop` went to a name nobody owned, and systemd waits for the
+    /// scope to empty. Each stop job of a corral scope is taken as the
+    /// signal it sent (a stop corrald already drains is not started twice).
+    async fn stops_missed(&self, link: &Link) {
+        let jobs = match timed("ListJobs", link.manager.list_jobs()).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!("cannot list systemd's jobs for stops of scopes asked for while off the bus: {e}");
+                return;
+            }
+        };
+        let Some(sender) = link.systemd.owner().await else { return };
+        for (_, unit, kind, ..) in jobs {
+            if kind == "stop" && target_of_scope(&unit).is_some() {
+                tracing::info!(%unit, "systemd is stopping the scope, asked while corrald was off the bus");
+                let _ = self.events.send(Event::RequestStop { unit, sender: sender.clone() });
             }
         }
     }
@@ -297,15 +326,16 @@ impl Systemd {
         let mut stops = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
             .await
             .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
-        let systemd = SystemdName {
+        let systemd_name = SystemdName {
             bus_daemon: zbus::fdo::DBusProxy::new(&conn)
                 .await
                 .map_err(|e| format!("cannot reach the bus itself: {e}"))?,
             last_seen: Arc::default(),
         };
-        systemd.owner().await;
+        systemd_name.owner().await;
         let ended = Arc::new(AtomicBool::new(false));
         let end = ended.clone();
+        let systemd = systemd_name.clone();
         tokio::spawn(async move {
             // The stream ends with the connection; an error is one message.
             while let Some(msg) = stops.next().await {
@@ -332,7 +362,7 @@ impl Systemd {
             dropped.notify_one();
         });
         let controller = Self::own_name(&conn, bus).await;
-        Ok(Link { conn, manager, jobs, controller, ended })
+        Ok(Link { conn, manager, jobs, controller, ended, systemd: systemd_name })
     }
 
     /// Asks for [`BUS_NAME`] and returns the name scopes are to name as

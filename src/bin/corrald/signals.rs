@@ -41,6 +41,7 @@ pub fn answer(
             auditor: auditor.clone(),
             replies: tx.clone(),
             started: 0,
+            draining: HashMap::new(),
             pending: Arc::default(),
         };
         loop {
@@ -104,6 +105,10 @@ struct ScopeStops {
     /// Stops started since corrald started: the last one's number is its
     /// records' request id and the `seq` its answers come back with.
     started: u64,
+    /// The scope of each stop still running, by its number: a second
+    /// request for one (after a reconnect, corrald takes every stop job of
+    /// its scopes for a request it may have missed) is not a second stop.
+    draining: HashMap<u64, String>,
     /// The records of stops still running, by their number, waiting for
     /// their outcome.
     pending: Arc<Mutex<HashMap<u64, Record>>>,
@@ -115,9 +120,14 @@ impl ScopeStops {
             tracing::warn!(%unit, "RequestStop for a unit that is not corral's");
             return;
         };
+        if self.draining.values().any(|u| *u == unit) {
+            tracing::debug!(%unit, "systemd asks again to stop a scope corrald is draining");
+            return;
+        }
         tracing::info!(%unit, "systemd asks to stop the scope: draining its workers");
         self.started += 1;
         let seq = self.started;
+        self.draining.insert(seq, unit.clone());
         let stop = proto::Stop { target: target.wire(), hard: false };
         let (handle, replies, pending) = (self.handle.clone(), self.replies.clone(), self.pending.clone());
         let (manager, auditor) = (self.manager.clone(), self.auditor.clone());
@@ -142,7 +152,8 @@ impl ScopeStops {
 
     /// Records the outcome of a stop systemd asked for once its final
     /// answer comes; any other answer is not one of these.
-    fn finish(&self, answer: &Outgoing) {
+    fn finish(&mut self, answer: &Outgoing) {
+        self.draining.remove(&answer.seq);
         let started = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&answer.seq);
         let (Some(auditor), Some(mut record)) = (self.auditor.clone(), started) else { return };
         record.result =
