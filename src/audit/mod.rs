@@ -1085,6 +1085,48 @@ mod tests {
         assert!(line.contains("\\u{2026}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20"), "{line}");
     }
 
+    #[test]
+    fn a_stop_through_systemd_names_systemd_in_every_sink_and_leaves_out_what_the_bus_did_not_say() {
+        let mut r = record(
+            "web".into(),
+            "web-3".into(),
+            vec!["target=web-3".into()],
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        r.session = 0;
+        r.socket = String::new();
+        r.actor = Actor {
+            kind: ActorKind::Systemd,
+            uid: Some(0),
+            gid: None,
+            pid: Some(1),
+            user: None,
+            comm: None,
+            bus_name: Some(":1.0".into()),
+        };
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
+        let line = shown.text_line(AT);
+        check_layout(&line).unwrap();
+        assert!(
+            line.contains("\tactor_kind=systemd\tactor_uid=0\tactor_gid=-\tactor_pid=1\tactor_user=-\tactor_comm=-\tactor_bus_name=:1.0\tsocket=-\t"),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&shown.json_line(AT, chain::GENESIS)).unwrap();
+        assert_eq!(json["actor"]["kind"], "systemd");
+        assert_eq!(json["actor"]["bus_name"], ":1.0");
+        assert_eq!((json["actor"]["uid"].as_u64(), json["actor"]["gid"].is_null()), (Some(0), true));
+        assert_eq!(shown.json_line(AT, chain::GENESIS), chain::link(shown.json(AT), chain::GENESIS));
+        let entry = String::from_utf8(shown.journal_entry(AT)).unwrap();
+        for field in
+            ["CORRAL_AUDIT_ACTOR_KIND=systemd\n", "CORRAL_AUDIT_ACTOR_BUS_NAME=:1.0\n", "CORRAL_AUDIT_ACTOR_UID=0\n"]
+        {
+            assert!(entry.contains(field), "{field} in {entry}");
+        }
+        assert!(!entry.contains("CORRAL_AUDIT_ACTOR_GID"), "the bus gave no group: {entry}");
+    }
+
     #[tokio::test]
     async fn a_megabyte_request_writes_a_bounded_trail() {
         let dir = tempfile::tempdir().unwrap();
