@@ -50,7 +50,8 @@ async fn records_are_written_before_and_after_a_command_in_both_files() {
     assert_eq!(records[1]["result"], "accepted");
     assert_eq!(records[1]["actor"]["comm"], "corralctl");
     assert_eq!(records[1]["actor"]["uid"], uid);
-    assert_eq!(records[1]["schema_version"], 1);
+    assert_eq!(records[1]["schema_version"], 2);
+    assert_eq!(records[1]["actor"]["kind"], "client");
     assert_eq!(records[2]["session"], records[1]["session"]);
     assert_eq!(records[2]["request_id"], 1);
     assert_eq!(records[2]["result"], "ok");
@@ -188,7 +189,7 @@ async fn verify_names_the_record_after_an_edit_a_deletion_and_a_swap() {
             worker: None,
             command: "Stop".into(),
             arguments: vec!["target=web".into()],
-            actor: corral::audit::Actor { uid: 0, gid: 0, pid: Some(1), user: None, comm: None },
+            actor: corral::audit::Actor { uid: Some(0), gid: Some(0), pid: Some(1), ..corral::audit::Actor::default() },
             socket: "/run/corral/corrald.sock".into(),
             result: corral::audit::RecordResult::Accepted,
             reason: String::new(),

@@ -123,17 +123,6 @@ fn worker_pid(id: &str) -> u64 {
         .unwrap()
 }
 
-/// Journal entries as JSON objects, after asking journald to write out
-/// everything it has received.
-fn journal(args: &[&str]) -> Vec<Value> {
-    let _ = run("journalctl", &["--sync"]);
-    let mut full = vec!["--no-pager", "-o", "json"];
-    full.extend_from_slice(args);
-    let (ok, out) = run("journalctl", &full);
-    assert!(ok, "journalctl failed: {out}");
-    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
 /// The distinct numbers of the demo's "line N" messages `journalctl` has
 /// for one worker.
 fn burst_lines_in_journal(worker: &str) -> BTreeSet<u64> {

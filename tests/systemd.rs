@@ -590,3 +590,184 @@ async fn placements_cut_short_by_daemon_reexec_are_retried_and_never_count() {
     c.poll("every worker in its own scope", || async { in_their_scopes(&pids) }).await;
     c.shutdown_ok().await;
 }
+
+/// Whoever owns `name` on the system bus, by `busctl status`: its pid.
+fn bus_owner(name: &str) -> Result<u32, String> {
+    let (ok, out) = run("busctl", &["--system", "status", name]);
+    if !ok {
+        return Err(out);
+    }
+    out.lines().find_map(|l| l.strip_prefix("PID=")?.trim().parse().ok()).ok_or(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn systemctl_stop_of_a_scope_is_still_a_drain_after_the_bus_restarts() {
+    install_bus_policy();
+    let mut c = Corrald::new(&demo_group("bus", 3, UNITS, "scope = \"worker\"\n"));
+    c.start();
+    c.wait_ready("bus", 3).await;
+    c.wait_work("bus-3 at work", |log| log.started.iter().any(|u| u.0 == "bus-3")).await;
+    let bus3 = c.pids("bus").await["bus-3"];
+
+    assert!(run("systemctl", &["restart", "dbus.service"]).0);
+    // The scope's controller is corrald again once it is back on the bus.
+    let pid = c.pid();
+    c.poll("corrald to be back on the bus as corral-bus-3.scope's controller", || async move {
+        let controller = show("corral-bus-3.scope", "Controller");
+        match bus_owner(&controller) {
+            Ok(owner) if owner == pid => Ok(()),
+            other => Err(format!("Controller={controller}: {other:?}")),
+        }
+    })
+    .await;
+
+    // Before, systemd sent RequestStop to a name nobody had, waited its
+    // TimeoutStopSec (90s) and killed the worker.
+    let began = std::time::Instant::now();
+    let (ok, text) = run("timeout", &["120", "systemctl", "stop", "corral-bus-3.scope"]);
+    let took = began.elapsed();
+    assert!(ok, "{text}");
+    assert!(took < PATIENCE, "systemctl stop took {took:?}\n{}", c.stderr_tail());
+    assert!(!pid_alive(bus3), "bus-3 outlived the stop");
+    let log = c.work_log();
+    let unfinished: Vec<_> = log.unfinished().into_iter().filter(|u| u.0 == "bus-3").collect();
+    assert_eq!(unfinished, vec![], "the stop was a drain, not a kill");
+    assert!(log.exits.iter().any(|e| e.1 == bus3), "bus-3 exited on its own: {log:?}");
+    // A soft stop: bus-3 stays stopped, not restarted as a crash.
+    let workers = c.workers().await;
+    assert_eq!(worker(&workers, "bus-3").state, "stopped", "{workers:?}");
+    let status = c.status().await;
+    let g = group(&status, "bus");
+    assert_eq!((g.running, g.stopped), (2, 1), "{status:?}");
+    let (_, scope_log) = run("journalctl", &["--no-pager", "-o", "cat", "-u", "corral-bus-3.scope"]);
+    assert!(!scope_log.contains("timeout") && !scope_log.contains("Killing"), "{scope_log}");
+    // Placement still works on the new connection.
+    let (_, last) = c.call(Cmd::Start(proto::Start { target: "bus-3".into() })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}\n{}", c.stderr_tail());
+    let bus3 = c.pids("bus").await["bus-3"];
+    assert_eq!(status_pids("corral-bus-3.scope"), vec![bus3]);
+
+    c.shutdown_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn stops_through_systemd_are_audited_with_systemd_as_the_actor() {
+    let mut c = Corrald::new("");
+    let (text, json) = (c.dir.path().join("audit.log"), c.dir.path().join("audit.jsonl"));
+    c.write_config(&format!(
+        "audit_logs_target = {text:?}\naudit_logs_json_target = {json:?}\n{}{}",
+        demo_group("aud", 2, UNITS, ""),
+        demo_group("audw", 1, UNITS, "scope = \"worker\"\n")
+    ));
+    c.start();
+    c.wait_ready("aud", 2).await;
+    c.wait_ready("audw", 1).await;
+
+    // Any client of the bus may send a signal that looks like systemd's;
+    // one from nobody stops nothing and is no record.
+    let (uid, gid) = (format!("--reuid={}", OUTSIDER.0), format!("--regid={}", OUTSIDER.1));
+    let forged =
+        ["/org/freedesktop/systemd1/unit/corral_2daud_2escope", "org.freedesktop.systemd1.Scope", "RequestStop"];
+    let mut args = vec![uid.as_str(), gid.as_str(), "--clear-groups", "busctl", "--system", "emit"];
+    args.extend(forged);
+    let (ok, out) = run("setpriv", &args);
+    assert!(ok, "{out}");
+    c.wait_stderr("the forged RequestStop to be ignored", |log| log.contains("which is not systemd")).await;
+    assert_eq!(group(&c.status().await, "aud").ready, 2);
+
+    assert!(run("systemctl", &["stop", "corral-aud.scope"]).0);
+    assert!(run("systemctl", &["stop", "corral.slice"]).0);
+    let status = c.status().await;
+    assert_eq!((group(&status, "aud").stopped, group(&status, "audw").stopped), (2, 1), "{status:?}");
+
+    // Each stop: accepted before it ran, then its outcome, in every sink.
+    let wanted = [
+        ("aud", "-", "Stop(target=aud, hard=false, unit=corral-aud.scope)"),
+        ("audw", "audw-1", "Stop(target=audw-1, hard=false, unit=corral-audw-1.scope)"),
+    ];
+    let text = text.as_path();
+    let lines = c
+        .poll("both stops and their outcomes in the text log", || async move {
+            holding(lines(text), |l| l.iter().filter(|l| l.contains("\tresult=ok\t")).count() == 2)
+        })
+        .await;
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for (group, worker, command) in wanted {
+        let ours: Vec<&String> = lines.iter().filter(|l| l.contains(&format!(" {group} {worker}]\t"))).collect();
+        assert_eq!(ours.len(), 2, "{lines:#?}");
+        for (line, result) in ours.iter().zip(["accepted", "ok"]) {
+            assert!(line.starts_with("[0 "), "no connection of the socket: {line}");
+            assert!(line.contains(&format!("\tAUDIT\t{command}\t")), "{line}");
+            assert!(line.contains("\tactor_kind=systemd\tactor_uid=0\tactor_gid=0\tactor_pid=1\t"), "{line}");
+            assert!(line.contains("\tactor_bus_name=:1."), "{line}");
+            assert!(line.contains(&format!("\tresult={result}\t")), "{line}");
+        }
+    }
+
+    let records: Vec<_> = json_lines(&json).into_iter().filter(|r| r["record"] == "audit").collect();
+    assert_eq!(records.len(), 4, "{records:#?}");
+    for r in &records {
+        assert_eq!(r["actor"]["kind"], "systemd", "{r}");
+        assert_eq!((r["actor"]["uid"].as_u64(), r["actor"]["pid"].as_u64()), (Some(0), Some(1)), "{r}");
+        assert!(r["actor"]["bus_name"].as_str().is_some_and(|n| n.starts_with(":1.")), "{r}");
+        assert_eq!(r["command"], "Stop", "{r}");
+    }
+
+    // "Who stopped my workers?", asked of the journal.
+    let message_id = format!("MESSAGE_ID={}", corral::audit::MESSAGE_ID);
+    let corrald = format!("_PID={}", c.pid());
+    for (group, _, _) in wanted {
+        let group = format!("CORRAL_AUDIT_GROUP={group}");
+        let filters = [message_id.as_str(), corrald.as_str(), "CORRAL_AUDIT_ACTOR_KIND=systemd", group.as_str()];
+        let entries =
+            c.poll("the records in the journal", || async { holding(journal(&filters), |e| e.len() == 2) }).await;
+        let results: Vec<&str> = entries.iter().filter_map(|e| e["CORRAL_AUDIT_RESULT"].as_str()).collect();
+        assert_eq!(results, ["accepted", "ok"], "{entries:?}");
+        for e in &entries {
+            assert_eq!(e["CORRAL_AUDIT_ACTOR_PID"], "1", "{e}");
+            assert_eq!(e["CORRAL_AUDIT_ACTOR_UID"], "0", "{e}");
+            assert_eq!(e["CORRAL_AUDIT_COMMAND"], "Stop", "{e}");
+        }
+    }
+
+    c.shutdown_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_stop_asked_for_while_corrald_is_off_the_bus_is_a_drain_once_it_is_back() {
+    install_bus_policy();
+    let mut c = Corrald::new(&demo_group("gap", 2, UNITS, "scope = \"worker\"\n"));
+    c.env.push(("CORRAL_FAULT_RECONNECT_DELAY_MS".into(), "3000".into()));
+    c.start();
+    c.wait_ready("gap", 2).await;
+    c.wait_work("gap-2 at work", |log| log.started.iter().any(|u| u.0 == "gap-2")).await;
+    let gap2 = c.pids("gap").await["gap-2"];
+
+    // systemd is back on the bus and corrald not yet: its RequestStop goes
+    // to a name nobody owns.
+    assert!(run("systemctl", &["restart", "dbus.service"]).0);
+    c.poll("systemd back on the bus, corrald not", || async {
+        match (bus_owner("org.freedesktop.systemd1"), bus_owner("org.corral.Corrald")) {
+            (Ok(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let began = std::time::Instant::now();
+    let (ok, text) = run("timeout", &["120", "systemctl", "stop", "corral-gap-2.scope"]);
+    let took = began.elapsed();
+    assert!(ok, "{text}");
+    assert!(took < PATIENCE, "systemctl stop took {took:?}\n{}", c.stderr_tail());
+    assert!(!pid_alive(gap2));
+    let log = c.work_log();
+    let unfinished: Vec<_> = log.unfinished().into_iter().filter(|u| u.0 == "gap-2").collect();
+    assert_eq!(unfinished, vec![], "the stop was a drain, not a kill");
+    let workers = c.workers().await;
+    assert_eq!(worker(&workers, "gap-2").state, "stopped", "{workers:?}");
+    assert_eq!(worker(&workers, "gap-1").state, "ready", "{workers:?}");
+
+    c.shutdown_ok().await;
+}

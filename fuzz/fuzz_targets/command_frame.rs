@@ -3,7 +3,7 @@
 //! decoded as a `Request`, checked against the bounds and the tiers,
 //! described for the audit, and rendered as the audit record a refused
 //! request gets (the record carries every field a client controls). Whatever arrives, nothing panics, every record is one
-//! line of twelve fields, its JSON parses back, and its size stays within
+//! line of fourteen fields, its JSON parses back, and its size stays within
 //! the bound the audit schema states.
 #![no_main]
 
@@ -66,7 +66,14 @@ fn audit(id: u64, command: &Command) {
         worker: described.worker,
         command: described.command.to_string(),
         arguments: described.arguments,
-        actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some("fuzz".into()), comm: Some("fuzz".into()) },
+        actor: Actor {
+            uid: Some(1000),
+            gid: Some(1000),
+            pid: Some(4242),
+            user: Some("fuzz".into()),
+            comm: Some("fuzz".into()),
+            ..Actor::default()
+        },
         socket: "/run/corral/corrald.sock".into(),
         result: RecordResult::Denied,
         reason,
@@ -77,7 +84,7 @@ fn audit(id: u64, command: &Command) {
     let line = shown.text_line(AT);
     assert!(line.len() <= bound, "a text record of {} bytes", line.len());
     assert!(!line.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']), "{line:?}");
-    assert_eq!(line.split('\t').count(), 12, "{line:?}");
+    assert_eq!(line.split('\t').count(), 14, "{line:?}");
     let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
     assert_eq!(slots, Some(4), "{line:?}");
 

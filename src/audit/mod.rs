@@ -35,21 +35,46 @@ use append::Appender;
 use journal::Journal;
 
 /// The version of the JSON record layout (docs/audit-schema.md).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The journal `MESSAGE_ID` of every audit record (see
 /// packaging/corral-audit.catalog).
 pub const MESSAGE_ID: &str = "b3891562deb34c898eedc0ab0982389d";
 
-/// Who sent a request, from the socket's peer credentials. A field that
-/// could not be established for certain is `None`, never a guess.
+/// Who sent a request: a client of the command socket, from the socket's
+/// peer credentials, or systemd, from what the bus says of the sender of a
+/// scope's `RequestStop`. A field that could not be established for
+/// certain is `None`, never a guess.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actor {
-    pub uid: u32,
-    pub gid: u32,
+    pub kind: ActorKind,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub pid: Option<u32>,
     pub user: Option<String>,
     pub comm: Option<String>,
+    /// The sender's unique name on the bus (systemd's).
+    pub bus_name: Option<String>,
+}
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActorKind {
+    /// A client of the command socket.
+    #[default]
+    Client,
+    /// systemd: `systemctl stop` of one of corral's scopes, or of the slice
+    /// that holds them, reaches corrald as the scope's `RequestStop`.
+    Systemd,
+}
+
+impl ActorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorKind::Client => "client",
+            ActorKind::Systemd => "systemd",
+        }
+    }
 }
 
 /// A record's `result`: where the audited request stands. A request that
@@ -168,6 +193,7 @@ pub struct Shown<'a> {
     arguments: Vec<String>,
     user: Option<String>,
     comm: Option<String>,
+    bus_name: Option<String>,
     socket: String,
     reason: String,
 }
@@ -191,6 +217,7 @@ impl Record {
             arguments,
             user: self.actor.user.as_deref().map(field),
             comm: self.actor.comm.as_deref().map(field),
+            bus_name: self.actor.bus_name.as_deref().map(field),
             socket: field(&self.socket),
             reason: bounded(&self.reason, MAX_REASON),
         }
@@ -207,20 +234,23 @@ impl Shown<'_> {
             or_dash(v.as_deref()).replace(' ', "\\x20").replace('[', "\\x5b").replace(']', "\\x5d")
         };
         let r = self.record;
-        let pid = r.actor.pid.map(|p| p.to_string());
+        let number = |n: Option<u32>| n.map(|n| n.to_string());
+        let (uid, gid, pid) = (number(r.actor.uid), number(r.actor.gid), number(r.actor.pid));
         format!(
-            "[{} {} {} {}]\tAUDIT\t{}({})\tat={at}\tactor_uid={}\tactor_gid={}\tactor_pid={}\tactor_user={}\tactor_comm={}\tsocket={}\tresult={}\treason={}",
+            "[{} {} {} {}]\tAUDIT\t{}({})\tat={at}\tactor_kind={}\tactor_uid={}\tactor_gid={}\tactor_pid={}\tactor_user={}\tactor_comm={}\tactor_bus_name={}\tsocket={}\tresult={}\treason={}",
             r.session,
             r.request_id,
             slot(&self.group),
             slot(&self.worker),
             self.command,
             self.arguments.join(", "),
-            r.actor.uid,
-            r.actor.gid,
+            r.actor.kind.name(),
+            or_dash(uid.as_deref()),
+            or_dash(gid.as_deref()),
             or_dash(pid.as_deref()),
             or_dash(self.user.as_deref()),
             or_dash(self.comm.as_deref()),
+            or_dash(self.bus_name.as_deref()),
             or_dash(Some(&self.socket)),
             r.result.name(),
             or_dash(Some(&self.reason)),
@@ -235,8 +265,10 @@ impl Shown<'_> {
         let r = self.record;
         let line = JsonLine {
             actor: JsonActor {
+                bus_name: self.bus_name.as_deref(),
                 comm: self.comm.as_deref(),
                 gid: r.actor.gid,
+                kind: r.actor.kind.name(),
                 pid: r.actor.pid,
                 uid: r.actor.uid,
                 user: self.user.as_deref(),
@@ -274,11 +306,13 @@ impl Shown<'_> {
             "command": self.command,
             "arguments": self.arguments,
             "actor": {
+                "kind": r.actor.kind.name(),
                 "uid": r.actor.uid,
                 "gid": r.actor.gid,
                 "pid": r.actor.pid,
                 "user": self.user,
                 "comm": self.comm,
+                "bus_name": self.bus_name,
             },
             "socket": self.socket,
             "result": r.result.name(),
@@ -300,8 +334,7 @@ impl Shown<'_> {
             ("CORRAL_AUDIT_REQUEST_ID", r.request_id.to_string()),
             ("CORRAL_AUDIT_COMMAND", self.command.clone()),
             ("CORRAL_AUDIT_ARGUMENTS", self.arguments.join(", ")),
-            ("CORRAL_AUDIT_ACTOR_UID", r.actor.uid.to_string()),
-            ("CORRAL_AUDIT_ACTOR_GID", r.actor.gid.to_string()),
+            ("CORRAL_AUDIT_ACTOR_KIND", r.actor.kind.name().to_string()),
             ("CORRAL_AUDIT_SOCKET", self.socket.clone()),
             ("CORRAL_AUDIT_RESULT", r.result.name().to_string()),
             ("CORRAL_AUDIT_REASON", self.reason.clone()),
@@ -309,9 +342,12 @@ impl Shown<'_> {
         let optional = [
             ("CORRAL_AUDIT_GROUP", self.group.clone()),
             ("CORRAL_AUDIT_WORKER", self.worker.clone()),
+            ("CORRAL_AUDIT_ACTOR_UID", r.actor.uid.map(|u| u.to_string())),
+            ("CORRAL_AUDIT_ACTOR_GID", r.actor.gid.map(|g| g.to_string())),
             ("CORRAL_AUDIT_ACTOR_PID", r.actor.pid.map(|p| p.to_string())),
             ("CORRAL_AUDIT_ACTOR_USER", self.user.clone()),
             ("CORRAL_AUDIT_ACTOR_COMM", self.comm.clone()),
+            ("CORRAL_AUDIT_ACTOR_BUS_NAME", self.bus_name.clone()),
         ];
         let present = optional.into_iter().filter_map(|(k, v)| Some((k, v.filter(|v| !v.is_empty())?)));
         let mut entry = Vec::new();
@@ -343,10 +379,12 @@ struct JsonLine<'a> {
 
 #[derive(serde::Serialize)]
 struct JsonActor<'a> {
+    bus_name: Option<&'a str>,
     comm: Option<&'a str>,
-    gid: u32,
+    gid: Option<u32>,
+    kind: &'static str,
     pid: Option<u32>,
-    uid: u32,
+    uid: Option<u32>,
     user: Option<&'a str>,
 }
 
@@ -568,7 +606,7 @@ pub fn refusal(error: &str) -> String {
 impl Record {
     /// Bytes of the fields a caller controls, before any bound.
     fn raw_len(&self) -> usize {
-        let optional = [&self.group, &self.worker, &self.actor.user, &self.actor.comm];
+        let optional = [&self.group, &self.worker, &self.actor.user, &self.actor.comm, &self.actor.bus_name];
         self.command.len()
             + self.socket.len()
             + self.reason.len()
@@ -985,17 +1023,25 @@ mod tests {
             worker: Some(worker),
             command: "Stop".into(),
             arguments: args,
-            actor: Actor { uid: 1000, gid: 1000, pid: Some(4242), user: Some(user), comm: Some(comm) },
+            actor: Actor {
+                kind: ActorKind::Client,
+                uid: Some(1000),
+                gid: Some(1000),
+                pid: Some(4242),
+                user: Some(user),
+                comm: Some(comm),
+                bus_name: None,
+            },
             socket: "/run/corral/corrald.sock".into(),
             result: RecordResult::Denied,
             reason,
         }
     }
 
-    /// The text line's layout holds: one line, twelve fields, four slots.
+    /// The text line's layout holds: one line, fourteen fields, four slots.
     fn check_layout(line: &str) -> Result<(), TestCaseError> {
         prop_assert!(!line.contains(FORBIDDEN), "{line:?}");
-        prop_assert_eq!(line.split('\t').count(), 12, "{:?}", line);
+        prop_assert_eq!(line.split('\t').count(), 14, "{:?}", line);
         let slots = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.split(' ').count());
         prop_assert_eq!(slots, Some(4), "{:?}", line);
         Ok(())
@@ -1096,7 +1142,14 @@ mod tests {
         r.socket = control(MAX_FIELD);
         r.session = u64::MAX;
         r.request_id = u64::MAX;
-        r.actor = Actor { uid: u32::MAX, gid: u32::MAX, pid: Some(u32::MAX), ..r.actor };
+        r.actor = Actor {
+            kind: ActorKind::Systemd,
+            uid: Some(u32::MAX),
+            gid: Some(u32::MAX),
+            pid: Some(u32::MAX),
+            bus_name: Some(control(MAX_FIELD)),
+            ..r.actor
+        };
         let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
         let bound = max_record_len(DEFAULT_MAX_AUDIT_ARGUMENT);
         let (text, json) = (shown.text_line(AT), chain::link(shown.json(AT), chain::GENESIS));
@@ -1166,6 +1219,48 @@ mod tests {
         let line = shown.text_line(AT);
         check_layout(&line).unwrap();
         assert!(line.contains("\\u{2026}\\x5btruncated:\\x205000\\x20bytes,\\x20sha256\\x20"), "{line}");
+    }
+
+    #[test]
+    fn a_stop_through_systemd_names_systemd_in_every_sink_and_leaves_out_what_the_bus_did_not_say() {
+        let mut r = record(
+            "web".into(),
+            "web-3".into(),
+            vec!["target=web-3".into()],
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        r.session = 0;
+        r.socket = String::new();
+        r.actor = Actor {
+            kind: ActorKind::Systemd,
+            uid: Some(0),
+            gid: None,
+            pid: Some(1),
+            user: None,
+            comm: None,
+            bus_name: Some(":1.0".into()),
+        };
+        let shown = r.shown(DEFAULT_MAX_AUDIT_ARGUMENT);
+        let line = shown.text_line(AT);
+        check_layout(&line).unwrap();
+        assert!(
+            line.contains("\tactor_kind=systemd\tactor_uid=0\tactor_gid=-\tactor_pid=1\tactor_user=-\tactor_comm=-\tactor_bus_name=:1.0\tsocket=-\t"),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&shown.json_line(AT, chain::GENESIS)).unwrap();
+        assert_eq!(json["actor"]["kind"], "systemd");
+        assert_eq!(json["actor"]["bus_name"], ":1.0");
+        assert_eq!((json["actor"]["uid"].as_u64(), json["actor"]["gid"].is_null()), (Some(0), true));
+        assert_eq!(shown.json_line(AT, chain::GENESIS), chain::link(shown.json(AT), chain::GENESIS));
+        let entry = String::from_utf8(shown.journal_entry(AT)).unwrap();
+        for field in
+            ["CORRAL_AUDIT_ACTOR_KIND=systemd\n", "CORRAL_AUDIT_ACTOR_BUS_NAME=:1.0\n", "CORRAL_AUDIT_ACTOR_UID=0\n"]
+        {
+            assert!(entry.contains(field), "{field} in {entry}");
+        }
+        assert!(!entry.contains("CORRAL_AUDIT_ACTOR_GID"), "the bus gave no group: {entry}");
     }
 
     #[tokio::test]
@@ -1242,6 +1337,6 @@ mod tests {
         assert_eq!((std::fs::read(&text).unwrap(), std::fs::read(&json).unwrap()), whole);
         auditor.write(r).await.unwrap();
         assert_eq!(chain::verify(&json), Ok(2));
-        assert!(std::fs::read_to_string(&text).unwrap().lines().all(|l| l.split('\t').count() == 12));
+        assert!(std::fs::read_to_string(&text).unwrap().lines().all(|l| l.split('\t').count() == 14));
     }
 }

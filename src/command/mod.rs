@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::audit::{self, Actor, Auditor, Record, RecordResult};
+use crate::audit::{self, Actor, ActorKind, Auditor, Record, RecordResult};
 use crate::config::Limits;
 use crate::frame;
 use crate::proto::{self, request::Command, response::Content, Status};
@@ -405,11 +405,13 @@ impl Session {
             self.user = Some(self.access.names.name(self.peer.uid).await);
         }
         Actor {
-            uid: self.peer.uid,
-            gid: self.peer.gid,
+            kind: ActorKind::Client,
+            uid: Some(self.peer.uid),
+            gid: Some(self.peer.gid),
             pid: self.peer.pid,
             user: self.user.clone().flatten(),
             comm: self.peer.comm.clone(),
+            bus_name: None,
         }
     }
 

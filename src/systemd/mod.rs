@@ -11,17 +11,28 @@
 //! a group scope is one unit for systemd (one `Controller` match rule on its
 //! bus connection, of the 512 dbus-daemon allows it) with a leaf sub-cgroup
 //! per worker that corrald itself creates and removes.
+//!
+//! A scope's `Controller` is fixed when the scope is created: systemd 252
+//! answers `SetUnitProperties(Controller=...)` on a live scope with
+//! `PropertyReadOnly`. So the controller corrald names is the well-known
+//! name [`BUS_NAME`], not its connection's unique name, which dies with
+//! the connection: after `systemctl restart dbus.service` corrald connects
+//! again at once, owns the name again, and the bus routes every scope's
+//! `RequestStop` to it. systemd keeps the Controller of its scopes across a
+//! restart of the bus (its watch on the name went with the old bus).
 
 pub mod notify;
 pub mod properties;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, MessageStream, OwnedVariant, Variant};
 use zbus_systemd::systemd1::{JobProxy, ManagerProxy, UnitProxy};
@@ -34,6 +45,15 @@ pub use properties::Property;
 /// How long one D-Bus call, or one job, may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The name corrald owns on the bus and names as its scopes' `Controller`
+/// (see the module's notes). On the system bus a policy must let root own
+/// it: packaging/org.corral.Corrald.conf, installed by packaging/install.
+pub const BUS_NAME: &str = "org.corral.Corrald";
+
+/// The longest pause between two tries at reconnecting to a bus that went
+/// away (restarted, or systemd re-executing).
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
 /// Which bus to find the service manager on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bus {
@@ -44,8 +64,20 @@ pub enum Bus {
 /// What the service manager asks of corrald.
 #[derive(Debug)]
 pub enum Event {
-    /// `systemctl stop` of one of our scopes: drain its workers.
-    RequestStop { unit: String },
+    /// `systemctl stop` of one of our scopes: drain its workers. `sender`
+    /// is the service manager's unique name on the bus, which sent it.
+    RequestStop { unit: String, sender: String },
+}
+
+/// What the bus says of a connection (`GetConnectionCredentials`): a field
+/// it did not give is `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    /// The first of the bus's `UnixGroupIDs`: dbus-daemon lists the groups
+    /// of the uid's user database entry, its primary group first.
+    pub gid: Option<u32>,
+    pub pid: Option<u32>,
 }
 
 /// The scope a worker is placed in.
@@ -73,6 +105,19 @@ struct Link {
     conn: Connection,
     manager: ManagerProxy<'static>,
     jobs: Arc<Mutex<Jobs>>,
+    /// The name scopes made on this link name as their `Controller`.
+    controller: String,
+    /// Set when its `RequestStop` stream has ended, which can be before
+    /// the connection counts as closed: a link that no longer hears stop
+    /// requests is replaced as one whose connection closed is.
+    ended: Arc<AtomicBool>,
+    systemd: SystemdName,
+}
+
+impl Link {
+    fn alive(&self) -> bool {
+        !self.conn.is_closed() && !self.ended.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Clone)]
@@ -83,6 +128,10 @@ pub struct Systemd {
     /// and the rest attach.
     unit_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Told when a link's connection closes, so that corrald reconnects at
+    /// once rather than on its next call: `RequestStop` reaches only a
+    /// connected corrald.
+    dropped: Arc<Notify>,
     /// The cgroup path (below each hierarchy's root) of the shared units
     /// placed into, so that a worker's leaf can be removed once it exits.
     /// One entry per group scope; bounded for groups that come and go.
@@ -164,25 +213,82 @@ impl Systemd {
     /// Connects and checks that a service manager answers on the bus.
     pub async fn connect(bus: Bus, calls: usize) -> Result<(Systemd, mpsc::UnboundedReceiver<Event>), String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let link = Self::open(bus, tx.clone()).await?;
+        let dropped = Arc::new(Notify::new());
+        let link = Self::open(bus, tx.clone(), dropped.clone()).await?;
         let version = link.manager.version().await.unwrap_or_default();
         let sd = Systemd {
             bus,
             link: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(link)))),
             unit_locks: Arc::default(),
             events: tx,
+            dropped,
             scope_paths: Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero")))),
             version,
             window: Arc::new(tokio::sync::Semaphore::new(calls.max(1))),
         };
+        tokio::spawn(sd.clone().keep_connected());
         Ok((sd, rx))
+    }
+
+    /// Reconnects as soon as the connection drops, trying again (with a
+    /// growing pause) while the bus or systemd is not back yet.
+    async fn keep_connected(self) {
+        loop {
+            self.dropped.notified().await;
+            // Test builds only: corrald stays off the bus a while, so a test
+            // can ask systemd for a stop while no one owns corrald's name.
+            #[cfg(feature = "fault-injection")]
+            if let Some(ms) = std::env::var("CORRAL_FAULT_RECONNECT_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let mut pause = RETRY_PAUSE;
+            loop {
+                match self.link().await {
+                    Ok(link) => {
+                        tracing::info!(
+                            "reconnected to systemd on the {} bus; scopes' stop requests go to {}",
+                            bus_name(self.bus),
+                            link.controller
+                        );
+                        self.stops_missed(&link).await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!("reconnecting to systemd: {e}; trying again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops systemd asked for while corrald was off the bus: their
+    /// `RequestStop` went to a name nobody owned, and systemd waits for the
+    /// scope to empty. Each stop job of a corral scope is taken as the
+    /// signal it sent (a stop corrald already drains is not started twice).
+    async fn stops_missed(&self, link: &Link) {
+        let jobs = match timed("ListJobs", link.manager.list_jobs()).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!("cannot list systemd's jobs for stops of scopes asked for while off the bus: {e}");
+                return;
+            }
+        };
+        let Some(sender) = link.systemd.owner().await else { return };
+        for (_, unit, kind, ..) in jobs {
+            if kind == "stop" && target_of_scope(&unit).is_some() {
+                tracing::info!(%unit, "systemd is stopping the scope, asked while corrald was off the bus");
+                let _ = self.events.send(Event::RequestStop { unit, sender: sender.clone() });
+            }
+        }
     }
 
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    async fn open(bus: Bus, events: mpsc::UnboundedSender<Event>) -> Result<Link, String> {
+    async fn open(bus: Bus, events: mpsc::UnboundedSender<Event>, dropped: Arc<Notify>) -> Result<Link, String> {
         let conn = match bus {
             Bus::System => Connection::system().await,
             Bus::User => Connection::session().await,
@@ -238,42 +344,100 @@ impl Systemd {
         let mut stops = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
             .await
             .map_err(|e| format!("cannot subscribe to RequestStop: {e}"))?;
+        let systemd_name = SystemdName {
+            bus_daemon: zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| format!("cannot reach the bus itself: {e}"))?,
+            last_seen: Arc::default(),
+        };
+        systemd_name.owner().await;
+        let ended = Arc::new(AtomicBool::new(false));
+        let end = ended.clone();
+        let systemd = systemd_name.clone();
         tokio::spawn(async move {
-            while let Some(Ok(msg)) = stops.next().await {
-                if let Some(path) = msg.header().path() {
-                    if let Some(unit) = unit_from_path(path.as_str()) {
-                        let _ = events.send(Event::RequestStop { unit });
-                    }
+            // The stream ends with the connection; an error is one message.
+            while let Some(msg) = stops.next().await {
+                let Ok(msg) = msg else { continue };
+                let header = msg.header();
+                let Some(unit) = header.path().and_then(|path| unit_from_path(path.as_str())) else { continue };
+                let Some(sender) = header.sender().map(|s| s.to_string()) else { continue };
+                if systemd.was(&sender) {
+                    let _ = events.send(Event::RequestStop { unit, sender });
+                    continue;
                 }
+                // Asked off this task, which must keep draining the stream
+                // so that the connection never waits on it.
+                let (systemd, events) = (systemd.clone(), events.clone());
+                tokio::spawn(async move {
+                    if systemd.owner().await.as_deref() == Some(sender.as_str()) {
+                        let _ = events.send(Event::RequestStop { unit, sender });
+                    } else {
+                        tracing::warn!(%unit, "ignored a RequestStop sent by {sender}, which is not systemd");
+                    }
+                });
             }
+            end.store(true, Ordering::Release);
+            dropped.notify_one();
         });
-        Ok(Link { conn, manager, jobs })
+        let controller = Self::own_name(&conn, bus).await;
+        Ok(Link { conn, manager, jobs, controller, ended, systemd: systemd_name })
+    }
+
+    /// Asks for [`BUS_NAME`] and returns the name scopes are to name as
+    /// their controller: it, or when the bus refuses (no policy for it,
+    /// another corrald has it) this connection's unique name.
+    async fn own_name(conn: &Connection, bus: Bus) -> String {
+        let unique = conn.unique_name().map(|n| n.to_string()).unwrap_or_default();
+        let why = match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
+            Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => return BUS_NAME.to_string(),
+            Ok(reply) => format!("the bus answered {reply:?}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            "cannot own the name {BUS_NAME} on the {} bus ({why}); scopes started now name {unique} as their \
+             controller, and once the bus restarts `systemctl stop` of them no longer reaches corrald \
+             (systemd waits TimeoutStopSec, then kills their workers). packaging/install installs the \
+             bus policy that lets root own the name",
+            bus_name(bus)
+        );
+        unique
+    }
+
+    /// What the bus says of the connection that has `name`.
+    pub async fn credentials(&self, name: &str) -> Result<Credentials, String> {
+        let link = self.link().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&link.conn).await.map_err(|e| format!("the bus: {e}"))?;
+        let bus_name = zbus::names::BusName::try_from(name).map_err(|e| format!("{name}: {e}"))?;
+        let creds = timed("GetConnectionCredentials", async {
+            dbus.get_connection_credentials(bus_name).await.map_err(zbus::Error::from)
+        })
+        .await
+        .map_err(|e| format!("GetConnectionCredentials({name}): {e}"))?;
+        Ok(Credentials {
+            uid: creds.unix_user_id(),
+            gid: creds.unix_group_ids().and_then(|groups| groups.first().copied()),
+            pid: creds.process_id(),
+        })
     }
 
     /// The live link, reconnecting when the last one dropped (systemd
     /// re-executed, the bus restarted).
     async fn link(&self) -> Result<Arc<Link>, String> {
         if let Some(link) = self.link.read().await.as_ref() {
-            if !link.conn.is_closed() {
+            if link.alive() {
                 return Ok(link.clone());
             }
         }
         let mut slot = self.link.write().await;
         if let Some(link) = slot.as_ref() {
-            if !link.conn.is_closed() {
+            if link.alive() {
                 return Ok(link.clone());
             }
             tracing::warn!("the D-Bus connection to systemd dropped; reconnecting");
         }
-        let link = Arc::new(Self::open(self.bus, self.events.clone()).await?);
+        let link = Arc::new(Self::open(self.bus, self.events.clone(), self.dropped.clone()).await?);
         *slot = Some(link.clone());
         Ok(link)
-    }
-
-    /// Our name on the bus: the scopes' `Controller`, to which systemd sends
-    /// `RequestStop`.
-    fn controller(link: &Link) -> String {
-        link.conn.unique_name().map(|n| n.to_string()).unwrap_or_default()
     }
 
     /// Puts `pid` into its scope and confirms it is there. Returns a note
@@ -481,7 +645,7 @@ impl Systemd {
             ("Description".into(), OwnedVariant::from(zbus::Str::from(p.description.clone()))),
             ("Slice".into(), OwnedVariant::from(zbus::Str::from(p.slice.clone()))),
             ("CollectMode".into(), OwnedVariant::from(zbus::Str::from("inactive-or-failed"))),
-            ("Controller".into(), OwnedVariant::from(zbus::Str::from(Self::controller(link)))),
+            ("Controller".into(), OwnedVariant::from(zbus::Str::from(link.controller.clone()))),
             ("PIDs".into(), OwnedVariant::try_from(Variant::from(vec![pid]))?),
             // systemd moves processes into a live scope (a group's later
             // workers, a scope joined after a restart) only if it is delegated.
@@ -612,6 +776,34 @@ impl Systemd {
             shown.push((p.dbus_name.to_string(), properties::render(&value)));
         }
         Ok(shown)
+    }
+}
+
+/// Who the service manager is on the bus: any client of the bus may send a
+/// signal that looks like systemd's (the bus policy allows signals to
+/// anyone), so a `RequestStop` counts only from the owner of
+/// `org.freedesktop.systemd1`. Its unique name changes when systemd
+/// re-executes, so a sender that is not the one last seen is asked about.
+#[derive(Clone)]
+struct SystemdName {
+    bus_daemon: zbus::fdo::DBusProxy<'static>,
+    last_seen: Arc<Mutex<Option<String>>>,
+}
+
+impl SystemdName {
+    fn was(&self, sender: &str) -> bool {
+        self.last_seen.lock().expect("systemd's name").as_deref() == Some(sender)
+    }
+
+    /// The name's owner now, as the bus says; none if it does not answer.
+    async fn owner(&self) -> Option<String> {
+        let name = zbus::names::BusName::from_static_str("org.freedesktop.systemd1").ok()?;
+        let owner = match tokio::time::timeout(CALL_TIMEOUT, self.bus_daemon.get_name_owner(name)).await {
+            Ok(Ok(owner)) => owner.to_string(),
+            _ => return None,
+        };
+        *self.last_seen.lock().expect("systemd's name") = Some(owner.clone());
+        Some(owner)
     }
 }
 
