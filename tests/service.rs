@@ -1004,7 +1004,7 @@ fn a_full_audit_disk_leaves_every_record_whole_and_each_refusal_recorded_where_i
     assert_eq!(unrecorded, said, "{requests:?}\n{answers:#?}");
     let text_lines = lines(&text);
     for line in &text_lines {
-        assert_eq!(line.split('\t').count(), 12, "a whole text record: {line:?}");
+        assert_eq!(line.split('\t').count(), 14, "a whole text record: {line:?}");
     }
     // The refused command's acceptance is in the text log; its outcome is too.
     let outcome = text_lines
