@@ -74,6 +74,16 @@ async fn an_upgrade_keeps_the_socket_the_workers_and_every_response() {
     let work = c.work_log();
     assert!(work.unfinished().is_empty(), "{:?}", work.unfinished());
     assert_eq!(work.exits.len(), 3);
+
+    // The new corrald serves the socket as its own: at the configured path,
+    // under its lock (a second corrald is refused), and it removes the file
+    // when it exits.
+    assert!(!c.stderr().contains("serving the socket systemd passed"), "{}", c.stderr_tail());
+    let second = std::process::Command::new(CORRALD).arg("--config").arg(&c.config).output().unwrap();
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && refusal.contains("lock"), "{refusal}");
+    c.shutdown_ok().await;
+    assert!(!c.socket.exists(), "the socket file went with the corrald that owned it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,17 +101,7 @@ impl Listener {
         // their own between our runs (and clients would talk to it), or
         // plant the lock: refuse it, as one another user made for us.
         crate::files::check_private_dir(parent).map_err(BindError::Directory)?;
-        let lock_path = lock_path(path);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(io_err("open lock file"))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| BindError::Locked(path.to_path_buf(), lock_path.clone()))?;
+        let lock = lock(path)?;
 
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
@@ -151,18 +141,34 @@ impl Listener {
         Ok(Listener { listener, path: path.to_path_buf(), inode: Some(inode), _lock: Some(lock) })
     }
 
+    /// Serves the socket this corrald bound before an upgrade exec'd the
+    /// new binary in its place (same process). It sits at `configured`,
+    /// where it was renamed into place: the kernel still names it by the
+    /// private path it was bound under, so that name is not asked. The
+    /// lock, closed by the exec, is taken again, and the socket file stays
+    /// this corrald's to remove.
+    pub fn from_predecessor(fd: OwnedFd, configured: &Path) -> Result<Listener, BindError> {
+        let lock = lock(configured)?;
+        let inode = std::fs::symlink_metadata(configured)
+            .map_err(|source| BindError::Io { path: configured.to_path_buf(), what: "inspect the socket", source })?
+            .ino();
+        let listener = listening(fd, configured)?;
+        Ok(Listener { listener, path: configured.to_path_buf(), inode: Some(inode), _lock: Some(lock) })
+    }
+
+    /// Whether the socket file is this corrald's (it bound it), not the
+    /// service manager's.
+    pub fn owns_file(&self) -> bool {
+        self.inode.is_some()
+    }
+
     /// Serves the socket the service manager passed (socket activation):
     /// it must be a listening unix stream socket. Nothing is created, locked
     /// or unlinked; the socket unit owns the file.
     pub fn from_activation(fd: OwnedFd, configured: &Path) -> Result<Listener, BindError> {
-        use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+        use nix::sys::socket::{getsockname, UnixAddr};
         let bad = |what: String| BindError::Activation(what);
-        let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| bad(format!("not a socket: {e}")))?;
-        let listening = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| bad(format!("not a socket: {e}")))?;
         let addr: UnixAddr = getsockname(fd.as_raw_fd()).map_err(|e| bad(format!("not a unix socket: {e}")))?;
-        if kind != SockType::Stream || !listening {
-            return Err(bad("it is not a listening stream socket (the socket unit needs ListenStream=)".into()));
-        }
         let path = addr.path().map(Path::to_path_buf).ok_or_else(|| bad("it has no file system path".into()))?;
         if path != configured {
             tracing::warn!(
@@ -171,10 +177,7 @@ impl Listener {
                 "serving the socket systemd passed, not the configured path; corralctl needs --socket"
             );
         }
-        let std_listener = std::os::unix::net::UnixListener::from(fd);
-        let io_err = |what: &'static str, source| BindError::Io { path: path.clone(), what, source };
-        std_listener.set_nonblocking(true).map_err(|e| io_err("set non-blocking", e))?;
-        let listener = UnixListener::from_std(std_listener).map_err(|e| io_err("register", e))?;
+        let listener = listening(fd, &path)?;
         Ok(Listener { listener, path, inode: None, _lock: None })
     }
 
@@ -208,6 +211,36 @@ async fn reopen_audit(auditor: &Option<Arc<Auditor>>, reply: Reply) {
         Ok(()) => reply.ok("audit log files reopened".into(), None),
         Err(e) => reply.failure(e, None),
     }
+}
+
+/// Takes the lock file beside `path`, or says who holds it.
+fn lock(path: &Path) -> Result<Flock<File>, BindError> {
+    let lock_path = lock_path(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|source| BindError::Io { path: path.to_path_buf(), what: "open lock file", source })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| BindError::Locked(path.to_path_buf(), lock_path))
+}
+
+/// A passed descriptor as the listener it must be: a listening unix
+/// stream socket, registered with the runtime.
+fn listening(fd: OwnedFd, path: &Path) -> Result<UnixListener, BindError> {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    let bad = |what: String| BindError::Activation(what);
+    let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| bad(format!("not a socket: {e}")))?;
+    let listening = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| bad(format!("not a socket: {e}")))?;
+    if kind != SockType::Stream || !listening {
+        return Err(bad("it is not a listening stream socket (the socket unit needs ListenStream=)".into()));
+    }
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    let io_err = |what: &'static str, source| BindError::Io { path: path.to_path_buf(), what, source };
+    std_listener.set_nonblocking(true).map_err(|e| io_err("set non-blocking", e))?;
+    UnixListener::from_std(std_listener).map_err(|e| io_err("register", e))
 }
 
 fn lock_path(socket: &Path) -> PathBuf {

@@ -20,15 +20,28 @@ const HANDOVER_PID_ENV: &str = "CORRAL_HANDOVER_PID";
 /// it passed to this process, not to the one an upgrade execs.
 const LISTEN_ENV: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
 
-/// The name the listener travels under across an upgrade: not `corral.*`,
-/// so the new process takes it for its command socket.
-const LISTENER_NAME: &str = "corrald.sock";
+/// The names the listener travels under across an upgrade: not
+/// `corral.*`, so the new process takes it for its command socket. One
+/// this corrald bound (its file, at the configured path, is the new
+/// process's to keep and remove) travels as `OWN_LISTENER`; one the
+/// service manager passed, as `ACTIVATED_LISTENER`.
+const OWN_LISTENER: &str = "corrald.sock";
+const ACTIVATED_LISTENER: &str = "corrald.sock.activated";
+
+/// Where a passed command socket came from, which decides whose its file is.
+pub enum PassedSocket {
+    /// From the service manager, now or before an upgrade: the socket
+    /// unit's file.
+    Activated(OwnedFd),
+    /// Bound by this corrald before an upgrade exec'd the new binary.
+    Own(OwnedFd),
+}
 
 /// What the service manager (`LISTEN_FDS` for this pid) or an upgrade's
 /// exec (`CORRAL_HANDOVER_PID`) passed to this process.
 pub struct Passed {
     /// The command socket of socket activation, or the one an upgrade kept.
-    pub socket: Option<OwnedFd>,
+    pub socket: Option<PassedSocket>,
     /// The workers' descriptors an earlier corrald left in the descriptor
     /// store or passed across exec, by store name (`corral.*`).
     pub stored: HashMap<String, OwnedFd>,
@@ -41,7 +54,9 @@ impl Passed {
         let mut fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
             .map_err(|e| format!("bad socket activation environment: {e}"))?
             .collect();
-        fds.extend(handed_over()?);
+        let handed = handed_over()?;
+        let handed_over_here = !handed.is_empty();
+        fds.extend(handed);
         let mut sockets = Vec::new();
         let mut stored = HashMap::new();
         for (fd, name) in fds {
@@ -51,8 +66,10 @@ impl Passed {
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             if name.starts_with("corral.") {
                 stored.insert(name, fd);
+            } else if name == OWN_LISTENER && handed_over_here {
+                sockets.push(PassedSocket::Own(fd));
             } else {
-                sockets.push(fd);
+                sockets.push(PassedSocket::Activated(fd));
             }
         }
         if sockets.len() > 1 {
@@ -89,8 +106,14 @@ fn handed_over() -> Result<Vec<(i32, String)>, String> {
 /// listener and the workers' descriptors open where they are and naming
 /// them in the environment for it. Returns only on failure, with the
 /// errno the log line names.
-pub fn exec_upgrade(binary: &Path, config: &Path, listener: OwnedFd, fds: Vec<(String, OwnedFd)>) -> Errno {
-    let mut passed = vec![(LISTENER_NAME.to_string(), listener)];
+pub fn exec_upgrade(
+    binary: &Path,
+    config: &Path,
+    (listener, own): (OwnedFd, bool),
+    fds: Vec<(String, OwnedFd)>,
+) -> Errno {
+    let name = if own { OWN_LISTENER } else { ACTIVATED_LISTENER };
+    let mut passed = vec![(name.to_string(), listener)];
     passed.extend(fds);
     let mut list = Vec::new();
     for (name, fd) in &passed {

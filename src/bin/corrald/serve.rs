@@ -85,7 +85,11 @@ pub async fn upgrade(
     fds: Vec<(String, std::os::fd::OwnedFd)>,
     output: &Output,
 ) -> ExitCode {
-    let Some(listener) = listener.map(Listener::into_handover).and_then(Result::ok) else {
+    let handed = listener.and_then(|l| {
+        let own = l.owns_file();
+        l.into_handover().ok().map(|fd| (fd, own))
+    });
+    let Some(listener) = handed else {
         tracing::error!("the command socket is gone; cannot upgrade");
         return ExitCode::FAILURE;
     };

@@ -3,7 +3,7 @@
 //! the service manager). Each fails with the line corrald prints before
 //! exiting.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use corral::config::{BusChoice, Config, Scopes};
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
+
+use crate::handover::PassedSocket;
 
 /// corrald's own logs: natively to the journal when it runs as a service
 /// whose stderr is the journal, else formatted on stderr.
@@ -116,14 +118,15 @@ pub fn open_audit_trail(config: &Config) -> Result<Option<Arc<Auditor>>, String>
 
 /// The command socket: the one socket activation passed, served as it is
 /// (its file and group are the socket unit's), or one corrald binds itself.
-pub fn command_socket(config: &Config, activated: Option<OwnedFd>, group: Option<Gid>) -> Result<Listener, String> {
-    let listener = match activated {
-        Some(fd) => {
+pub fn command_socket(config: &Config, passed: Option<PassedSocket>, group: Option<Gid>) -> Result<Listener, String> {
+    let listener = match passed {
+        Some(PassedSocket::Activated(fd)) => {
             if group.is_some() {
                 tracing::warn!("command_socket_group does not apply to a socket-activated socket: set SocketGroup= in corrald.socket");
             }
             Listener::from_activation(fd, &config.socket)
         }
+        Some(PassedSocket::Own(fd)) => Listener::from_predecessor(fd, &config.socket),
         None => Listener::bind(&config.socket, group),
     };
     listener.map_err(|e| e.to_string())
