@@ -50,6 +50,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// it: packaging/org.corral.Corrald.conf, installed by packaging/install.
 pub const BUS_NAME: &str = "org.corral.Corrald";
 
+/// `RequestStop` signals from a sender other than systemd's last known
+/// name that may wait to be checked against the bus; more are dropped.
+/// systemd's own signals wait here only just after its name changed (a
+/// re-exec, a bus restart), one per scope being stopped.
+const UNVERIFIED_STOPS: usize = 256;
+
 /// The longest pause between two tries at reconnecting to a bus that went
 /// away (restarted, or systemd re-executing).
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -354,6 +360,22 @@ impl Systemd {
         let ended = Arc::new(AtomicBool::new(false));
         let end = ended.clone();
         let systemd = systemd_name.clone();
+        // A signal from a sender other than the one systemd last had is
+        // checked against the bus by one task, off the reader (which must
+        // keep draining the stream so the connection never waits on it),
+        // through a bounded queue: any client may send signals, and a
+        // flood of them must not grow tasks or calls in flight.
+        let (to_check, mut checks) = mpsc::channel::<(String, String)>(UNVERIFIED_STOPS);
+        let (checker, checked) = (systemd_name.clone(), events.clone());
+        tokio::spawn(async move {
+            while let Some((unit, sender)) = checks.recv().await {
+                if checker.owner().await.as_deref() == Some(sender.as_str()) {
+                    let _ = checked.send(Event::RequestStop { unit, sender });
+                } else {
+                    tracing::warn!(%unit, "ignored a RequestStop sent by {sender}, which is not systemd");
+                }
+            }
+        });
         tokio::spawn(async move {
             // The stream ends with the connection; an error is one message.
             while let Some(msg) = stops.next().await {
@@ -363,18 +385,9 @@ impl Systemd {
                 let Some(sender) = header.sender().map(|s| s.to_string()) else { continue };
                 if systemd.was(&sender) {
                     let _ = events.send(Event::RequestStop { unit, sender });
-                    continue;
+                } else if to_check.try_send((unit, sender)).is_err() {
+                    tracing::debug!("a RequestStop from an unchecked sender dropped: too many wait to be checked");
                 }
-                // Asked off this task, which must keep draining the stream
-                // so that the connection never waits on it.
-                let (systemd, events) = (systemd.clone(), events.clone());
-                tokio::spawn(async move {
-                    if systemd.owner().await.as_deref() == Some(sender.as_str()) {
-                        let _ = events.send(Event::RequestStop { unit, sender });
-                    } else {
-                        tracing::warn!(%unit, "ignored a RequestStop sent by {sender}, which is not systemd");
-                    }
-                });
             }
             end.store(true, Ordering::Release);
             dropped.notify_one();
@@ -792,7 +805,7 @@ struct SystemdName {
 
 impl SystemdName {
     fn was(&self, sender: &str) -> bool {
-        self.last_seen.lock().expect("systemd's name").as_deref() == Some(sender)
+        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(sender)
     }
 
     /// The name's owner now, as the bus says; none if it does not answer.
@@ -802,7 +815,7 @@ impl SystemdName {
             Ok(Ok(owner)) => owner.to_string(),
             _ => return None,
         };
-        *self.last_seen.lock().expect("systemd's name") = Some(owner.clone());
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner.clone());
         Some(owner)
     }
 }
