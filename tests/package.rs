@@ -315,6 +315,36 @@ fn the_man_pages_render_and_bash_completes_subcommands() {
     assert_eq!(offered, ["start", "status", "stop"], "{out}");
 }
 
+/// Installed where systemd does not run (a chroot, a container without
+/// it: no /run/systemd/system, no manager to talk to), the package sets up
+/// its users, directories and enablement, and starts nothing.
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn installed_where_systemd_does_not_run_the_package_starts_nothing() {
+    needs_root("it installs a package");
+    let deb = deb("CORRAL_DEB");
+    assert_eq!(package_state(), "", "corral must not be installed before the test");
+    // dpkg in a mount namespace of its own with an empty /run/systemd: no
+    // /run/systemd/system, the sign of a running systemd, and no manager to
+    // reach, as in a chroot.
+    let script = "mount -t tmpfs none /run/systemd && dpkg -i \"$0\"";
+    let (ok, out) = admin("unshare", &["--mount", "--propagation", "private", "sh", "-c", script, &deb]);
+    let _package = Package;
+    assert!(ok, "dpkg -i without systemd failed:\n{out}");
+    assert_eq!(package_state(), format!("ii  {}", deb_version(&deb)));
+    assert!(nix::unistd::Group::from_name("corral-ops").expect("group database").is_some());
+    assert_eq!(mode(Path::new("/var/lib/corral")), 0o750);
+    assert!(
+        Path::new("/etc/systemd/system/sockets.target.wants/corrald.socket").exists(),
+        "the socket is enabled for the next boot"
+    );
+    for unit in ["corrald.socket", "corrald.service"] {
+        assert_eq!(show(unit, "ActiveState"), "inactive", "{unit} was started:\n{out}");
+    }
+    assert!(!Path::new(SOCKET).exists(), "something listens on {SOCKET}");
+    assert!(!run("pgrep", &["-x", "corrald"]).0, "corrald runs");
+}
+
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 fn lintian_finds_no_errors_in_the_package() {
