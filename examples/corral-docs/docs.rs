@@ -23,7 +23,7 @@ pub fn write(outdir: &Path) -> io::Result<Vec<PathBuf>> {
     let files = [
         ("man/corrald.8", corrald_page()?),
         ("man/corralctl.1", corralctl_page()?),
-        ("man/corral.toml.5", config_page()),
+        ("man/corral.toml.5", config_page()?),
         ("completions/corralctl.bash", completion(&Bash)?),
         ("completions/_corralctl", zsh_completion()?),
         ("completions/corralctl.fish", completion(&Fish)?),
@@ -97,7 +97,16 @@ fn body(render: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<Strin
     let mut buf = Vec::new();
     render(&mut buf)?;
     let text = String::from_utf8(buf).map_err(io::Error::other)?;
-    Ok(text.split_once('\n').map_or(String::new(), |(_, rest)| rest.to_string()))
+    Ok(text.lines().filter(|line| !line.starts_with(".SH ")).map(|line| format!("{line}\n")).collect())
+}
+
+/// Every rendering starts with the same definition of the apostrophe
+/// string; a page needs it once, before its title.
+fn page(parts: Vec<u8>) -> io::Result<String> {
+    let text = String::from_utf8(parts).map_err(io::Error::other)?;
+    let preamble = [".ie \\n(.g .ds Aq \\(aq", ".el .ds Aq '"];
+    let rest: String = text.lines().filter(|line| !preamble.contains(line)).map(|line| format!("{line}\n")).collect();
+    Ok(format!("{}\n{}\n{rest}", preamble[0], preamble[1]))
 }
 
 fn files(roff: &mut Roff) {
@@ -182,7 +191,7 @@ fn corrald_page() -> io::Result<String> {
     see_also(&mut roff, "corralctl(1), corral.toml(5), systemd.scope(5), systemd.resource-control(5), journalctl(1)");
     out.extend(roff.render().into_bytes());
     man.render_version_section(&mut out)?;
-    String::from_utf8(out).map_err(io::Error::other)
+    page(out)
 }
 
 /// corralctl's whole command set in one page, as systemctl(1) has it: the
@@ -239,7 +248,7 @@ fn corralctl_page() -> io::Result<String> {
     see_also(&mut roff, "corrald(8), corral.toml(5), systemctl(1), journalctl(1)");
     out.extend(roff.render().into_bytes());
     man.render_version_section(&mut out)?;
-    String::from_utf8(out).map_err(io::Error::other)
+    page(out)
 }
 
 /// One subcommand as a subsection: its synopsis, what it does, its
@@ -271,7 +280,7 @@ fn commands(out: &mut Vec<u8>, sub: &clap::Command, parent: &str) -> io::Result<
 }
 
 /// corral.toml(5), from the config reference alone.
-fn config_page() -> String {
+fn config_page() -> io::Result<String> {
     let mut roff = Roff::new();
     roff.control("TH", ["corral.toml", "5", "", &format!("corral {VERSION}"), MANUAL]);
     section(&mut roff, "NAME", &["corral.toml - configuration of the corral supervisor, corrald(8)"]);
@@ -354,5 +363,5 @@ fn config_page() -> String {
     roff.control("SH", ["FILES"]);
     tagged(&mut roff, &[("/etc/corral/corral.toml".into(), "The configuration corrald.service runs.".into())]);
     see_also(&mut roff, "corrald(8), corralctl(1), systemd.resource-control(5), systemd.scope(5)");
-    roff.render()
+    page(roff.render().into_bytes())
 }

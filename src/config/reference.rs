@@ -553,3 +553,197 @@ pub const KEYS: &[Key] = &[
         "The CPUs the scope may run on, as \"0-3,6\"; CPU numbers 0 to 8191.",
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use serde::de::{Deserialize, Deserializer, Visitor};
+
+    use super::super::{properties, Config, GroupConfig, RawConfig, RawLimits};
+    use super::{Default, Kind, KEYS};
+
+    /// The field list serde's derive hands its deserializer: every key the
+    /// struct accepts, under its name in the file.
+    #[derive(Debug)]
+    struct Fields(&'static [&'static str]);
+
+    impl std::fmt::Display for Fields {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+
+    impl std::error::Error for Fields {}
+
+    impl serde::de::Error for Fields {
+        fn custom<T: std::fmt::Display>(_: T) -> Fields {
+            Fields(&[])
+        }
+    }
+
+    /// A deserializer that reads nothing and records the fields asked for.
+    struct Recorder;
+
+    impl<'de> Deserializer<'de> for Recorder {
+        type Error = Fields;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+            Err(Fields(&[]))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fields> {
+            Err(Fields(fields))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    fn fields<'de, T: Deserialize<'de>>() -> BTreeSet<&'static str> {
+        match T::deserialize(Recorder) {
+            Err(Fields(fields)) => fields.iter().copied().collect(),
+            Ok(_) => panic!("the recorder yields no value"),
+        }
+    }
+
+    /// The keys of the table under `prefix`, one level down.
+    fn documented(prefix: &str) -> BTreeSet<&'static str> {
+        KEYS.iter().filter_map(|k| k.path.strip_prefix(prefix)).filter(|rest| !rest.contains('.')).collect()
+    }
+
+    #[test]
+    fn the_reference_names_every_key_the_parser_accepts_and_no_other() {
+        assert_eq!(documented(""), fields::<RawConfig>(), "top level");
+        assert_eq!(documented("limits."), fields::<RawLimits>(), "[limits]");
+        assert_eq!(documented("groups.NAME."), fields::<GroupConfig>(), "[groups.NAME]");
+        let resources: BTreeSet<&str> = properties::KEYS.iter().copied().collect();
+        assert_eq!(documented("groups.NAME.resources."), resources, "[groups.NAME.resources]");
+        let tables = ["", "limits.", "groups.NAME.", "groups.NAME.resources."];
+        for key in KEYS {
+            let placed = tables.iter().filter(|t| key.path.strip_prefix(*t).is_some_and(|r| !r.contains('.')));
+            assert_eq!(placed.count(), 1, "{} is in no table the parser reads", key.path);
+        }
+        let paths: BTreeSet<&str> = KEYS.iter().map(|k| k.path).collect();
+        assert_eq!(paths.len(), KEYS.len(), "a key is documented twice");
+    }
+
+    const GROUP: &str = "[groups.g]\ncommand = \"/bin/true\"\n";
+
+    /// A config with one group, and `key = value` where `path` puts it
+    /// (nothing when `value` is `None`).
+    fn place(path: &str, value: Option<&str>) -> String {
+        let line = |key: &str| value.map(|v| format!("{key} = {v}\n")).unwrap_or_default();
+        let parts: Vec<&str> = path.split('.').collect();
+        match parts.as_slice() {
+            ["groups"] => line("groups"),
+            [key] => format!("{}{GROUP}", line(key)),
+            ["limits", key] => format!("[limits]\n{}{GROUP}", line(key)),
+            ["groups", "NAME", "command"] => format!("[groups.g]\n{}", line("command")),
+            ["groups", "NAME", key] => format!("{GROUP}{}", line(key)),
+            ["groups", "NAME", "resources", key] => format!("{GROUP}[groups.g.resources]\n{}", line(key)),
+            _ => panic!("no table for {path}"),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/corral/corral.toml")).map_err(|e| e.to_string())
+    }
+
+    /// `$XDG_RUNTIME_DIR`, `$XDG_STATE_HOME`, `~` and `UID` in a default
+    /// written in words, as this process would have them.
+    fn expand(text: &str) -> String {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| format!("${name}"));
+        text.replace("$XDG_RUNTIME_DIR", &var("XDG_RUNTIME_DIR"))
+            .replace("$XDG_STATE_HOME", &var("XDG_STATE_HOME"))
+            .replace('~', &var("HOME"))
+            .replace("UID", &nix::unistd::geteuid().to_string())
+    }
+
+    #[test]
+    fn each_documented_default_is_what_leaving_the_key_out_gives() {
+        for key in KEYS {
+            let omitted = parse(&place(key.path, None));
+            match &key.default {
+                Default::Value(value) => {
+                    let written = parse(&place(key.path, Some(value)));
+                    assert!(omitted.is_ok(), "{}: {omitted:?}", key.path);
+                    assert_eq!(written, omitted, "{} = {value} is not its default", key.path);
+                }
+                Default::Unset(_) => assert!(omitted.is_ok(), "{}: {omitted:?}", key.path),
+                Default::PerUser(text) => {
+                    let config = omitted.unwrap_or_else(|e| panic!("{}: {e}", key.path));
+                    let default = match key.path {
+                        "socket" => config.socket,
+                        "state_directory" => config.state_directory,
+                        other => panic!("{other}: no per-user default is known to the test"),
+                    };
+                    let text = expand(text);
+                    assert!(text.contains(&*default.to_string_lossy()), "{}: {default:?} is not in {text:?}", key.path);
+                }
+                Default::Required => {
+                    let err = omitted.err().unwrap_or_else(|| panic!("{} is documented as required", key.path));
+                    assert!(err.contains(key.path.rsplit('.').next().unwrap_or_default()), "{}: {err}", key.path);
+                }
+            }
+        }
+    }
+
+    /// The value one step past `value` (a TOML literal): one more or less
+    /// for a number or a size, a millisecond more or less for a duration.
+    fn step(value: &str, up: bool) -> String {
+        let delta: i128 = if up { 1 } else { -1 };
+        if let Ok(n) = value.parse::<i128>() {
+            return (n + delta).to_string();
+        }
+        let text = value.trim_matches('"');
+        if let Ok(bytes) = properties::bytes(text) {
+            return (i128::from(bytes) + delta).to_string();
+        }
+        let duration =
+            humantime::parse_duration(text).unwrap_or_else(|e| panic!("{value}: no number, size or duration: {e}"));
+        format!("\"{}ms\"", duration.as_millis() as i128 + delta)
+    }
+
+    #[test]
+    fn each_documented_bound_is_the_parsers() {
+        for key in KEYS {
+            let name = key.path.rsplit('.').next().unwrap_or_default();
+            for (bound, up) in [(key.lowest, false), (key.highest, true)] {
+                let Some(bound) = bound else { continue };
+                let inside = parse(&place(key.path, Some(bound)));
+                assert!(inside.is_ok(), "{} = {bound} is documented as allowed: {inside:?}", key.path);
+                let past = step(bound, up);
+                let refused = parse(&place(key.path, Some(&past)));
+                let err =
+                    refused.err().unwrap_or_else(|| panic!("{} = {past} is past its bound but accepted", key.path));
+                assert!(err.contains(name), "{} = {past} refused for another reason: {err}", key.path);
+            }
+            let checked = key.lowest.is_some() || key.highest.is_some();
+            assert!(!checked || !key.bounds.is_empty(), "{}: a checked bound needs its words", key.path);
+        }
+    }
+
+    #[test]
+    fn each_list_of_choices_is_the_parsers() {
+        for key in KEYS {
+            let Kind::OneOf(words) = key.kind else { continue };
+            for word in words {
+                let chosen = parse(&place(key.path, Some(&format!("\"{word}\""))));
+                assert!(chosen.is_ok(), "{} = {word:?}: {chosen:?}", key.path);
+            }
+            let err = parse(&place(key.path, Some("\"no-such-choice\""))).expect_err(key.path);
+            let expected = err.split_once("expected").map(|(_, rest)| rest).unwrap_or_default();
+            let named: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert_eq!(named, words.to_vec(), "{}: {err}", key.path);
+        }
+    }
+}
