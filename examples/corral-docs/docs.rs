@@ -265,7 +265,7 @@ fn commands(out: &mut Vec<u8>, sub: &clap::Command, parent: &str) -> io::Result<
     let cmd = sub.clone().bin_name(&name).disable_help_flag(true);
     let man = Man::new(cmd.clone());
     let mut roff = Roff::new();
-    roff.control("SS", [name.as_str()]);
+    roff.control("SS", [name.strip_prefix("corralctl ").unwrap_or(&name)]);
     out.extend(roff.render().into_bytes());
     out.extend(body(|buf| man.render_synopsis_section(buf))?.into_bytes());
     let mut roff = Roff::new();

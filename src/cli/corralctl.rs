@@ -93,8 +93,10 @@ pub enum Cmd {
     },
     /// Set the number of workers of a group
     Scale {
+        /// The group
         #[arg(add = ArgValueCandidates::new(complete::groups))]
         group: String,
+        /// Its number of workers from now on
         count: u32,
     },
     /// Change resource limits of live scopes (as systemctl set-property --runtime)
@@ -138,7 +140,10 @@ pub enum AuditCmd {
     /// Make corrald reopen its audit log files (after logrotate moved them)
     Reopen,
     /// Check a JSON audit log's hash chain, locally (no corrald needed)
-    Verify { file: PathBuf },
+    Verify {
+        /// A JSON audit log (audit_logs_json_target)
+        file: PathBuf,
+    },
 }
 
 /// The socket's help as the user running corralctl sees it: the default

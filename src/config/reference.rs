@@ -90,7 +90,7 @@ impl Default {
     pub fn text(&self) -> String {
         match self {
             Default::Value(toml) => (*toml).into(),
-            Default::Unset(meaning) => format!("unset: {meaning}"),
+            Default::Unset(meaning) => format!("unset ({meaning})"),
             Default::PerUser(text) => (*text).into(),
             Default::Required => "none: required".into(),
         }
