@@ -205,6 +205,8 @@ fn the_package_installs_upgrades_with_workers_adopted_removes_with_a_drain_and_p
     assert_eq!((mode(Path::new("/var/log/corral")), logs.gid()), (0o750, gid_of("adm")));
     let worker_user = nix::unistd::User::from_name("corral-worker").expect("user database").expect("corral-worker");
     assert_ne!(worker_user.uid.as_raw(), 0);
+    // Compiled by systemd's dpkg trigger on /usr/lib/systemd/catalog: the
+    // package's own scripts do not run journalctl --update-catalog.
     let (ok, catalog) = run("journalctl", &["--list-catalog", corral::audit::MESSAGE_ID]);
     assert!(ok && catalog.contains("corral:"), "the audit catalog was not compiled in: {catalog}");
 
@@ -276,7 +278,11 @@ fn the_package_installs_upgrades_with_workers_adopted_removes_with_a_drain_and_p
     }
     assert!(Path::new(CONFIG).is_file(), "remove must keep {CONFIG}");
 
-    // Purge removes what the package created.
+    // Purge removes what the package created, and what corrald wrote there:
+    // its state and the audit logs (the denied stop above is in them).
+    for kept in ["/var/lib/corral/workers.json", "/var/log/corral/audit.jsonl"] {
+        assert!(Path::new(kept).is_file(), "{kept} is missing before the purge");
+    }
     admin_ok("apt-get", &["purge", "-y", "corral"]);
     assert_eq!(package_state(), "", "purged");
     for gone in ["/etc/corral", "/var/lib/corral", "/var/log/corral"] {
