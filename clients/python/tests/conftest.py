@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
@@ -103,6 +103,11 @@ class Corrald:
         with Client(self.socket) as client:
             poll("every worker to be ready", lambda: self._all_ready(client))
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "corrald was started"
+        return self.process.pid
+
     def _answers(self) -> bool | None:
         assert self.process is not None
         if self.process.poll() is not None:
@@ -121,7 +126,7 @@ class Corrald:
     def log_tail(self) -> str:
         return "\n".join(self.stderr.read_text(errors="replace").splitlines()[-40:])
 
-    def audit_records(self) -> list[dict]:
+    def audit_records(self) -> list[dict[str, Any]]:
         if not self.audit.exists():
             return []
         return [json.loads(line) for line in self.audit.read_text().splitlines()]

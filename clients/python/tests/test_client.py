@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_status_and_workers(corrald: Corrald) -> None:
         with pytest.raises(RequestFailed) as unknown:
             client.workers("nosuch")
 
-    assert status.pid == corrald.process.pid
+    assert status.pid == corrald.pid
     assert status.socket_path == str(corrald.socket)
     assert status.config_path == str(corrald.config)
     assert status.version
@@ -58,7 +59,7 @@ def test_pipelined_requests_on_one_connection_are_matched_by_id(corrald: Corrald
     assert (stuck.id, stuck.status) == (3, pb.STATUS_OK)
     assert [w.id for w in stuck.workers.workers] == ["stuck-1"]
     assert (supervisor.id, supervisor.status) == (2, pb.STATUS_OK)
-    assert supervisor.supervisor_status.pid == corrald.process.pid
+    assert supervisor.supervisor_status.pid == corrald.pid
     assert (outcome.total, outcome.succeeded, list(outcome.failures)) == (1, 1, [])
     assert stop.final is not None and stop.final.id == 1
 
@@ -91,7 +92,7 @@ def test_an_audited_stop_names_this_python_process(corrald: Corrald) -> None:
         call = client.stop("web-3")
         call.result()
 
-    def stop_records() -> list[dict] | None:
+    def stop_records() -> list[dict[str, Any]] | None:
         records = [r for r in corrald.audit_records() if r.get("command") == "Stop" and r.get("worker") == "web-3"]
         return records if len(records) == 2 else None
 
@@ -128,7 +129,7 @@ def test_a_failure_is_raised_with_its_message_and_kind(corrald: Corrald) -> None
             soft.result()
 
         # The connection outlives every FAILURE above.
-        assert client.status().pid == corrald.process.pid
+        assert client.status().pid == corrald.pid
 
     assert nosuch.value.message == 'no group or worker named "nosuch"'
     assert "scopes are not active" in no_scopes.value.message, no_scopes.value.message

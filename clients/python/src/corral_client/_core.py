@@ -30,6 +30,7 @@ class Default(enum.Enum):
 CLIENT_TIMEOUT = Default.CLIENT_TIMEOUT
 _FINAL = (pb.STATUS_OK, pb.STATUS_FAILURE)
 _KNOWN = (pb.STATUS_OK, pb.STATUS_FAILURE, pb.STATUS_PROCESSING)
+_COMMANDS = {field.name for field in pb.Request.DESCRIPTOR.oneofs_by_name["command"].fields}
 
 
 def default_socket_path() -> str:
@@ -130,13 +131,16 @@ class Session:
         keyword, e.g. {"status": StatusRequest()}) and returns its frame."""
         if self.error is not None:
             raise self.error
-        if len(command) != 1:
+        if len(command) != 1 or not set(command) <= _COMMANDS:
             raise TypeError(f"name exactly one command, e.g. status=StatusRequest(); got {sorted(command)}")
+        ((name, message),) = command.items()
         request_id = self._next_id
         self._next_id += 1
-        # The constructor copies even an empty sub-message in, so its
-        # presence is set: corrald refuses a request with no command.
-        request = pb.Request(id=request_id, **command)
+        request = pb.Request(id=request_id)
+        field = getattr(request, name)
+        # Set even when empty: corrald refuses a request with no command.
+        field.SetInParent()
+        field.MergeFrom(message)
         body = request.SerializeToString()
         state = CallState(request_id, wake)
         self._in_flight[request_id] = state

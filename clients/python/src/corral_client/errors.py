@@ -62,6 +62,6 @@ class Timeout(CorralError, TimeoutError):
 
 def _kind_name(kind: int) -> str:
     try:
-        return pb.FailureKind.Name(kind)
+        return str(pb.FailureKind.Name(kind))
     except ValueError:
         return str(kind)
