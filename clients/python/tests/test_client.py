@@ -64,6 +64,17 @@ def test_pipelined_requests_on_one_connection_are_matched_by_id(corrald: Corrald
     assert stop.final is not None and stop.final.id == 1
 
 
+def test_more_requests_than_corrald_keeps_in_flight_are_pipelined(corrald: Corrald) -> None:
+    # Far beyond limits.max_requests_in_flight (64) and the socket buffers:
+    # corrald stops reading until answers are taken, and the client takes
+    # them while it sends, so neither side waits on the other.
+    with Client(corrald.socket, timeout=10) as client:
+        calls = [client.request(status=pb.StatusRequest()) for _ in range(2000)]
+        answers = [call.result() for call in calls]
+    assert [a.id for a in answers] == list(range(1, 2001))
+    assert {a.supervisor_status.pid for a in answers} == {corrald.pid}
+
+
 def test_a_soft_stop_reports_progress_then_ok(corrald: Corrald) -> None:
     with Client(corrald.socket) as client:
         pid = {w.id: w.pid for w in client.workers()}["web-2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import AsyncIterator, Callable, Generator, Generic, Sequence, TypeVar
@@ -123,6 +124,8 @@ class AsyncClient:
         `ConnectionClosed` (their requests may still run)."""
         self._session.end(ConnectionClosed("the client closed the connection"))
         self._reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reading
         self._writer.close()
         try:
             await self._writer.wait_closed()

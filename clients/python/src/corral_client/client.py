@@ -194,7 +194,7 @@ class Client:
                             # did) may still be waiting to be read.
                             while self._session.error is None and self._read():
                                 pass
-                            error = self._session.closed(f"sending to {self.path} failed: {e}")
+                            error = self._session.error or self._session.closed(f"sending to {self.path} failed: {e}")
                             self._broken(error)
                             raise error from e
                     if events & selectors.EVENT_READ:

@@ -57,7 +57,9 @@ class ProtocolError(CorralError):
 
 class Timeout(CorralError, TimeoutError):
     """No answer came within the timeout. The request stays in flight: a
-    later wait for it may still get its answer."""
+    later wait for it may still get its answer. A request whose sending
+    timed out was not sent, or, when part of it was, the connection is
+    closed."""
 
 
 def _kind_name(kind: int) -> str:
