@@ -108,10 +108,14 @@ fn collected(dir: &Path, matches: &[&str]) -> Vec<Value> {
 
 /// Polls the collector until it has as many entries matching `matches` as
 /// the local journal, and asserts they are the same entries, field by field.
+/// The uploader first sends the whole journal, and in run-suite's container
+/// the suites before this one left some 200,000 entries, hence
+/// twice the test's patience.
 fn assert_collected_intact(dir: &Path, matches: &[&str]) -> Vec<Value> {
     let local = journal(matches);
     assert!(!local.is_empty(), "no local journal entry matches {matches:?}");
-    let remote = poll_blocking(&format!("the collector to have {} entries {matches:?}", local.len()), PATIENCE, || {
+    let what = format!("the collector to have {} entries {matches:?}", local.len());
+    let remote = poll_blocking(&what, PATIENCE * 2, || {
         let remote = collected(dir, matches);
         if remote.len() >= local.len() {
             Ok(remote)
@@ -241,7 +245,7 @@ async fn the_json_audit_log_shipped_by_rsyslog_arrives_byte_for_byte_and_its_cha
         PathBuf::from("/var/lib/rsyslog-corral-central"),
         PathBuf::from(if audit_dir.exists() { AUDIT_JSON } else { "/var/log/corral" }),
     ];
-    let cleanup = Cleanup {
+    let _cleanup = Cleanup {
         units: &["rsyslog.service", "syslog.socket", "rsyslog-corral-central.service"],
         paths: created,
         spooled: &["imfile-state", "corral-audit"],
@@ -315,5 +319,4 @@ async fn the_json_audit_log_shipped_by_rsyslog_arrives_byte_for_byte_and_its_cha
             && err.contains(&format!("does not match line {}", edited_at + 1)),
         "{err}"
     );
-    drop(cleanup);
 }
