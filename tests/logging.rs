@@ -4,9 +4,11 @@
 //!
 //! The configs are the files of docs/central-logging/ that
 //! docs/central-logging.md shows, used as they are but for the collector's
-//! name, which here is the loopback address. Like tests/service.rs these run
-//! inside a container booted with systemd (`tests/systemd/run-suite`), one at
-//! a time, and leave no unit, config or log of theirs behind.
+//! name, which here is the loopback address, and the guide shows them as
+//! they are (checked here on the host). Like tests/service.rs the end-to-end
+//! tests run inside a container booted with systemd
+//! (`tests/systemd/run-suite`), one at a time, and leave no unit, config or
+//! log of theirs behind.
 
 mod common;
 
@@ -319,4 +321,16 @@ async fn the_json_audit_log_shipped_by_rsyslog_arrives_byte_for_byte_and_its_cha
             && err.contains(&format!("does not match line {}", edited_at + 1)),
         "{err}"
     );
+}
+
+#[test]
+fn the_guide_shows_each_tested_config_file_as_it_is() {
+    let guide_path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/central-logging.md");
+    let guide = std::fs::read_to_string(guide_path).unwrap();
+    let files: Vec<PathBuf> = std::fs::read_dir(DOCS).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(guide.contains(text.trim_end()), "{guide_path} does not show {} as it is", file.display());
+    }
 }
