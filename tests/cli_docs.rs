@@ -195,6 +195,10 @@ async fn bash_completes_the_groups_and_workers_of_the_running_corrald() {
     expected.sort();
     assert_eq!(words(&web), expected);
     assert_eq!(fish(dir.path(), &c.socket, "corralctl scale "), ["db", "web"]);
+    // A --socket on the line wins over the environment, as when it runs.
+    let elsewhere = dir.path().join("no-corrald.sock");
+    let line = format!("tab corralctl --socket {} scale ''", c.socket.display());
+    assert_eq!(names(&bash(dir.path(), &[("CORRAL_SOCKET", elsewhere.to_str().unwrap())], &line)), ["db", "web"]);
     let zsh = Zsh::start(dir.path(), &c.socket);
     zsh.tab("corralctl scale w", "zsh to complete the group web", |s| s.contains("ready> corralctl scale web"));
     c.shutdown_ok().await;
