@@ -20,6 +20,7 @@ use clap::CommandFactory;
 use common::*;
 use corral::cli::corralctl::Cli;
 use corral::config::reference::KEYS;
+use corral::config::Config;
 
 /// The example's output in a fresh directory.
 fn generated() -> tempfile::TempDir {
@@ -116,6 +117,11 @@ fn config_page_names_every_key_with_its_default() {
         let tag = format!("{name} ({})", key.kind.text());
         assert!(shown.iter().any(|l| l.starts_with(&tag)), "no entry for {}:\n{text}", key.path);
     }
+    for heading in ["KEYS", "[limits]", "[groups.NAME]", "[groups.NAME.resources]"] {
+        assert_eq!(text.lines().filter(|l| *l == heading).count(), 1, "{heading} is not one section:\n{text}");
+    }
+    let example = Config::parse(docs::CONFIG_EXAMPLE, Path::new("/etc/corral/corral.toml"));
+    assert!(example.is_ok(), "the page's example: {example:?}");
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for default in ["Default: 4096.", "Default: \"on-failure\".", "Default: \"10s\".", "Bounds: 1 to 500."] {
         assert!(flat.contains(default), "{default} is not shown");
