@@ -448,6 +448,9 @@ impl GroupConfig {
     }
 }
 
+/// The file's top level. Each key here, in [`RawLimits`] and in
+/// [`GroupConfig`] is documented in [`reference::KEYS`], which corral.toml(5)
+/// is rendered from; its tests fail on a key missing there.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

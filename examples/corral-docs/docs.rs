@@ -16,6 +16,7 @@ use corral::cli::corrald::Args;
 use corral::config::reference::{Default, KEYS};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+const MANUAL: &str = "corral";
 
 /// The example of corral.toml(5), which the tests parse.
 pub const CONFIG_EXAMPLE: &str = r#"[groups.web]
@@ -28,7 +29,6 @@ user = "web"
 [groups.web.resources]
 MemoryMax = "2G"
 "#;
-const MANUAL: &str = "corral";
 
 /// Writes every page and completion under `outdir`; returns their paths.
 pub fn write(outdir: &Path) -> io::Result<Vec<PathBuf>> {
