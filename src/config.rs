@@ -21,6 +21,8 @@ use serde::{Deserialize, Deserializer};
 use crate::sanitise::sanitise;
 use crate::systemd::properties;
 
+pub mod reference;
+
 /// The largest config file read: far beyond any real fleet, and it bounds
 /// what a wrong path (a log, a device) can make corrald read and parse.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
@@ -60,6 +62,10 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// [`default_socket_path`] in words, for the manuals, which every user reads.
+pub const DEFAULT_SOCKET_TEXT: &str = "/run/corral/corrald.sock for root, $XDG_RUNTIME_DIR/corral/corrald.sock \
+     for other users (/tmp/corral-UID/corrald.sock without XDG_RUNTIME_DIR)";
+
 /// Where corrald keeps its state when the config names none.
 pub fn default_state_directory() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
@@ -73,6 +79,10 @@ pub fn default_state_directory() -> PathBuf {
         None => PathBuf::from(format!("/tmp/corral-{}/state", nix::unistd::geteuid())),
     }
 }
+
+/// [`default_state_directory`] in words, for the manuals.
+pub const DEFAULT_STATE_DIRECTORY_TEXT: &str = "/var/lib/corral for root, $XDG_STATE_HOME/corral for other \
+     users (~/.local/state/corral without XDG_STATE_HOME)";
 
 /// A config error, always naming the file.
 #[derive(Debug)]
@@ -438,6 +448,9 @@ impl GroupConfig {
     }
 }
 
+/// The file's top level. Each key here, in [`RawLimits`] and in
+/// [`GroupConfig`] is documented in [`reference::KEYS`], which corral.toml(5)
+/// is rendered from; its tests fail on a key missing there.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

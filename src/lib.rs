@@ -7,6 +7,7 @@
 //! [`frame`]s.
 
 pub mod audit;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod ctl;

@@ -1,8 +1,9 @@
 //! The rule ARCHITECTURE.md states, checked on the source: data flows one
 //! way (command -> audit -> supervisor -> systemd), so the modules at the
 //! bottom name nothing above them, audit names neither the socket layer nor
-//! the supervisor, the supervisor names neither of them, and the fleet
-//! (the rules, no I/O) names nothing of the actor that carries them out.
+//! the supervisor, the supervisor names neither of them, the fleet (the
+//! rules, no I/O) names nothing of the actor that carries them out, and the
+//! command lines (`cli`) name nothing of the daemon.
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +30,11 @@ fn sources(path: &Path) -> Vec<PathBuf> {
 fn naming(modules: &[&str], forbidden: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
     for module in modules {
+        // A module is its file, its directory of submodules, or both
+        // (`config.rs` and `config/reference.rs`).
         let path = Path::new(SRC).join(module);
-        let files = if path.exists() { sources(&path) } else { sources(&path.with_extension("rs")) };
+        let file = path.with_extension("rs");
+        let files: Vec<PathBuf> = [&path, &file].into_iter().filter(|p| p.exists()).flat_map(|p| sources(p)).collect();
         assert!(!files.is_empty(), "no source for {module}");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
@@ -49,8 +53,16 @@ fn naming(modules: &[&str], forbidden: &[&str]) -> Vec<String> {
 #[test]
 fn the_bottom_layers_name_nothing_above_them() {
     let bottom = ["config", "target", "procfs", "frame", "sanitise", "files", "journal", "systemd", "worker", "ctl"];
-    let above = ["crate::command", "crate::audit", "crate::supervisor"];
+    let above = ["crate::command", "crate::audit", "crate::supervisor", "crate::cli"];
     assert_eq!(naming(&bottom, &above), Vec::<String>::new());
+}
+
+/// The command lines are the programs' front: they use the client and the
+/// config's defaults, and nothing of the daemon's insides.
+#[test]
+fn the_command_lines_name_nothing_of_the_daemon() {
+    let daemon = ["crate::command", "crate::audit", "crate::supervisor", "crate::systemd"];
+    assert_eq!(naming(&["cli"], &daemon), Vec::<String>::new());
 }
 
 #[test]

@@ -8,139 +8,31 @@
 
 use std::cell::Cell;
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use clap_complete::CompleteEnv;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use corral::config;
+use corral::cli::corralctl::{socket_path, AuditCmd, Cli, Cmd, COMPLETE_ENV, EXIT_FAILURE, EXIT_NO_ANSWER, EXIT_USAGE};
 use corral::ctl::{self, Client};
 use corral::proto::{self, request, response, Response, Status};
 use corral::sanitise::neutralise;
 use corral::target::Target;
 
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_NO_ANSWER: u8 = 3;
-
-/// The environment variable naming the socket when --socket is not given.
-/// Read by hand because clap's `env` feature is not enabled.
-const SOCKET_ENV: &str = "CORRAL_SOCKET";
-
-#[derive(Parser)]
-#[command(name = "corralctl", version, about = "Control corrald, the corral process supervisor")]
-struct Cli {
-    // Listed after a subcommand's own options in its help.
-    #[arg(long, global = true, value_name = "PATH", help = socket_help(), display_order = 100)]
-    socket: Option<PathBuf>,
-    /// Print every response, PROCESSING ones included, as one JSON object per line
-    #[arg(long, global = true, display_order = 101)]
-    json: bool,
-    /// Give up when corrald has not begun to answer within this time (e.g. 10s)
-    /// [default: 5s for status and workers, 30s for the rest]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, display_order = 102)]
-    timeout: Option<Duration>,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Show corrald and its groups
-    Status,
-    /// List workers
-    Workers {
-        /// Only the workers of this group
-        #[arg(long, value_name = "GROUP")]
-        group: Option<String>,
-    },
-    /// Stop workers (they stay stopped until started)
-    Stop {
-        /// A group, a worker id like web-3, or "all" (the default)
-        target: Option<String>,
-        /// SIGKILL at once, overtaking any soft stop in progress
-        #[arg(long)]
-        hard: bool,
-    },
-    /// Start stopped workers
-    Start {
-        /// A group, a worker id like web-3, or "all"
-        target: String,
-    },
-    /// Replace workers with fresh processes
-    Restart {
-        /// A group, a worker id like web-3, or "all"
-        target: String,
-        /// Replace a few at a time, each replacement ready before the next old worker stops
-        #[arg(long)]
-        rolling: bool,
-        /// With --rolling: how many workers may be down at once (default: the group's setting)
-        #[arg(long, value_name = "N", requires = "rolling")]
-        max_unavailable: Option<u32>,
-    },
-    /// Set the number of workers of a group
-    Scale { group: String, count: u32 },
-    /// Change resource limits of live scopes (as systemctl set-property --runtime)
-    Limit {
-        /// A group, or a worker id like web-3
-        target: String,
-        /// Properties such as MemoryMax=64M CPUQuota=50% TasksMax=32
-        #[arg(required = true, value_name = "KEY=VALUE")]
-        properties: Vec<String>,
-    },
-    /// Re-read corrald's configuration file
-    Reload,
-    /// Save corrald's state (scales, stopped workers), written by corrald
-    SaveState {
-        /// A name, kept in corrald's state directory; or (admins only) a path
-        #[arg(value_name = "NAME|PATH")]
-        path: PathBuf,
-    },
-    /// Load corrald's state, read by corrald
-    LoadState {
-        /// A name saved earlier; or (admins only) a path
-        #[arg(value_name = "NAME|PATH")]
-        path: PathBuf,
-    },
-    /// Stop every worker softly, then stop corrald
-    Shutdown,
-    /// The audit trail
-    #[command(subcommand)]
-    Audit(AuditCmd),
-    /// Replace the running corrald in place; workers and the socket carry over
-    Upgrade {
-        /// The new corrald binary (default: the one running)
-        #[arg(long, value_name = "PATH")]
-        binary: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Make corrald reopen its audit log files (after logrotate moved them)
-    Reopen,
-    /// Check a JSON audit log's hash chain, locally (no corrald needed)
-    Verify { file: PathBuf },
-}
-
-fn socket_help() -> String {
-    format!(
-        "Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}]",
-        config::default_socket_path().display()
-    )
-}
-
 fn main() -> ExitCode {
+    // The shell asking for completions: answered, and the process exits.
+    // A normal run pays one environment lookup for it.
+    if std::env::var_os(COMPLETE_ENV).is_some() {
+        CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).var(COMPLETE_ENV).complete();
+    }
     let cli = Cli::parse();
     if let Cmd::Audit(AuditCmd::Verify { file }) = &cli.command {
         return verify(file);
     }
-    let socket = cli
-        .socket
-        .or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(config::default_socket_path);
+    let socket = socket_path(cli.socket);
     let command = match to_request(cli.command) {
         Ok(command) => command,
         Err(msg) => return fail(EXIT_USAGE, &msg),

@@ -8,12 +8,13 @@ mod serve;
 mod signals;
 mod startup;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 
+use corral::cli::corrald::Args;
 use corral::config::Config;
 use corral::journal::Output;
 use corral::supervisor::{handshake_line, Ending, Supervisor};
@@ -21,21 +22,6 @@ use corral::systemd::notify::Notifier;
 
 use handover::Passed;
 use serve::Server;
-
-#[derive(Parser)]
-#[command(version, about = "The corral supervisor: runs worker groups and serves the command socket")]
-struct Args {
-    /// The TOML config to run.
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["check_config", "handover_protocol"])]
-    config: Option<PathBuf>,
-    /// Check a config file, print a summary and exit (0 when valid).
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
-    check_config: Option<PathBuf>,
-    /// Print the hand-over protocol this corrald speaks and exit: what an
-    /// upgrade asks of a new binary before it execs it.
-    #[arg(long = "handover-protocol", conflicts_with_all = ["config", "check_config"])]
-    handover_protocol: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
