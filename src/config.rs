@@ -48,13 +48,16 @@ const START_LIMIT_RETRY_MAX: Duration = Duration::from_secs(86_400);
 /// gives services.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The system corrald's socket, as the shipped corrald.socket unit has it.
+pub const SYSTEM_SOCKET: &str = "/run/corral/corrald.sock";
+
 /// Where corrald listens and corralctl connects when no socket is named:
 /// `/run/corral/corrald.sock` for root, else under `$XDG_RUNTIME_DIR/corral/`,
 /// else under a per-user directory in `/tmp`.
 pub fn default_socket_path() -> PathBuf {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
-        return PathBuf::from("/run/corral/corrald.sock");
+        return PathBuf::from(SYSTEM_SOCKET);
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("corral/corrald.sock"),
@@ -448,6 +451,9 @@ impl GroupConfig {
     }
 }
 
+/// The file's top level. Each key here, in [`RawLimits`] and in
+/// [`GroupConfig`] is documented in [`reference::KEYS`], which corral.toml(5)
+/// is rendered from; its tests fail on a key missing there.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

@@ -1,9 +1,9 @@
 //! The man pages and shell completions the package installs, as the
 //! corral-docs example writes them: each page renders with man and no
-//! warning and names every command or key; bash, with bash-completion,
-//! completes corralctl's commands from the file installed under its name,
-//! and the names of a running corrald's groups and workers, and stays
-//! quiet when no corrald answers.
+//! warning and names every command or key; bash (with bash-completion,
+//! loading the file under its installed name), fish and an interactive zsh
+//! (in tmux) complete corralctl's commands and the names of a running
+//! corrald's groups and workers, and stay quiet when no corrald answers.
 
 mod common;
 
@@ -12,7 +12,7 @@ mod docs;
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use clap::CommandFactory;
 use common::*;
 use corral::cli::corralctl::Cli;
 use corral::config::reference::KEYS;
+use corral::config::Config;
 
 /// The example's output in a fresh directory.
 fn generated() -> tempfile::TempDir {
@@ -116,6 +117,11 @@ fn config_page_names_every_key_with_its_default() {
         let tag = format!("{name} ({})", key.kind.text());
         assert!(shown.iter().any(|l| l.starts_with(&tag)), "no entry for {}:\n{text}", key.path);
     }
+    for heading in ["KEYS", "[limits]", "[groups.NAME]", "[groups.NAME.resources]"] {
+        assert_eq!(text.lines().filter(|l| *l == heading).count(), 1, "{heading} is not one section:\n{text}");
+    }
+    let example = Config::parse(docs::CONFIG_EXAMPLE, Path::new("/etc/corral/corral.toml"));
+    assert!(example.is_ok(), "the page's example: {example:?}");
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for default in ["Default: 4096.", "Default: \"on-failure\".", "Default: \"10s\".", "Bounds: 1 to 500."] {
         assert!(flat.contains(default), "{default} is not shown");
@@ -131,8 +137,6 @@ fn bash(dir: &Path, env: &[(&str, &str)], script: &str) -> String {
     let completions = share.join("bash-completion/completions");
     std::fs::create_dir_all(&completions).unwrap();
     std::fs::copy(dir.join("completions/corralctl.bash"), completions.join("corralctl")).unwrap();
-    let bin = Path::new(CORRALCTL).parent().unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let setup = "set -u\n. /usr/share/bash-completion/bash_completion\n\
                  __load_completion corralctl || { echo 'no completion loaded for corralctl' >&2; exit 3; }\n\
                  complete=$(complete -p corralctl)\nfunction=${complete##*-F }\nfunction=${function%% *}\n\
@@ -145,7 +149,7 @@ fn bash(dir: &Path, env: &[(&str, &str)], script: &str) -> String {
             .args(["--norc", "--noprofile", "-c"])
             .arg(format!("{setup}{script}"))
             .env("XDG_DATA_HOME", &share)
-            .env("PATH", path)
+            .env("PATH", path_with_corralctl())
             .env_remove("CORRAL_SOCKET")
             .envs(env.iter().copied()),
     );
@@ -196,6 +200,13 @@ async fn bash_completes_the_groups_and_workers_of_the_running_corrald() {
     expected.push("web");
     expected.sort();
     assert_eq!(words(&web), expected);
+    assert_eq!(fish(dir.path(), &c.socket, "corralctl scale "), ["db", "web"]);
+    // A --socket on the line wins over the environment, as when it runs.
+    let elsewhere = dir.path().join("no-corrald.sock");
+    let line = format!("tab corralctl --socket {} scale ''", c.socket.display());
+    assert_eq!(names(&bash(dir.path(), &[("CORRAL_SOCKET", elsewhere.to_str().unwrap())], &line)), ["db", "web"]);
+    let zsh = Zsh::start(dir.path(), &c.socket);
+    zsh.tab("corralctl scale w", "zsh to complete the group web", |s| s.contains("ready> corralctl scale web"));
     c.shutdown_ok().await;
 }
 
@@ -219,4 +230,116 @@ fn completion_is_quiet_and_quick_without_a_corrald() {
         assert_eq!(words(&bash(dir.path(), &env, "tab corralctl start w")), Vec::<&str>::new());
         assert!(started.elapsed() < Duration::from_secs(5), "{}: {:?}", socket.display(), started.elapsed());
     }
+}
+
+/// fish's own completion of `line`, with corralctl's script sourced: the
+/// candidates, without their descriptions.
+fn fish(dir: &Path, socket: &Path, line: &str) -> Vec<String> {
+    let script = format!(
+        "source {}; complete --do-complete {}",
+        dir.join("completions/corralctl.fish").display(),
+        shell_quote(line)
+    );
+    let out = run_bounded(
+        Command::new("fish")
+            .args(["--no-config", "-c", &script])
+            .env("PATH", path_with_corralctl())
+            .env("CORRAL_SOCKET", socket),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "fish: {}\n{stderr}", out.status);
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .filter(|w| !w.is_empty() && !w.starts_with('-'))
+        .collect();
+    found.sort();
+    found
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+fn path_with_corralctl() -> String {
+    let bin = Path::new(CORRALCTL).parent().unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// An interactive zsh in a tmux server of its own (its socket in the
+/// test's directory, gone with it), with `_corralctl` in its fpath as the
+/// package installs it in /usr/share/zsh/vendor-completions.
+struct Zsh {
+    server: PathBuf,
+}
+
+impl Zsh {
+    fn start(dir: &Path, socket: &Path) -> Zsh {
+        let server = dir.join("tmux.sock");
+        let fpath = dir.join("completions");
+        let shell = format!(
+            "env -i HOME={home} TERM=xterm PATH={path} CORRAL_SOCKET={socket} zsh -f",
+            home = shell_quote(&dir.display().to_string()),
+            path = shell_quote(&path_with_corralctl()),
+            socket = shell_quote(&socket.display().to_string()),
+        );
+        let zsh = Zsh { server };
+        zsh.tmux(&["new-session", "-d", "-x", "150", "-y", "40", &shell]);
+        let setup = format!(
+            "fpath=({} $fpath); autoload -Uz compinit; compinit -u -D; PS1='ready> '",
+            shell_quote(&fpath.display().to_string())
+        );
+        zsh.tmux(&["send-keys", &setup, "Enter"]);
+        zsh.screen_until("zsh's prompt", |screen| screen.lines().any(|l| l.starts_with("ready>")));
+        zsh
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = run_bounded(Command::new("tmux").arg("-S").arg(&self.server).args(args));
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` and a TAB, and returns the screen once `done` holds.
+    fn tab(&self, text: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+        self.tmux(&["send-keys", "-l", text]);
+        self.tmux(&["send-keys", "Tab"]);
+        self.screen_until(what, done)
+    }
+
+    fn screen_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        poll_blocking(what, PATIENCE, || {
+            let screen = self.tmux(&["capture-pane", "-p"]);
+            if done(&screen) {
+                Ok(screen)
+            } else {
+                Err(screen)
+            }
+        })
+    }
+}
+
+impl Drop for Zsh {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").arg("-S").arg(&self.server).arg("kill-server").output();
+    }
+}
+
+/// The screen lines that begin with `word` as a listed candidate.
+fn listed(screen: &str, word: &str) -> bool {
+    screen.lines().any(|l| l.split_whitespace().next() == Some(word))
+}
+
+#[test]
+fn fish_and_zsh_complete_the_commands() {
+    let dir = generated();
+    let socket = dir.path().join("no-corrald.sock");
+    assert_eq!(fish(dir.path(), &socket, "corralctl st"), ["start", "status", "stop"]);
+    assert_eq!(fish(dir.path(), &socket, "corralctl scale "), Vec::<String>::new());
+    // The first TAB of a fresh shell already completes: zsh autoloads
+    // _corralctl and runs it.
+    let zsh = Zsh::start(dir.path(), &socket);
+    zsh.tab("corralctl st", "zsh to list start, status and stop", |s| {
+        ["start", "status", "stop"].iter().all(|w| listed(s, w))
+    });
 }

@@ -167,7 +167,8 @@ fn journal_cursor() -> String {
     out.lines().find_map(|l| l.strip_prefix("-- cursor: ")).expect("a cursor").trim().to_string()
 }
 
-/// `corralctl ARGS` run as nobody, in the supplementary groups given.
+/// `corralctl ARGS` run as nobody, in the supplementary groups given, with
+/// no environment: no runtime directory, so no socket of their own.
 fn ctl_as_nobody(groups: &str, args: &[&str]) -> (bool, String) {
     let (uid, gid) = (OUTSIDER.0.to_string(), OUTSIDER.1.to_string());
     let mut all = vec!["--reuid", &uid, "--regid", &gid];
@@ -178,7 +179,9 @@ fn ctl_as_nobody(groups: &str, args: &[&str]) -> (bool, String) {
         named = groups.to_string();
         all.extend(["--groups", &named]);
     }
-    all.extend([INSTALLED_CTL, "--socket", SOCKET]);
+    // No --socket: a user without a corrald of their own reaches the
+    // system's.
+    all.extend(["env", "-i", INSTALLED_CTL]);
     all.extend_from_slice(args);
     run("setpriv", &all)
 }

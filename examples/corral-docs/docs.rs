@@ -18,6 +18,18 @@ use corral::config::reference::{Default, KEYS};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MANUAL: &str = "corral";
 
+/// The example of corral.toml(5), which the tests parse.
+pub const CONFIG_EXAMPLE: &str = r#"[groups.web]
+command = "/usr/local/bin/web-worker"
+args = ["--port-base", "8000"]
+count = 4
+stop_mode = "protocol"
+user = "web"
+
+[groups.web.resources]
+MemoryMax = "2G"
+"#;
+
 /// Writes every page and completion under `outdir`; returns their paths.
 pub fn write(outdir: &Path) -> io::Result<Vec<PathBuf>> {
     let files = [
@@ -340,22 +352,12 @@ fn config_page() -> io::Result<String> {
     section(
         &mut roff,
         "EXAMPLE",
-        &["A group of four workers, drained softly over the worker protocol, limited to 512M each scope:"],
+        &["A group of four workers, drained softly over the worker protocol, its scope limited to 2G of memory:"],
     );
     roff.control("PP", []);
     roff.control("nf", []);
     roff.control("RS", ["4"]);
-    for line in [
-        "[groups.web]",
-        "command = \"/usr/local/bin/web-worker\"",
-        "args = [\"--port-base\", \"8000\"]",
-        "count = 4",
-        "stop_mode = \"protocol\"",
-        "user = \"web\"",
-        "",
-        "[groups.web.resources]",
-        "MemoryMax = \"512M\"",
-    ] {
+    for line in CONFIG_EXAMPLE.lines() {
         roff.text([roman(line)]);
     }
     roff.control("RE", []);

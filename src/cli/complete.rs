@@ -2,10 +2,12 @@
 //!
 //! The shell runs corralctl with [`super::corralctl::COMPLETE_ENV`] set;
 //! clap_complete then calls these for the argument under the cursor. They
-//! ask the socket corralctl would talk to, briefly: a completion that hangs
+//! ask the socket the completed command would talk to, briefly: a completion that hangs
 //! the shell is worse than none, so a corrald that is not there, not
 //! answering, or refusing the caller yields no candidates and no message.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap_complete::engine::CompletionCandidate;
@@ -54,13 +56,33 @@ struct Fleet {
     workers: Vec<proto::WorkerInfo>,
 }
 
-/// The groups, and the workers when `workers`, of the corrald on
-/// corralctl's socket; `None` whatever goes wrong.
+/// The `--socket` on the command line being completed, which the shell
+/// passes after a `--`: `corralctl -- corralctl --socket S stop w`. The
+/// last word is the one under the cursor, not yet a value.
+fn socket_typed(args: &[OsString]) -> Option<PathBuf> {
+    let line = args.iter().position(|a| a == "--").map_or(&[][..], |i| &args[i + 1..]);
+    let typed = line.split_last().map_or(&[][..], |(_, typed)| typed);
+    let mut found = None;
+    for (i, arg) in typed.iter().enumerate() {
+        let text = arg.to_string_lossy();
+        if text == "--socket" {
+            found = typed.get(i + 1).map(PathBuf::from);
+        } else if let Some(path) = text.strip_prefix("--socket=") {
+            found = Some(PathBuf::from(path));
+        }
+    }
+    found
+}
+
+/// The groups, and the workers when `workers`, of the corrald on the
+/// socket the completed command would use; `None` whatever goes wrong.
 fn ask(workers: bool) -> Option<Fleet> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let socket = socket_path(socket_typed(&args));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async {
         tokio::time::timeout(PATIENCE, async {
-            let mut client = Client::connect(&socket_path(None)).await.ok()?;
+            let mut client = Client::connect(&socket).await.ok()?;
             let status = client.call(request::Command::Status(proto::StatusRequest {}), |_| {}).await.ok()?;
             let Some(response::Content::SupervisorStatus(status)) = status.content else { return None };
             let mut fleet = Fleet { groups: status.groups, workers: Vec::new() };
@@ -87,4 +109,24 @@ fn ask(workers: bool) -> Option<Fleet> {
         .ok()
         .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(line: &[&str]) -> Option<PathBuf> {
+        let args: Vec<OsString> = ["corralctl", "--"].iter().chain(line).map(OsString::from).collect();
+        socket_typed(&args)
+    }
+
+    #[test]
+    fn the_socket_typed_on_the_line_is_the_one_asked() {
+        assert_eq!(typed(&["corralctl", "--socket", "/s", "stop", "w"]), Some("/s".into()));
+        assert_eq!(typed(&["corralctl", "stop", "--socket=/s", ""]), Some("/s".into()));
+        assert_eq!(typed(&["corralctl", "stop", "w"]), None);
+        // Still being typed: no value yet.
+        assert_eq!(typed(&["corralctl", "--socket", "/s"]), None);
+        assert_eq!(typed(&["corralctl", "--socket=/s"]), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! corralctl's command line, its socket and its exit statuses.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -149,20 +149,56 @@ pub enum AuditCmd {
 /// The socket's help as the user running corralctl sees it: the default
 /// is theirs.
 fn socket_help() -> String {
-    format!(
-        "Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}]",
-        config::default_socket_path().display()
-    )
+    format!("Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}]", default_socket().display())
 }
 
 /// The same help for a manual, which every user reads: each default.
 pub fn socket_help_for_everyone() -> String {
-    format!("Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}]", config::DEFAULT_SOCKET_TEXT)
+    format!(
+        "Path of corrald's command socket [env: {SOCKET_ENV}] [default: {}; for other users, {} when \
+         their own is absent]",
+        config::DEFAULT_SOCKET_TEXT,
+        config::SYSTEM_SOCKET
+    )
 }
 
 /// The socket corralctl talks to: --socket, else $CORRAL_SOCKET when set
-/// and not empty, else the user's default. Completion asks the same one.
+/// and not empty, else the default. Completion asks the same one.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(config::default_socket_path)
+        .unwrap_or_else(default_socket)
+}
+
+/// A user's own corrald listens on their default socket, but an operator
+/// whose group the system corrald's socket admits (the package's
+/// `corral-ops`) means that one when they have no corrald of their own: so
+/// the user's socket when it exists, else the system's when it exists.
+fn default_socket() -> PathBuf {
+    prefer_existing(config::default_socket_path(), Path::new(config::SYSTEM_SOCKET))
+}
+
+fn prefer_existing(own: PathBuf, system: &Path) -> PathBuf {
+    let exists = |p: &Path| p.symlink_metadata().is_ok();
+    if !exists(&own) && exists(system) {
+        system.to_path_buf()
+    } else {
+        own
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_own_socket_wins_and_the_system_one_is_taken_only_when_theirs_is_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own.sock");
+        let system = dir.path().join("system.sock");
+        assert_eq!(prefer_existing(own.clone(), &system), own, "neither exists: the user's, so errors name it");
+        std::fs::write(&system, "").unwrap();
+        assert_eq!(prefer_existing(own.clone(), &system), system);
+        std::fs::write(&own, "").unwrap();
+        assert_eq!(prefer_existing(own.clone(), &system), own);
+    }
 }

@@ -114,8 +114,9 @@ const fn ranged(
 
 use Default::{PerUser, Required, Unset, Value};
 
-/// Every key, in the order of the manual: the top level, `[limits]`, then
-/// a group's table and its resources.
+/// Every key, in the order of the manual: the top level (the tables
+/// `limits` and `groups` last), `[limits]`, then a group's table and its
+/// resources.
 pub const KEYS: &[Key] = &[
     key(
         "socket",
@@ -233,6 +234,14 @@ pub const KEYS: &[Key] = &[
         "Bounds on what clients and files can make corrald grow; each key below has its own default.",
     ),
     ranged(
+        "groups",
+        Kind::Table,
+        Value("{}"),
+        ("at most limits.max_groups tables", None, None),
+        "The worker groups, one table [groups.NAME] each. A name is 1 to 64 of A-Z a-z 0-9 _ -, does not end in \
+         -NUMBER (that is a worker id) and is not \"all\".",
+    ),
+    ranged(
         "limits.max_workers",
         Kind::Integer,
         Value("4096"),
@@ -325,14 +334,6 @@ pub const KEYS: &[Key] = &[
         "systemd scopes the fleet keeps live at once: one per group with scope = \"group\", one per worker of a \
          group with scope = \"worker\". Past about 506 scopes with a controller, systemd 252 loses its bus \
          connection.",
-    ),
-    ranged(
-        "groups",
-        Kind::Table,
-        Value("{}"),
-        ("at most limits.max_groups tables", None, None),
-        "The worker groups, one table [groups.NAME] each. A name is 1 to 64 of A-Z a-z 0-9 _ -, does not end in \
-         -NUMBER (that is a worker id) and is not \"all\".",
     ),
     key(
         "groups.NAME.command",
@@ -527,17 +528,19 @@ pub const KEYS: &[Key] = &[
         ("1 to 10000", Some("1"), Some("10000")),
         "The scope's share of CPU time against its siblings.",
     ),
-    key(
+    ranged(
         "groups.NAME.resources.CPUQuota",
         Kind::Resource("percentage"),
         Unset("systemd's default"),
-        "CPU time per second, a whole percentage from \"1%\" to \"1000000%\" (\"150%\" is 1.5 CPUs).",
+        ("a whole percentage, \"1%\" to \"1000000%\"", None, None),
+        "CPU time per second the scope may use: \"150%\" is one and a half CPUs.",
     ),
-    key(
+    ranged(
         "groups.NAME.resources.TasksMax",
         Kind::Resource("integer or \"infinity\""),
         Unset("systemd's default"),
-        "The most tasks (processes and threads) in the scope; at least 1.",
+        ("at least 1", Some("1"), None),
+        "The most tasks (processes and threads) in the scope.",
     ),
     ranged(
         "groups.NAME.resources.IOWeight",
@@ -546,11 +549,12 @@ pub const KEYS: &[Key] = &[
         ("1 to 10000", Some("1"), Some("10000")),
         "The scope's share of block I/O against its siblings.",
     ),
-    key(
+    ranged(
         "groups.NAME.resources.AllowedCPUs",
         Kind::Resource("CPU list"),
         Unset("systemd's default"),
-        "The CPUs the scope may run on, as \"0-3,6\"; CPU numbers 0 to 8191.",
+        ("CPU numbers 0 to 8191", None, None),
+        "The CPUs the scope may run on, as \"0-3,6\".",
     ),
 ];
 
