@@ -296,7 +296,7 @@ fn the_package_installs_upgrades_with_workers_adopted_removes_with_a_drain_and_p
 
 #[test]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
-fn the_man_pages_render_and_bash_completes_subcommands() {
+fn the_man_pages_render_and_the_shells_complete_subcommands() {
     needs_root("it installs a package");
     let _package = Package::install(&deb("CORRAL_DEB"));
 
@@ -322,6 +322,24 @@ fn the_man_pages_render_and_bash_completes_subcommands() {
     let mut offered: Vec<&str> = out.split_whitespace().collect();
     offered.sort();
     assert_eq!(offered, ["start", "status", "stop"], "{out}");
+
+    // fish loads the installed file from its vendor directory by itself.
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("fish")
+        .args(["-c", "complete -C 'corralctl st'"])
+        .env("HOME", home.path())
+        .output()
+        .expect("fish");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut offered: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next()).collect();
+    offered.sort();
+    assert_eq!(offered, ["start", "status", "stop"], "fish: {text}{}", String::from_utf8_lossy(&out.stderr));
+
+    // zsh finds completion functions on its fpath, of which Debian's
+    // vendor directory is part.
+    let (ok, fpath) = run("zsh", &["-fc", "print -l $fpath"]);
+    assert!(ok && fpath.lines().any(|d| d == "/usr/share/zsh/vendor-completions"), "zsh's fpath: {fpath}");
+    assert!(Path::new("/usr/share/zsh/vendor-completions/_corralctl").is_file());
 }
 
 /// Installed where systemd does not run (a chroot, a container without
