@@ -10,6 +10,7 @@ pub mod audit;
 pub mod command;
 pub mod config;
 pub mod ctl;
+pub mod events;
 pub mod files;
 pub mod frame;
 pub mod journal;

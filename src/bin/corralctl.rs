@@ -109,6 +109,11 @@ enum Cmd {
     /// The audit trail
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Follow corrald's events live, one line each (JSON lines with --json), until Ctrl-C or corrald stops
+    Events {
+        /// Only this group's or worker's events (and corrald-wide ones)
+        target: Option<String>,
+    },
     /// Replace the running corrald in place; workers and the socket carry over
     Upgrade {
         /// The new corrald binary (default: the one running)
@@ -150,6 +155,9 @@ fn main() -> ExitCode {
         Err(err) => return fail(EXIT_NO_ANSWER, &format!("cannot start the runtime: {err}")),
     };
     let timeout = cli.timeout.unwrap_or_else(|| first_answer_timeout(&command));
+    // Ctrl-C is how a stream of events is meant to end: exit 0, as after
+    // corrald's final OK.
+    let interruptible = matches!(command, request::Command::Subscribe(_));
     let mut out = Output::new(cli.json);
     let answered = Cell::new(false);
     let result = runtime.block_on(async {
@@ -170,8 +178,14 @@ fn main() -> ExitCode {
                 std::future::pending::<()>().await;
             }
         };
+        let interrupted = async {
+            if !interruptible || tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            result = call => result.map_err(|err| err.to_string()),
+            result = call => result.map(Some).map_err(|err| err.to_string()),
+            () = interrupted => Ok(None),
             () = unanswered => Err(format!(
                 "no answer from corrald on {} within {}: it may be starting or restarting \
                  (`systemctl status corrald` says which); --timeout waits longer",
@@ -181,7 +195,8 @@ fn main() -> ExitCode {
         }
     });
     let response = match result {
-        Ok(response) => response,
+        Ok(Some(response)) => response,
+        Ok(None) => return ExitCode::SUCCESS,
         Err(err) => {
             out.clear_progress();
             return fail(EXIT_NO_ANSWER, &err);
@@ -202,7 +217,10 @@ fn main() -> ExitCode {
 /// requests may first wait on the audit trail or on an upgrade's checks.
 fn first_answer_timeout(command: &request::Command) -> Duration {
     match command {
-        request::Command::Status(_) | request::Command::ListWorkers(_) => Duration::from_secs(5),
+        // A subscription is answered "subscribed" at once.
+        request::Command::Status(_) | request::Command::ListWorkers(_) | request::Command::Subscribe(_) => {
+            Duration::from_secs(5)
+        }
         _ => Duration::from_secs(30),
     }
 }
@@ -270,6 +288,7 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: state_name(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
         Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
+        Cmd::Events { target: t } => request::Command::Subscribe(proto::Subscribe { target: target(t) }),
         Cmd::Upgrade { binary } => request::Command::Upgrade(proto::Upgrade {
             binary: binary.map(|b| wire_path(&b)).transpose()?.unwrap_or_default(),
         }),
@@ -324,6 +343,10 @@ impl Output {
         }
         if self.json {
             self.write_json(resp);
+            return;
+        }
+        if let Some(response::Content::Event(event)) = &resp.content {
+            self.write(&format!("{}\n", shown(&ctl::event_line(event))));
             return;
         }
         let Some(response::Content::Progress(p)) = &resp.content else {

@@ -98,9 +98,10 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let listener = startup::command_socket(&config, passed.socket, socket_group)?;
     let (systemd, systemd_events) = startup::connect_systemd(&config).await?.unzip();
     startup::descriptor_store(&notifier, systemd.as_ref()).await;
-    let access = startup::access(&config, auditor.clone());
     let (config_path, max_frame) = (config.path.clone(), config.max_frame_size);
+    let access = startup::access(&config, auditor.clone());
     let mut supervisor = Supervisor::new(config, systemd.clone(), notifier.clone(), output.clone());
+    let access = access(supervisor.events());
     supervisor.adopt(passed.stored);
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
