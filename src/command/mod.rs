@@ -632,14 +632,20 @@ async fn write_responses(
     peak
 }
 
+/// The end of a subscription whose client stopped sending: like every
+/// request it gets its final answer, which a client that closed never reads.
+fn hung_up(reply: Reply) {
+    reply.ok("the connection is closing: the event stream ends".into(), None);
+}
+
 /// Bytes of answers a subscription lets wait for the client before it
 /// takes its next event: past them, events wait in the subscription's
 /// bounded queue, where a client that does not read costs nothing more.
 const EVENT_BYTES_AHEAD: usize = 64 << 10;
 
 /// Starts a subscription: "subscribed" at once (nothing emitted after it
-/// is missed), then its events, until corrald closes the broadcaster (a
-/// final OK) or the connection ends (`hangup`).
+/// is missed), then its events, until corrald closes the broadcaster or
+/// the connection stops reading requests (`hangup`); either way a final OK.
 fn subscribe(
     request: proto::Subscribe,
     reply: Reply,
@@ -684,7 +690,7 @@ async fn forward(
             }
             tokio::select! {
                 _ = sent => {}
-                _ = &mut hangup => return,
+                _ = &mut hangup => return hung_up(reply),
             }
         }
         tokio::select! {
@@ -695,7 +701,7 @@ async fn forward(
                     return;
                 }
             },
-            _ = &mut hangup => return,
+            _ = &mut hangup => return hung_up(reply),
         }
     }
 }

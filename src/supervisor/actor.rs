@@ -251,6 +251,8 @@ impl Supervisor {
             // The runtime file is made current before corrald leaves.
             Lifecycle::Exit { clean } => {
                 self.persist_now();
+                // The last word on the groups, drained, before the stream ends.
+                self.tell_group_states();
                 self.events.close();
                 Some(Ending::Shutdown { clean })
             }
