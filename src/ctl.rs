@@ -237,6 +237,8 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "output_sink": s.output_sink,
                 "output_dropped": s.output_dropped,
                 "audit_journal_missed": s.audit_journal_missed,
+                "subscribers": s.subscribers,
+                "events_dropped": s.events_dropped,
                 "groups": s.groups.iter().map(|g| json!({
                     "name": g.name,
                     "state": g.state,

@@ -100,7 +100,12 @@ impl Events {
 
     /// Whether anyone listens: emitters with costly events ask first.
     pub fn listened(&self) -> bool {
-        self.inner.count.load(Ordering::Relaxed) > 0
+        self.subscribed() > 0
+    }
+
+    /// Subscriptions open now.
+    pub fn subscribed(&self) -> usize {
+        self.inner.count.load(Ordering::Relaxed)
     }
 
     /// Adds a subscriber for the events `filter` lets through, or says why

@@ -196,6 +196,9 @@ async fn a_subscriber_that_does_not_read_holds_nothing_up_and_is_told_what_it_mi
     assert_eq!(delivered + dropped, emitted, "each event arrives or is counted, once");
     assert!(dropped > 0 && !gaps.is_empty(), "a subscriber that did not read lost events: {delivered} arrived");
     assert!(gaps[0] >= 4, "the queue's 4 events came before the gap: {gaps:?}");
+    let status = c.status().await;
+    assert_eq!(status.subscribers, 1, "{status:?}");
+    assert_eq!(status.events_dropped.get("queue_full"), Some(&dropped), "counted by reason: {status:?}");
 
     c.call(Cmd::Shutdown(proto::Shutdown {})).await;
     let corrald = next_event(&mut stuck).await;
@@ -203,6 +206,32 @@ async fn a_subscriber_that_does_not_read_holds_nothing_up_and_is_told_what_it_mi
     let last = final_answer(&mut stuck).await;
     assert_eq!(last.status(), Status::Ok, "the stream ends with OK: {last:?}");
     assert_eq!(c.wait_exit(), Some(0), "{}", c.stderr_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_ends_the_stream_with_ok_and_the_new_corrald_serves_subscriptions() {
+    let mut c = Corrald::new(&format!("{NO_SCOPES}{}", demo_group("web", 1, &[], "")));
+    c.start();
+    c.wait_ready("web", 1).await;
+    let pid = c.pids("web").await["web-1"];
+    let mut events = subscribed(&c, "").await;
+    let (code, out, err) = c.ctl(&["upgrade"]);
+    assert_eq!(code, Some(0), "{out}{err}\n{}", c.stderr_tail());
+    let upgrading = next_event(&mut events).await;
+    assert!(matches!(kind(&upgrading), Kind::Corrald(s) if s.state == "upgrading"), "{upgrading:?}");
+    let last = final_answer(&mut events).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    // The same process, its workers taken over: a new subscription sees
+    // the worker that ran before the upgrade exit.
+    c.wait_stderr("the new corrald to adopt the worker", |log| {
+        log.contains("adopted the workers of an earlier corrald")
+    })
+    .await;
+    let mut again = subscribed(&c, "web-1").await;
+    let (_, stopped) = c.call(stop("web-1", false)).await;
+    assert_eq!(stopped.status(), Status::Ok, "{stopped:?}");
+    let seen = events_until(&mut again, |e| is_request(e, "Stop")).await;
+    assert!(seen.iter().any(|e| matches!(kind(e), Kind::Exited(x) if x.pid == pid)), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
