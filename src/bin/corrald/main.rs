@@ -108,7 +108,7 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let server = Server::start(listener, handle.clone(), max_frame, access);
     #[cfg(feature = "fault-injection")]
     signals::wedge_on_sigusr2(handle.clone());
-    signals::answer(handle.clone(), systemd, auditor, systemd_events);
+    signals::answer(handle.clone(), systemd, auditor, systemd_events, supervisor.events());
     let (ending, listener) = serve::until_ending(supervisor, server, &handle).await;
     if matches!(ending, Ending::Upgrade { .. } | Ending::Handover) {
         output.flush(Duration::from_secs(3)).await;
