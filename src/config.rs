@@ -168,9 +168,10 @@ pub struct Limits {
     /// Event subscriptions open at once (`corralctl events`). Default 64;
     /// 1 to 4096.
     pub max_subscribers: u32,
-    /// Events waiting for one subscriber to read them; past it they are
-    /// dropped and counted, and the subscriber is told how many. Default
-    /// 1024; 1 to 65536.
+    /// Events waiting for one subscriber to read them (and at most
+    /// `events::MAX_QUEUE_BYTES` of them); past it they are dropped and
+    /// counted, and the subscriber is told how many. Default 1024; 1 to
+    /// 65536.
     pub event_queue: u32,
 }
 

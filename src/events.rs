@@ -14,10 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use tokio::sync::Notify;
 
 use crate::proto::{self, event::Kind};
 use crate::target::Target;
+
+/// Bytes of events one subscriber's queue holds at most, whatever their
+/// number: events carry text from requests (a `limit`'s properties), so a
+/// count alone would not bound the memory.
+pub const MAX_QUEUE_BYTES: usize = 1 << 20;
 
 /// Why an event did not reach a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +72,8 @@ struct Subscriber {
 #[derive(Default)]
 struct Queue {
     events: VecDeque<proto::Event>,
+    /// Their encoded size.
+    bytes: usize,
     /// Dropped since the subscriber last took an event.
     missed: u64,
     closed: bool,
@@ -135,12 +143,13 @@ impl Events {
         }
         let event =
             proto::Event { time_ms: now_ms(), group: group.to_string(), worker: worker.to_string(), kind: Some(kind) };
+        let size = event.encoded_len();
         for subscriber in self.subscribers().iter() {
             if !subscriber.wants(&event) {
                 continue;
             }
             let mut queue = subscriber.lock();
-            if queue.events.len() >= self.inner.queue {
+            if queue.events.len() >= self.inner.queue || queue.bytes + size > MAX_QUEUE_BYTES {
                 queue.missed += 1;
                 self.count_dropped(DropReason::QueueFull, 1);
                 continue;
@@ -151,6 +160,7 @@ impl Events {
                 let dropped = std::mem::take(&mut queue.missed);
                 queue.events.push_back(lagged(dropped));
             }
+            queue.bytes += size;
             queue.events.push_back(event.clone());
             drop(queue);
             subscriber.wake.notify_one();
@@ -214,6 +224,9 @@ impl Subscription {
             {
                 let mut queue = self.subscriber.lock();
                 if let Some(event) = queue.events.pop_front() {
+                    if !matches!(event.kind, Some(Kind::Lagged(_))) {
+                        queue.bytes -= event.encoded_len();
+                    }
                     return Some(event);
                 }
                 if queue.missed > 0 {
@@ -230,8 +243,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let left = self.subscriber.lock().events.len() as u64;
-        self.events.count_dropped(DropReason::Unsubscribed, left);
+        let left = self.subscriber.lock().events.iter().filter(|e| !matches!(e.kind, Some(Kind::Lagged(_)))).count();
+        self.events.count_dropped(DropReason::Unsubscribed, left as u64);
         let mut subscribers = self.events.subscribers();
         subscribers.retain(|s| !Arc::ptr_eq(s, &self.subscriber));
         self.events.inner.count.store(subscribers.len(), Ordering::Relaxed);
@@ -295,6 +308,27 @@ mod tests {
         assert_eq!(events.dropped()[0], (DropReason::QueueFull, 8));
         events.close();
         assert!(take(&mut sub).is_none());
+    }
+
+    #[test]
+    fn a_queue_holds_a_bounded_number_of_bytes_whatever_the_count() {
+        let events = Events::new(1, 1 << 16);
+        let mut sub = events.subscribe(Target::All).unwrap();
+        let big = || Kind::Failed(proto::WorkerFailed { reason: "x".repeat(64 << 10) });
+        for _ in 0..32 {
+            events.emit("web", "web-0", big());
+        }
+        // 15 of 64 KiB and a little fit in 1 MiB.
+        assert_eq!(events.dropped()[0], (DropReason::QueueFull, 17));
+        for _ in 0..15 {
+            assert!(matches!(take(&mut sub).unwrap().kind, Some(Kind::Failed(_))));
+        }
+        assert_eq!(dropped(&take(&mut sub).unwrap()), 17);
+        // What was taken no longer counts: as many fit again.
+        for _ in 0..15 {
+            events.emit("web", "web-0", big());
+        }
+        assert_eq!(events.dropped()[0], (DropReason::QueueFull, 17));
     }
 
     #[test]
