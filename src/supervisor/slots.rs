@@ -138,9 +138,11 @@ impl Supervisor {
             ProcEvent::Ready => {
                 let Some(pid) = self.fleet.proc(&key, generation).map(|p| p.pid) else { return };
                 if self.fleet.mark_ready(&key, generation) {
+                    // Told before the waiting requests hear it, so that their
+                    // answers, and their events, come after it.
+                    self.tell(&key, Kind::Ready(proto::WorkerReady { pid }));
                     self.finish_waiters(&key, Ok(()));
                     tracing::debug!(worker = %key, pid, "ready");
-                    self.tell(&key, Kind::Ready(proto::WorkerReady { pid }));
                     self.start_waiting_groups();
                 }
             }
