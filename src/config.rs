@@ -178,6 +178,14 @@ pub struct Limits {
     /// about 506 systemd loses the bus (see README, "Scopes"). Default 256,
     /// half the cap, leaving the rest to systemd's other clients; 1 to 500.
     pub max_scopes: u32,
+    /// Event subscriptions open at once (`corralctl events`). Default 64;
+    /// 1 to 4096.
+    pub max_subscribers: u32,
+    /// Events waiting for one subscriber to read them (and at most
+    /// `events::MAX_QUEUE_BYTES` of them); past it they are dropped and
+    /// counted, and the subscriber is told how many. Default 1024; 1 to
+    /// 65536.
+    pub event_queue: u32,
 }
 
 /// What `limits.max_audit_argument` is unless the config says otherwise:
@@ -216,6 +224,8 @@ impl Default for Limits {
             max_audit_argument: DEFAULT_MAX_AUDIT_ARGUMENT,
             max_dbus_calls: 8,
             max_scopes: 256,
+            max_subscribers: 64,
+            event_queue: 1024,
         }
     }
 }
@@ -509,6 +519,8 @@ struct RawLimits {
     max_audit_argument: Option<Scalar>,
     max_dbus_calls: Option<u32>,
     max_scopes: Option<u32>,
+    max_subscribers: Option<u32>,
+    event_queue: Option<u32>,
 }
 
 impl RawLimits {
@@ -580,6 +592,8 @@ impl RawLimits {
             max_scopes: count("max_scopes", self.max_scopes, d.max_scopes, 1..=MAX_SCOPES_CEILING).map_err(|m| {
                 format!("{m}; past about 506 scopes with a Controller systemd 252 loses its bus connection")
             })?,
+            max_subscribers: count("max_subscribers", self.max_subscribers, d.max_subscribers, 1..=4096)?,
+            event_queue: count("event_queue", self.event_queue, d.event_queue, 1..=65536)?,
         })
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::frame;
-use crate::proto::{request, response, Request, Response, Status};
+use crate::proto::{self, event::Kind, request, response, Request, Response, Status};
 
 /// The largest response frame the client accepts: corrald's default
 /// `limits.max_response_size`, which it never exceeds (a larger answer is
@@ -237,6 +237,8 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "output_sink": s.output_sink,
                 "output_dropped": s.output_dropped,
                 "audit_journal_missed": s.audit_journal_missed,
+                "subscribers": s.subscribers,
+                "events_dropped": s.events_dropped,
                 "groups": s.groups.iter().map(|g| json!({
                     "name": g.name,
                     "state": g.state,
@@ -278,6 +280,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                 "event": p.event,
             }),
         ),
+        response::Content::Event(e) => ("event", event_to_json(e)),
         response::Content::Outcome(o) => (
             "outcome",
             json!({
@@ -291,6 +294,102 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
             }),
         ),
     }
+}
+
+/// An event as JSON: `time_ms`, `group`, `worker` (empty when corrald-wide),
+/// `kind` (its name) and the kind's own fields beside them.
+fn event_to_json(event: &proto::Event) -> Value {
+    let mut object = Map::new();
+    object.insert("time_ms".to_owned(), json!(event.time_ms));
+    object.insert("group".to_owned(), json!(event.group));
+    object.insert("worker".to_owned(), json!(event.worker));
+    let (kind, fields) = match &event.kind {
+        Some(kind) => event_fields(kind),
+        None => ("unknown", json!({})),
+    };
+    object.insert("kind".to_owned(), json!(kind));
+    if let Value::Object(fields) = fields {
+        object.extend(fields);
+    }
+    Value::Object(object)
+}
+
+fn event_fields(kind: &Kind) -> (&'static str, Value) {
+    match kind {
+        Kind::Spawned(e) => ("spawned", json!({ "pid": e.pid, "adopted": e.adopted })),
+        Kind::Placed(e) => ("placed", json!({ "pid": e.pid, "unit": e.unit })),
+        Kind::Ready(e) => ("ready", json!({ "pid": e.pid })),
+        Kind::Exited(e) => {
+            ("exited", json!({ "pid": e.pid, "description": e.description, "code": e.code, "signal": e.signal }))
+        }
+        Kind::RestartScheduled(e) => ("restart_scheduled", json!({ "delay_ms": e.delay_ms })),
+        Kind::Failed(e) => ("failed", json!({ "reason": e.reason })),
+        Kind::GroupState(e) => ("group_state", json!({ "from": e.from, "to": e.to, "reason": e.reason })),
+        Kind::Reloaded(e) => {
+            ("reloaded", json!({ "added": e.added, "removed": e.removed, "changed": e.changed, "scaled": e.scaled }))
+        }
+        Kind::Request(e) => (
+            "request",
+            json!({
+                "command": e.command,
+                "arguments": e.arguments,
+                "uid": e.uid,
+                "outcome": e.outcome,
+                "message": e.message,
+            }),
+        ),
+        Kind::OutputDropped(e) => ("output_dropped", json!({ "lines": e.lines, "total": e.total })),
+        Kind::Corrald(e) => ("corrald", json!({ "state": e.state })),
+        Kind::Lagged(e) => ("lagged", json!({ "dropped": e.dropped })),
+    }
+}
+
+/// An event as one line for people: what it concerns, then what happened.
+/// Text from corrald is left as it came: the caller escapes the line.
+pub fn event_line(event: &proto::Event) -> String {
+    let what = match &event.kind {
+        None => "an event of a kind this corralctl does not know".to_string(),
+        Some(Kind::Spawned(e)) if e.adopted => format!("adopted, pid {}", e.pid),
+        Some(Kind::Spawned(e)) => format!("spawned, pid {}", e.pid),
+        Some(Kind::Placed(e)) => format!("placed in {}", e.unit),
+        Some(Kind::Ready(e)) => format!("ready, pid {}", e.pid),
+        Some(Kind::Exited(e)) => format!("{} (pid {})", e.description, e.pid),
+        Some(Kind::RestartScheduled(e)) => {
+            format!("restart in {}", humantime::format_duration(std::time::Duration::from_millis(e.delay_ms)))
+        }
+        Some(Kind::Failed(e)) => format!("failed: {}", e.reason),
+        Some(Kind::GroupState(e)) => {
+            let from = if e.from.is_empty() { "new" } else { &e.from };
+            let to = if e.to.is_empty() { "removed" } else { &e.to };
+            let reason = if e.reason.is_empty() { String::new() } else { format!(" ({})", e.reason) };
+            format!("{from} -> {to}{reason}")
+        }
+        Some(Kind::Reloaded(e)) => {
+            let list = |names: &[String]| if names.is_empty() { "-".to_string() } else { names.join(",") };
+            format!(
+                "config reloaded: added {}, removed {}, changed {}, scaled {}",
+                list(&e.added),
+                list(&e.removed),
+                list(&e.changed),
+                list(&e.scaled)
+            )
+        }
+        Some(Kind::Request(e)) => {
+            let message = if e.message.is_empty() { String::new() } else { format!(": {}", e.message) };
+            format!("{} {} by uid {}: {}{message}", e.command, e.arguments.join(" "), e.uid, e.outcome)
+        }
+        Some(Kind::OutputDropped(e)) => format!("{} lines of worker output dropped ({} since start)", e.lines, e.total),
+        Some(Kind::Corrald(e)) => e.state.replace('_', " "),
+        Some(Kind::Lagged(e)) => format!("lagged: {} events dropped", e.dropped),
+    };
+    let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.time_ms));
+    let subject = match (event.worker.is_empty(), event.group.is_empty()) {
+        (false, _) => event.worker.as_str(),
+        (true, false) => event.group.as_str(),
+        (true, true) => "corrald",
+    };
+    // One line per event, whatever a message holds.
+    format!("{at} {subject}: {what}").replace('\n', "; ")
 }
 
 #[cfg(test)]

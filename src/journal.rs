@@ -17,12 +17,14 @@
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::StreamPolicy;
+use crate::events::Events;
+use crate::proto::{self, event::Kind};
 
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -169,6 +171,8 @@ struct Shared {
     dropped: AtomicU64,
     pumps: AtomicUsize,
     idle: Notify,
+    /// Where drops are told, once corrald has its broadcaster.
+    events: OnceLock<Events>,
 }
 
 impl Shared {
@@ -208,13 +212,27 @@ impl Output {
             dropped: AtomicU64::new(0),
             pumps: AtomicUsize::new(0),
             idle: Notify::new(),
+            events: OnceLock::new(),
         });
-        let writer = Writer { shared: shared.clone(), journal, retry_at: None, reported_dropped: 0, unwritten: 0 };
+        let writer = Writer {
+            shared: shared.clone(),
+            journal,
+            retry_at: None,
+            reported_dropped: 0,
+            told_dropped: 0,
+            unwritten: 0,
+        };
         std::thread::Builder::new()
             .name("corral-output".into())
             .spawn(move || writer.run(rx))
             .expect("spawning the output thread");
         Output { shared }
+    }
+
+    /// Tells `events` of dropped lines from now on, as the log is told:
+    /// counted, once the queue has room again.
+    pub fn tell(&self, events: Events) {
+        let _ = self.shared.events.set(events);
     }
 
     pub fn sink(&self) -> Sink {
@@ -367,6 +385,8 @@ struct Writer {
     /// When to try the journal again after it failed.
     retry_at: Option<Instant>,
     reported_dropped: u64,
+    /// Dropped lines subscribers were told of.
+    told_dropped: u64,
     /// Worker lines neither the journal nor stderr took, not yet reported.
     unwritten: u64,
 }
@@ -439,6 +459,12 @@ impl Writer {
             message: format!("{lost} lines of worker output dropped: {why} ({dropped} since start)").into_bytes(),
             source: Source::Corrald(vec![("CORRAL_DROPPED", lost.to_string())]),
         };
+        // Told once, whether or not a sink takes the log line.
+        if let (Some(events), true) = (self.shared.events.get(), dropped > self.told_dropped) {
+            let lines = dropped - self.told_dropped;
+            events.emit("", "", Kind::OutputDropped(proto::OutputDropped { lines, total: dropped }));
+            self.told_dropped = dropped;
+        }
         if self.write(&entry, buf) {
             self.reported_dropped = dropped;
             self.unwritten = 0;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod ctl;
+pub mod events;
 pub mod files;
 pub mod frame;
 pub mod journal;

@@ -145,6 +145,63 @@ async fn systemctl_stop_of_a_scope_drains_its_group_only() {
     c.shutdown_ok().await;
 }
 
+/// The next event of a subscription: its worker and kind.
+async fn next_event(events: &mut corral::ctl::Client) -> (String, corral::proto::event::Kind) {
+    match next_answer(events).await.content {
+        Some(proto::response::Content::Event(proto::Event { kind: Some(kind), worker, .. })) => (worker, kind),
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+/// The events of a worker in a scope: a restarted worker is placed in its
+/// group's scope before it is ready, and `systemctl stop` of the scope is a
+/// request like a client's, told with systemd's uid and its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn events_tell_a_placement_and_a_stop_through_systemd() {
+    use corral::proto::event::Kind;
+    let mut c = Corrald::new(&demo_group("web", 2, UNITS, ""));
+    c.start();
+    c.wait_ready("web", 2).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+    let mut events = c.client().await;
+    events.send(Cmd::Subscribe(proto::Subscribe { target: "web".into() })).await.expect("subscribe");
+    assert_eq!(next_answer(&mut events).await.message, "subscribed");
+
+    let (_, last) = c.call(Cmd::Restart(proto::Restart { target: "web-1".into(), ..Default::default() })).await;
+    assert_eq!(last.status(), Status::Ok, "{last:?}");
+    let mut kinds = Vec::new();
+    loop {
+        let (worker, kind) = next_event(&mut events).await;
+        match kind {
+            Kind::Spawned(_) | Kind::Exited(_) => kinds.push(worker),
+            Kind::Placed(p) => {
+                assert_eq!((worker.as_str(), p.unit.as_str()), ("web-1", "corral-web.scope"), "{p:?}");
+                kinds.push("placed".into());
+            }
+            Kind::Ready(r) => {
+                assert_eq!(kinds, ["web-1", "web-1", "placed"], "exited, spawned, placed, then ready");
+                assert!(status_pids("corral-web.scope").contains(&r.pid), "{r:?}");
+                break;
+            }
+            Kind::GroupState(_) => {}
+            other => panic!("unexpected before web-1 is ready: {other:?}"),
+        }
+    }
+
+    let (ok, text) = run("systemctl", &["stop", "corral-web.scope"]);
+    assert!(ok, "{text}");
+    let request = loop {
+        if let (_, Kind::Request(r)) = next_event(&mut events).await {
+            if r.arguments.iter().any(|a| a == "unit=corral-web.scope") {
+                break r;
+            }
+        }
+    };
+    assert_eq!((request.command.as_str(), request.uid, request.outcome.as_str()), ("Stop", 0, "ok"), "{request:?}");
+    c.shutdown_ok().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
 async fn scopes_keep_their_workers_when_corrald_dies_and_a_new_corrald_joins_them() {

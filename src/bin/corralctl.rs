@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Err(err) => return fail(EXIT_NO_ANSWER, &format!("cannot start the runtime: {err}")),
     };
     let timeout = cli.timeout.unwrap_or_else(|| first_answer_timeout(&command));
+    // Ctrl-C is how a stream of events is meant to end: exit 0, as after
+    // corrald's final OK.
+    let interruptible = matches!(command, request::Command::Subscribe(_));
     let mut out = Output::new(cli.json);
     let answered = Cell::new(false);
     let result = runtime.block_on(async {
@@ -62,8 +65,14 @@ fn main() -> ExitCode {
                 std::future::pending::<()>().await;
             }
         };
+        let interrupted = async {
+            if !interruptible || tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            result = call => result.map_err(|err| err.to_string()),
+            result = call => result.map(Some).map_err(|err| err.to_string()),
+            () = interrupted => Ok(None),
             () = unanswered => Err(format!(
                 "no answer from corrald on {} within {}: it may be starting or restarting \
                  (`systemctl status corrald` says which); --timeout waits longer",
@@ -73,7 +82,8 @@ fn main() -> ExitCode {
         }
     });
     let response = match result {
-        Ok(response) => response,
+        Ok(Some(response)) => response,
+        Ok(None) => return ExitCode::SUCCESS,
         Err(err) => {
             out.clear_progress();
             return fail(EXIT_NO_ANSWER, &err);
@@ -94,7 +104,10 @@ fn main() -> ExitCode {
 /// requests may first wait on the audit trail or on an upgrade's checks.
 fn first_answer_timeout(command: &request::Command) -> Duration {
     match command {
-        request::Command::Status(_) | request::Command::ListWorkers(_) => Duration::from_secs(5),
+        // A subscription is answered "subscribed" at once.
+        request::Command::Status(_) | request::Command::ListWorkers(_) | request::Command::Subscribe(_) => {
+            Duration::from_secs(5)
+        }
         _ => Duration::from_secs(30),
     }
 }
@@ -162,6 +175,7 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: state_name(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
         Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
+        Cmd::Events { target: t } => request::Command::Subscribe(proto::Subscribe { target: target(t) }),
         Cmd::Upgrade { binary } => request::Command::Upgrade(proto::Upgrade {
             binary: binary.map(|b| wire_path(&b)).transpose()?.unwrap_or_default(),
         }),
@@ -216,6 +230,10 @@ impl Output {
         }
         if self.json {
             self.write_json(resp);
+            return;
+        }
+        if let Some(response::Content::Event(event)) = &resp.content {
+            self.write(&format!("{}\n", shown(&ctl::event_line(event))));
             return;
         }
         let Some(response::Content::Progress(p)) = &resp.content else {

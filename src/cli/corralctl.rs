@@ -127,6 +127,12 @@ pub enum Cmd {
     /// The audit trail
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Follow corrald's events live, one line each (JSON lines with --json), until Ctrl-C or corrald stops
+    Events {
+        /// Only this group's or worker's events (and corrald-wide ones)
+        #[arg(add = ArgValueCandidates::new(complete::groups_and_workers))]
+        target: Option<String>,
+    },
     /// Replace the running corrald in place; workers and the socket carry over
     Upgrade {
         /// The new corrald binary (default: the one running)

@@ -2,7 +2,7 @@
 //! record.
 //!
 //! Three tiers, each a superset of the one before:
-//! - read: status and the worker list;
+//! - read: status, the worker list and the events stream;
 //! - operate: changes to the fleet within what the config allows (stop,
 //!   start, restart, scale, limit, reload, state files by name in the
 //!   state directory);
@@ -163,6 +163,7 @@ pub fn describe(command: &Command) -> Described {
     match command {
         Command::Status(_) => d(Read, "Status", vec![], (None, None)),
         Command::ListWorkers(r) => d(Read, "ListWorkers", vec![format!("group={}", r.group)], (None, None)),
+        Command::Subscribe(r) => d(Read, "Subscribe", vec![format!("target={}", r.target)], target(&r.target)),
         Command::Stop(r) => {
             d(Operate, "Stop", vec![format!("target={}", r.target), format!("hard={}", r.hard)], target(&r.target))
         }
@@ -249,6 +250,7 @@ mod tests {
     fn each_command_needs_its_tier() {
         let tier = |c: Command| describe(&c).tier;
         assert_eq!(tier(Command::Status(proto::StatusRequest {})), Tier::Read);
+        assert_eq!(tier(Command::Subscribe(proto::Subscribe { target: "web".into() })), Tier::Read);
         assert_eq!(tier(Command::Scale(proto::Scale { group: "web".into(), count: 3 })), Tier::Operate);
         assert_eq!(tier(Command::SaveState(proto::SaveState { path: "nightly".into() })), Tier::Operate);
         assert_eq!(tier(Command::SaveState(proto::SaveState { path: "/root/x".into() })), Tier::Admin);

@@ -27,14 +27,15 @@ use nix::fcntl::{Flock, FlockArg};
 use prost::Message;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::audit::{self, Actor, ActorKind, Auditor, Record, RecordResult};
 use crate::config::Limits;
+use crate::events::{Events, Holder, Subscription};
 use crate::frame;
-use crate::proto::{self, request::Command, response::Content, Status};
+use crate::proto::{self, event, request::Command, response::Content, Status};
 use crate::sanitise::sanitise;
 use crate::supervisor::{self, Handle, Outgoing, Replies, Reply, ReplyQueue, SocketCommand};
 use authorise::{Described, Policy, Tier};
@@ -46,6 +47,9 @@ pub struct Access {
     pub auditor: Option<Arc<Auditor>>,
     pub names: UserNames,
     pub limits: Limits,
+    /// Where the outcome of each request that changes state is told, and
+    /// what subscriptions read.
+    pub events: Events,
 }
 
 /// Why the socket could not be bound. Each names the path.
@@ -427,10 +431,20 @@ struct Session {
     user: Option<Option<String>>,
 }
 
-/// Audited requests still running, by the connection's sequence number
-/// for them (not the client's id, which the client chooses), waiting for
-/// their final answer to be recorded.
-type Pending = Arc<Mutex<HashMap<u64, Record>>>;
+/// Requests that change state still running, by the connection's
+/// sequence number for them (not the client's id, which the client
+/// chooses), waiting for their final answer to be recorded and told.
+type Pending = Arc<Mutex<HashMap<u64, Started>>>;
+
+/// A request that changes state, as its outcome is audited and told.
+struct Started {
+    /// Its audit record, when audit is configured.
+    record: Option<Record>,
+    /// Its event, the outcome still to fill in.
+    event: proto::RequestDone,
+    group: String,
+    worker: String,
+}
 
 impl Session {
     async fn actor(&mut self) -> Actor {
@@ -484,39 +498,63 @@ impl Session {
         if !described.privileged {
             return Ok(());
         }
-        let Some(auditor) = self.access.auditor.clone() else { return Ok(()) };
-        let record = self.record(id, &described, RecordResult::Accepted, String::new()).await;
-        if let Err(e) = auditor.write(record.clone()).await {
-            let why = audit::refusal(&e);
-            tracing::warn!(session = self.id, uid = self.peer.uid, "request {}: {why}", described.command);
-            return Err(why);
+        let mut record = None;
+        if let Some(auditor) = self.access.auditor.clone() {
+            let accepted = self.record(id, &described, RecordResult::Accepted, String::new()).await;
+            if let Err(e) = auditor.write(accepted.clone()).await {
+                let why = audit::refusal(&e);
+                tracing::warn!(session = self.id, uid = self.peer.uid, "request {}: {why}", described.command);
+                return Err(why);
+            }
+            record = Some(accepted);
         }
-        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, record);
+        let event = proto::RequestDone {
+            command: described.command.to_string(),
+            arguments: described.arguments,
+            uid: self.peer.uid,
+            ..Default::default()
+        };
+        let (group, worker) = (described.group.unwrap_or_default(), described.worker.unwrap_or_default());
+        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, Started { record, event, group, worker });
         Ok(())
     }
 }
 
-/// Records the outcome of an audited request as its final answer goes out.
-/// The request has run, so an outcome that cannot be recorded changes
-/// nothing of the answer but its message, which says so.
-async fn audit_final(auditor: &Option<Arc<Auditor>>, pending: &Pending, seq: u64, response: &mut proto::Response) {
-    let started = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
-    let (Some(auditor), Some(mut record)) = (auditor, started) else { return };
-    record.result = if response.status() == Status::Ok { RecordResult::Ok } else { RecordResult::Failed };
-    record.reason = response.message.clone();
-    if let Err(e) = auditor.write(record).await {
-        tracing::error!("the outcome of request {} could not be audited: {e}", response.id);
-        let note = format!("the audit record of this outcome could not be written: {e}");
-        response.message = if response.message.is_empty() { note } else { format!("{}; {note}", response.message) };
+/// Records the outcome of a request that changed state as its final answer
+/// goes out, then tells subscribers. The request has run, so an outcome
+/// that cannot be recorded changes nothing of the answer but its message,
+/// which says so.
+async fn audit_final(
+    auditor: &Option<Arc<Auditor>>,
+    events: &Events,
+    pending: &Pending,
+    seq: u64,
+    response: &mut proto::Response,
+) {
+    let Some(started) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq) else { return };
+    let result = if response.status() == Status::Ok { RecordResult::Ok } else { RecordResult::Failed };
+    if let (Some(auditor), Some(mut record)) = (auditor, started.record) {
+        record.result = result;
+        record.reason = response.message.clone();
+        if let Err(e) = auditor.write(record).await {
+            tracing::error!("the outcome of request {} could not be audited: {e}", response.id);
+            let note = format!("the audit record of this outcome could not be written: {e}");
+            response.message = if response.message.is_empty() { note } else { format!("{}; {note}", response.message) };
+        }
     }
+    let outcome = if result == RecordResult::Ok { "ok" } else { "failed" };
+    let event = proto::RequestDone { outcome: outcome.into(), message: response.message.clone(), ..started.event };
+    events.emit(&started.group, &started.worker, event::Kind::Request(event));
 }
 
 /// The ids of one connection's requests that have no final answer yet,
-/// and a wake-up for the reader when answers have gone out.
+/// and wake-ups for the reader and the subscriptions when answers have
+/// gone out.
 #[derive(Default)]
 struct Flow {
     in_flight: Mutex<HashSet<u64>>,
     wake: Notify,
+    sent: Notify,
 }
 
 impl Flow {
@@ -567,20 +605,20 @@ async fn write_responses(
     mut queue: ReplyQueue,
     mut writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
     flow: Arc<Flow>,
-    auditor: Option<Arc<Auditor>>,
+    access: Arc<Access>,
     pending: Pending,
-    max_response: usize,
 ) -> usize {
+    let (auditor, max_response) = (&access.auditor, access.limits.max_response_size);
     let mut connected = true;
     let mut peak = 0;
     while let Some(Outgoing { seq, response, len }) = queue.recv().await {
         peak = peak.max(queue.queued() + len);
         let mut response = fit(response, len, max_response);
         if response.status() != Status::Processing && seq != 0 {
-            audit_final(&auditor, &pending, seq, &mut response).await;
+            audit_final(auditor, &access.events, &pending, seq, &mut response).await;
             flow.in_flight().remove(&response.id);
         }
-        if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, &auditor) {
+        if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, auditor) {
             status.audit_journal_missed = auditor.journal_missed();
         }
         // A client that hangs up does not end the work it asked for, nor
@@ -589,8 +627,84 @@ async fn write_responses(
             connected = false;
         }
         flow.wake.notify_one();
+        flow.sent.notify_waiters();
     }
     peak
+}
+
+/// The end of a subscription whose client stopped sending: like every
+/// request it gets its final answer, which a client that closed never reads.
+fn hung_up(reply: Reply) {
+    reply.ok("the connection is closing: the event stream ends".into(), None);
+}
+
+/// Bytes of answers a subscription lets wait for the client before it
+/// takes its next event: past them, events wait in the subscription's
+/// bounded queue, where a client that does not read costs nothing more.
+const EVENT_BYTES_AHEAD: usize = 64 << 10;
+
+/// Starts a subscription: "subscribed" at once (nothing emitted after it
+/// is missed), then its events, until corrald closes the broadcaster or
+/// the connection stops reading requests (`hangup`); either way a final OK.
+fn subscribe(
+    request: proto::Subscribe,
+    reply: Reply,
+    replies: Replies,
+    flow: Arc<Flow>,
+    events: &Events,
+    holder: Holder,
+) -> Option<oneshot::Sender<()>> {
+    let filter = match crate::target::Target::parse(&request.target) {
+        Ok(filter) => filter,
+        Err(why) => {
+            reply.failure(format!("invalid target: {why}"), None);
+            return None;
+        }
+    };
+    let subscription = match events.subscribe(filter, holder) {
+        Ok(subscription) => subscription,
+        Err(why) => {
+            reply.failure(why, None);
+            return None;
+        }
+    };
+    reply.processing("subscribed".into(), None);
+    let (hangup_tx, hangup) = oneshot::channel();
+    tokio::spawn(forward(subscription, reply, replies, flow, hangup));
+    Some(hangup_tx)
+}
+
+async fn forward(
+    mut subscription: Subscription,
+    reply: Reply,
+    replies: Replies,
+    flow: Arc<Flow>,
+    mut hangup: oneshot::Receiver<()>,
+) {
+    loop {
+        loop {
+            let sent = flow.sent.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            if replies.queued() < EVENT_BYTES_AHEAD {
+                break;
+            }
+            tokio::select! {
+                _ = sent => {}
+                _ = &mut hangup => return hung_up(reply),
+            }
+        }
+        tokio::select! {
+            event = subscription.next() => match event {
+                Some(event) => reply.processing(String::new(), Some(Content::Event(event))),
+                None => {
+                    reply.ok("corrald is stopping: the event stream ends".into(), None);
+                    return;
+                }
+            },
+            _ = &mut hangup => return hung_up(reply),
+        }
+    }
 }
 
 async fn connection(
@@ -608,14 +722,11 @@ async fn connection(
     let (tx, queue) = Replies::channel();
     let pending: Pending = Arc::default();
     let flow = Arc::new(Flow::default());
-    let writer_task = tokio::spawn(write_responses(
-        queue,
-        writer,
-        flow.clone(),
-        session.access.auditor.clone(),
-        pending.clone(),
-        limits.max_response_size,
-    ));
+    let writer_task =
+        tokio::spawn(write_responses(queue, writer, flow.clone(), session.access.clone(), pending.clone()));
+    // One per subscription: dropped when the connection ends, which ends
+    // the subscription.
+    let mut hangups = Vec::new();
     let session_id = session.id;
     let mut next_seq = 1u64;
     let max_in_flight = limits.max_requests_in_flight as usize;
@@ -713,8 +824,14 @@ async fn connection(
         match supervisor::Request::from_command(command) {
             Ok(request) => handle.request(request, reply),
             Err(SocketCommand::AuditReopen) => reopen_audit(&session.access.auditor, reply).await,
+            Err(SocketCommand::Subscribe(request)) => {
+                let admin = session.access.policy.tier(&session.peer) == Ok(Tier::Admin);
+                let holder = Holder { uid: session.peer.uid, admin };
+                hangups.extend(subscribe(request, reply, tx.clone(), flow.clone(), &session.access.events, holder));
+            }
         }
     }
+    drop(hangups);
     // Responses to requests still in flight keep flowing until the
     // supervisor drops its senders; then the writer ends and the socket closes.
     drop(tx);

@@ -86,6 +86,7 @@ pub fn check(command: &Command, limits: &Limits) -> Result<(), String> {
         Command::ListWorkers(r) if r.group.is_empty() => Ok(()),
         Command::ListWorkers(r) => group_name(&r.group),
         Command::Stop(r) => target(&r.target),
+        Command::Subscribe(r) => target(&r.target),
         Command::Start(r) => target(&r.target),
         Command::Restart(r) => {
             target(&r.target)?;

@@ -335,6 +335,21 @@ pub const KEYS: &[Key] = &[
          group with scope = \"worker\". Past about 506 scopes with a controller, systemd 252 loses its bus \
          connection.",
     ),
+    ranged(
+        "limits.max_subscribers",
+        Kind::Integer,
+        Value("64"),
+        ("1 to 4096", Some("1"), Some("4096")),
+        "Event subscriptions (corralctl events, Subscribe) open at once; one more is refused.",
+    ),
+    ranged(
+        "limits.event_queue",
+        Kind::Integer,
+        Value("1024"),
+        ("1 to 65536", Some("1"), Some("65536")),
+        "Events waiting for one subscriber to read them (and at most 1 MiB of them). Past it events are dropped \
+         and counted by reason, and the subscriber is told how many when it reads again.",
+    ),
     key(
         "groups.NAME.command",
         Kind::String,

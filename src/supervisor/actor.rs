@@ -13,7 +13,7 @@ use super::requests::Request;
 use super::state::SavedState;
 use super::{process, Ending, Reply, Supervisor};
 use crate::config::Config;
-use crate::proto::FailureKind;
+use crate::proto::{self, event::Kind, FailureKind};
 use crate::systemd::PlaceError;
 use crate::target::SlotKey;
 
@@ -141,6 +141,7 @@ impl Supervisor {
     /// Starts the groups whose dependencies allow it, then serves until a
     /// shutdown, a hand-over or an upgrade ends the loop.
     pub async fn run(mut self) -> Ending {
+        self.tell_corrald("starting");
         self.start_waiting_groups();
         // The keep-alive comes from this loop, so a wedged loop misses it.
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
@@ -152,6 +153,7 @@ impl Supervisor {
             if !quiet {
                 self.persist();
                 self.announce();
+                self.tell_group_states();
             }
             let mut msg = tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -196,6 +198,7 @@ impl Supervisor {
             Msg::Process { key, generation, event } => self.on_process_event(key, generation, event),
             Msg::Placement(Placement::Settled) => self.gated = self.gated.saturating_sub(1),
             Msg::Placement(Placement::Failed { key, generation, error }) => {
+                self.tell(&key, Kind::Failed(proto::WorkerFailed { reason: error.error.clone() }));
                 if error.lost {
                     tracing::warn!(worker = %key, "not started: {}; not counted toward the start limit", error.error);
                 } else {
@@ -248,9 +251,14 @@ impl Supervisor {
             // The runtime file is made current before corrald leaves.
             Lifecycle::Exit { clean } => {
                 self.persist_now();
+                // The last word on the groups, drained, before the stream ends.
+                self.tell_group_states();
+                self.events.close();
                 Some(Ending::Shutdown { clean })
             }
             Lifecycle::Handover => {
+                self.tell_corrald("restarting");
+                self.events.close();
                 self.persist_now();
                 self.notifier.stopping();
                 let workers = self.fleet.running();

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::fleet::{GroupPhase, Proc, SlotState};
 use super::runtime::{self, RuntimeWorker};
 use super::{process, ProcIo, Supervisor};
+use crate::proto;
 use crate::target::SlotKey;
 
 impl Supervisor {
@@ -117,6 +118,7 @@ impl Supervisor {
                     handle: ProcIo { tx, shared },
                 };
                 self.fleet.adopted(&key, proc);
+                self.tell(&key, proto::event::Kind::Spawned(proto::WorkerSpawned { pid: w.pid, adopted: true }));
                 self.next_generation = self.next_generation.max(w.generation + 1);
                 true
             }

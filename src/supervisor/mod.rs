@@ -21,6 +21,7 @@
 
 mod actor;
 mod adopt;
+mod events;
 mod fanout;
 mod fleet;
 mod launch;
@@ -35,7 +36,7 @@ mod slots;
 pub mod state;
 mod upgrade;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -43,6 +44,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, OutputMode};
+use crate::events::Events;
 use crate::journal::Output;
 use crate::systemd::notify::Notifier;
 use crate::systemd::Systemd;
@@ -93,6 +95,9 @@ pub struct Supervisor {
     gated: usize,
     /// A `ForkMore` is on its way.
     fork_more_sent: bool,
+    events: Events,
+    /// Each group's state as subscribers were last told it.
+    told_states: BTreeMap<String, &'static str>,
 }
 
 /// How the run loop ended.
@@ -119,6 +124,8 @@ impl Supervisor {
                 launch::JOURNAL_STREAM_SOCKET
             );
         }
+        let events = Events::new(config.limits.max_subscribers as usize, config.limits.event_queue as usize);
+        output.tell(events.clone());
         Supervisor {
             fleet: Fleet::new(&config),
             runtime_file: runtime::Writer::start(runtime::path(&config.state_directory)),
@@ -137,7 +144,16 @@ impl Supervisor {
             journal_streams,
             gated: 0,
             fork_more_sent: false,
+            events,
+            told_states: BTreeMap::new(),
         }
+    }
+
+    /// The broadcaster the supervisor emits into, for the socket layer to
+    /// subscribe clients to and emit the outcome of requests into. Its
+    /// bounds are the config's at start.
+    pub fn events(&self) -> Events {
+        self.events.clone()
     }
 
     pub fn handle(&self) -> Handle {

@@ -8,6 +8,7 @@ use super::actor::Orchestration;
 use super::fleet::restart_notes;
 use super::{orchestrate, Reply, Supervisor};
 use crate::config::Config;
+use crate::proto;
 
 impl Supervisor {
     /// Reads the config file off the actor: it may be slow (NSS lookups
@@ -45,6 +46,14 @@ impl Supervisor {
         // The socket path takes effect only when corrald restarts.
         self.config = Config { socket: self.config.socket.clone(), ..new };
         tracing::info!("reload: {}", plan.summary.describe());
+        let s = &plan.summary;
+        let reloaded = proto::ConfigReloaded {
+            added: s.added.clone(),
+            removed: s.removed.clone(),
+            changed: s.changed.clone(),
+            scaled: s.scaled.clone(),
+        };
+        self.events.emit("", "", proto::event::Kind::Reloaded(reloaded));
         let done = orchestrate::reload(self.handle(), reply, plan);
         let notifier = self.notifier.clone();
         tokio::spawn(async move {

@@ -51,6 +51,8 @@ impl Supervisor {
             output_dropped: self.output.dropped(),
             // Filled in by the command socket, which owns the audit trail.
             audit_journal_missed: 0,
+            subscribers: self.events.subscribed() as u32,
+            events_dropped: self.events.dropped().into_iter().map(|(r, n)| (r.name().to_string(), n)).collect(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum Request {
 pub enum SocketCommand {
     /// The audit trail belongs to the socket layer.
     AuditReopen,
+    /// A subscription is a stream the socket layer feeds from the events
+    /// broadcaster; the actor only emits into it.
+    Subscribe(proto::Subscribe),
 }
 
 impl Request {
@@ -56,6 +59,7 @@ impl Request {
             Command::Limit(r) => Request::Limit(r),
             Command::Upgrade(r) => Request::Upgrade(r),
             Command::AuditReopen(_) => return Err(SocketCommand::AuditReopen),
+            Command::Subscribe(r) => return Err(SocketCommand::Subscribe(r)),
         })
     }
 
@@ -169,6 +173,7 @@ impl Supervisor {
         }
         self.notifier.stopping();
         tracing::info!("soft shutdown: draining every worker");
+        self.tell_corrald("shutting_down");
         let keys = self.fleet.resolve(&Target::All).unwrap_or_default();
         let layers = self.fleet.stop_layers(keys);
         let timeout = self.fleet.stop_timeout(&layers);

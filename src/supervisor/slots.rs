@@ -5,13 +5,14 @@
 use tokio::time::Instant;
 
 use super::actor::{Msg, Placement, Timer};
+use super::events::signal_name;
 use super::fanout::{OpEvent, OpSink};
 use super::fleet::{AfterExit, Exited, Proc, StartStep, StopStep};
 use super::launch::OutputRoute;
 use super::process::{self, ProcCmd, ProcEvent};
 use super::{ProcIo, Supervisor};
 use crate::config::{OutputMode, ScopeMode};
-use crate::proto::FailureKind;
+use crate::proto::{self, event::Kind, FailureKind};
 use crate::systemd;
 use crate::target::SlotKey;
 
@@ -72,6 +73,7 @@ impl Supervisor {
             Ok(spawned) => spawned,
             Err(e) => {
                 tracing::warn!(worker = %key, command = %config.command, "failed to start: {e}");
+                self.tell(key, Kind::Failed(proto::WorkerFailed { reason: format!("failed to start: {e}") }));
                 // Out of descriptors, processes or memory is corrald's
                 // plight, not the worker's (see `Fleet::fork_failed`).
                 let transient = matches!(
@@ -84,6 +86,7 @@ impl Supervisor {
             }
         };
         tracing::debug!(worker = %key, pid = spawned.pid, "spawned");
+        self.tell(key, Kind::Spawned(proto::WorkerSpawned { pid: spawned.pid, adopted: false }));
         if let (Some(gate), Some(sd)) = (spawned.gate, &self.systemd) {
             let placement = systemd::Placement {
                 unit: group.scope_unit(key.index),
@@ -97,12 +100,15 @@ impl Supervisor {
             };
             self.gated += 1;
             let (sd, handle, key, pid) = (sd.clone(), self.handle.clone(), key.clone(), spawned.pid);
+            let events = self.events.clone();
             tokio::spawn(async move {
                 match sd.place(pid, &placement).await {
                     Ok(note) => {
                         if let Some(note) = note {
                             tracing::info!(worker = %key, "{note}");
                         }
+                        let placed = proto::WorkerPlaced { pid, unit: placement.unit.clone() };
+                        events.emit(&key.group, &key.id(), Kind::Placed(placed));
                         gate.open();
                     }
                     Err(error) => {
@@ -132,16 +138,26 @@ impl Supervisor {
             ProcEvent::Ready => {
                 let Some(pid) = self.fleet.proc(&key, generation).map(|p| p.pid) else { return };
                 if self.fleet.mark_ready(&key, generation) {
+                    // Told before the waiting requests hear it, so that their
+                    // answers, and their events, come after it.
+                    self.tell(&key, Kind::Ready(proto::WorkerReady { pid }));
                     self.finish_waiters(&key, Ok(()));
                     tracing::debug!(worker = %key, pid, "ready");
                     self.start_waiting_groups();
                 }
             }
             ProcEvent::StopAbandoned => self.fleet.stop_abandoned(&key, generation),
-            ProcEvent::Exited { description, clean } => {
+            ProcEvent::Exited { description, clean, status } => {
                 let pid = self.fleet.proc(&key, generation).map(|p| p.pid);
                 let Some(pid) = pid else { return };
                 tracing::info!(worker = %key, pid, "{description}");
+                let exited = proto::WorkerExited {
+                    pid,
+                    description: description.clone(),
+                    code: status.and_then(|s| s.code()),
+                    signal: status.and_then(signal_name).unwrap_or_default(),
+                };
+                self.tell(&key, Kind::Exited(exited));
                 let Some(Exited { proc, described, next }) =
                     self.fleet.exited(&key, generation, description, clean, Instant::now())
                 else {
@@ -177,9 +193,11 @@ impl Supervisor {
             AfterExit::Stopped => self.start_waiting_groups(),
             AfterExit::Down => {}
             AfterExit::GroupFailed { reason, retry: None } => {
-                tracing::error!(group = %key.group, "{reason}; the group is marked failed")
+                tracing::error!(group = %key.group, "{reason}; the group is marked failed");
+                self.tell(key, Kind::Failed(proto::WorkerFailed { reason }));
             }
             AfterExit::GroupFailed { reason, retry: Some((delay, token)) } => {
+                self.tell(key, Kind::Failed(proto::WorkerFailed { reason: reason.clone() }));
                 let after = humantime::format_duration(delay);
                 tracing::error!(group = %key.group, "{reason}; the group is marked failed and starts again in {after}");
                 let (handle, group) = (self.handle.clone(), key.group.clone());
@@ -190,6 +208,8 @@ impl Supervisor {
             }
             AfterExit::Restart { delay, token } => {
                 tracing::info!(worker = %key, "restarting in {}", humantime::format_duration(delay));
+                let delay_ms = delay.as_millis() as u64;
+                self.tell(key, Kind::RestartScheduled(proto::RestartScheduled { delay_ms }));
                 let (handle, key) = (self.handle.clone(), key.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

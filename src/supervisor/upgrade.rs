@@ -72,6 +72,10 @@ impl Supervisor {
         reply.ok(format!("upgrading to {}: the socket and {workers} workers carry over", shown(&binary)), None);
         let _ = upgrades.send(binary.clone());
         self.upgrading = Some(binary);
+        // The stream ends now, with its final answer, before the socket
+        // goes quiet for the exec.
+        self.tell_corrald("upgrading");
+        self.events.close();
     }
 }
 

@@ -84,16 +84,17 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let listener = startup::command_socket(&config, passed.socket, socket_group)?;
     let (systemd, systemd_events) = startup::connect_systemd(&config).await?.unzip();
     startup::descriptor_store(&notifier, systemd.as_ref()).await;
-    let access = startup::access(&config, auditor.clone());
     let (config_path, max_frame) = (config.path.clone(), config.max_frame_size);
+    let access = startup::access(&config, auditor.clone());
     let mut supervisor = Supervisor::new(config, systemd.clone(), notifier.clone(), output.clone());
+    let access = access(supervisor.events());
     supervisor.adopt(passed.stored);
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
     let server = Server::start(listener, handle.clone(), max_frame, access);
     #[cfg(feature = "fault-injection")]
     signals::wedge_on_sigusr2(handle.clone());
-    signals::answer(handle.clone(), systemd, auditor, systemd_events);
+    signals::answer(handle.clone(), systemd, auditor, systemd_events, supervisor.events());
     let (ending, listener) = serve::until_ending(supervisor, server, &handle).await;
     if matches!(ending, Ending::Upgrade { .. } | Ending::Handover) {
         output.flush(Duration::from_secs(3)).await;

@@ -10,7 +10,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use corral::audit::{Actor, ActorKind, Auditor, Record, RecordResult};
 use corral::command::authorise;
-use corral::proto::{self, request::Command};
+use corral::events::Events;
+use corral::proto::{self, event::Kind, request::Command};
 use corral::supervisor::{Handle, Outgoing, Replies, Reply, Request};
 use corral::systemd::{self, Systemd};
 
@@ -23,6 +24,7 @@ pub fn answer(
     manager: Option<Systemd>,
     auditor: Option<Arc<Auditor>>,
     mut events: Option<UnboundedReceiver<systemd::Event>>,
+    told: Events,
 ) {
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
@@ -39,6 +41,7 @@ pub fn answer(
             handle: handle.clone(),
             manager: manager.clone(),
             auditor: auditor.clone(),
+            events: told,
             replies: tx.clone(),
             started: 0,
             draining: HashMap::new(),
@@ -101,6 +104,8 @@ struct ScopeStops {
     handle: Handle,
     manager: Option<Systemd>,
     auditor: Option<Arc<Auditor>>,
+    /// Where the outcome of each stop is told, as a client's is.
+    events: Events,
     replies: Replies,
     /// Stops started since corrald started: the last one's number is its
     /// records' request id and the `seq` its answers come back with.
@@ -109,9 +114,17 @@ struct ScopeStops {
     /// request for one (after a reconnect, corrald takes every stop job of
     /// its scopes for a request it may have missed) is not a second stop.
     draining: HashMap<u64, String>,
-    /// The records of stops still running, by their number, waiting for
-    /// their outcome.
-    pending: Arc<Mutex<HashMap<u64, Record>>>,
+    /// The records and events of stops still running, by their number,
+    /// waiting for their outcome.
+    pending: Arc<Mutex<HashMap<u64, Started>>>,
+}
+
+/// A stop systemd asked for, as its outcome is audited and told.
+struct Started {
+    record: Option<Record>,
+    event: proto::RequestDone,
+    group: String,
+    worker: String,
 }
 
 impl ScopeStops {
@@ -132,12 +145,20 @@ impl ScopeStops {
         let (handle, replies, pending) = (self.handle.clone(), self.replies.clone(), self.pending.clone());
         let (manager, auditor) = (self.manager.clone(), self.auditor.clone());
         tokio::spawn(async move {
+            let record = accepted(seq, &unit, &stop, systemd_actor(&manager, sender).await);
+            let event = proto::RequestDone {
+                command: record.command.clone(),
+                arguments: record.arguments.clone(),
+                // Only the owner of systemd's bus name is heard, and
+                // that is PID 1, root, when the bus did not say.
+                uid: record.actor.uid.unwrap_or(0),
+                ..Default::default()
+            };
+            let (group, worker) = (record.group.clone().unwrap_or_default(), record.worker.clone().unwrap_or_default());
+            let mut started = Started { record: None, event, group, worker };
             if let Some(auditor) = auditor {
-                let record = accepted(seq, &unit, &stop, systemd_actor(&manager, sender).await);
                 match auditor.write(record.clone()).await {
-                    Ok(()) => {
-                        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, record);
-                    }
+                    Ok(()) => started.record = Some(record),
                     // Refusing would not keep the scope: systemd stops it
                     // anyway, with SIGKILL once TimeoutStopSec is over.
                     Err(e) => tracing::error!(
@@ -146,6 +167,7 @@ impl ScopeStops {
                     ),
                 }
             }
+            pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, started);
             handle.request(Request::Stop(stop), Reply::new(seq, seq, replies));
         });
     }
@@ -154,11 +176,15 @@ impl ScopeStops {
     /// answer comes; any other answer is not one of these.
     fn finish(&mut self, answer: &Outgoing) {
         self.draining.remove(&answer.seq);
-        let started = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&answer.seq);
-        let (Some(auditor), Some(mut record)) = (self.auditor.clone(), started) else { return };
-        record.result =
-            if answer.response.status() == proto::Status::Ok { RecordResult::Ok } else { RecordResult::Failed };
-        record.reason = answer.response.message.clone();
+        let Some(started) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&answer.seq) else { return };
+        let ok = answer.response.status() == proto::Status::Ok;
+        let message = answer.response.message.clone();
+        let outcome = if ok { "ok" } else { "failed" }.to_string();
+        let event = proto::RequestDone { outcome, message: message.clone(), ..started.event };
+        self.events.emit(&started.group, &started.worker, Kind::Request(event));
+        let (Some(auditor), Some(mut record)) = (self.auditor.clone(), started.record) else { return };
+        record.result = if ok { RecordResult::Ok } else { RecordResult::Failed };
+        record.reason = message;
         tokio::spawn(async move {
             if let Err(e) = auditor.write(record).await {
                 tracing::error!("the outcome of a stop systemd asked for could not be audited: {e}");

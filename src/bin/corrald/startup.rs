@@ -16,6 +16,7 @@ use corral::command::authorise::Policy;
 use corral::command::peer::UserNames;
 use corral::command::{Access, Listener};
 use corral::config::{BusChoice, Config, Scopes};
+use corral::events::Events;
 use corral::journal::{JournalLayer, Output, Sink, JOURNAL_SOCKET};
 use corral::systemd::notify::Notifier;
 use corral::systemd::{self, Bus, Systemd};
@@ -199,8 +200,10 @@ pub async fn descriptor_store(notifier: &Notifier, systemd: Option<&Systemd>) {
 }
 
 /// Who may do what on the command socket, and what is recorded: corrald's
-/// own user is an admin like root.
-pub fn access(config: &Config, auditor: Option<Arc<Auditor>>) -> Arc<Access> {
+/// own user is an admin like root. Completed with the supervisor's events
+/// broadcaster, once there is a supervisor.
+pub fn access(config: &Config, auditor: Option<Arc<Auditor>>) -> impl FnOnce(Events) -> Arc<Access> {
     let policy = Policy::new(config.access.clone(), nix::unistd::geteuid().as_raw());
-    Arc::new(Access { policy, auditor, names: UserNames::default(), limits: config.limits.clone() })
+    let limits = config.limits.clone();
+    move |events| Arc::new(Access { policy, auditor, names: UserNames::default(), limits, events })
 }

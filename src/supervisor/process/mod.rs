@@ -45,6 +45,8 @@ pub enum ProcEvent {
     Exited {
         description: String,
         clean: bool,
+        /// Known only for corrald's own children.
+        status: Option<ExitStatus>,
     },
 }
 

@@ -326,6 +326,7 @@ impl ProcessTask {
             let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
         }
 
+        let exit_status = status.as_ref().ok().copied().flatten();
         let (description, clean) = match status {
             Ok(Some(status)) => match failed_start {
                 Some(why) => (format!("failed to start: {why}"), false),
@@ -352,7 +353,7 @@ impl ProcessTask {
         // The supervisor hears of the exit before any request does: a
         // client answered "stopped" may send its next request at once, and
         // that request must find the slot empty, not a process task gone.
-        self.report(ProcEvent::Exited { description, clean });
+        self.report(ProcEvent::Exited { description, clean, status: exit_status });
         for op in soft.ops {
             let _ = op.send(OpEvent::Finished(self.worker_id.clone(), outcome.clone()));
         }
