@@ -263,6 +263,12 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                         "restarts": w.restarts,
                         "last_exit": w.last_exit,
                         "output_dropped": w.output_dropped,
+                        "health": w.health.iter().map(|c| json!({
+                            "kind": c.kind,
+                            "last_result": c.last_result,
+                            "last_at_ms": c.last_at_ms,
+                            "consecutive_failures": c.consecutive_failures,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect(),

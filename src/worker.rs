@@ -45,6 +45,7 @@ use tokio::sync::Mutex;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::frame;
+use crate::proto::worker_request::Command;
 use crate::proto::{Status, WorkerEvent, WorkerRequest, WorkerResponse};
 
 /// Holds the descriptor number of the worker channel.
@@ -128,10 +129,8 @@ impl WorkerChannel {
     pub fn split(self) -> (WorkerRequests, WorkerResponder) {
         let (read, write) = self.stream.into_split();
         let codec = frame::codec(frame::MAX_WORKER_FRAME);
-        (
-            WorkerRequests { frames: FramedRead::new(read, codec.clone()) },
-            WorkerResponder { frames: Arc::new(Mutex::new(FramedWrite::new(write, codec))) },
-        )
+        let responder = WorkerResponder { frames: Arc::new(Mutex::new(FramedWrite::new(write, codec.clone()))) };
+        (WorkerRequests { frames: FramedRead::new(read, codec), pongs: responder.clone() }, responder)
     }
 }
 
@@ -157,6 +156,8 @@ fn check_unix_stream(fd: RawFd) -> Result<(), WorkerChannelError> {
 #[derive(Debug)]
 pub struct WorkerRequests {
     frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    /// Where pings are answered from.
+    pongs: WorkerResponder,
 }
 
 impl WorkerRequests {
@@ -167,10 +168,22 @@ impl WorkerRequests {
     /// work. A frame that is too large or does not decode is an error: the
     /// two sides disagree about the protocol, and guessing would risk
     /// ignoring a stop.
+    ///
+    /// A `Ping` is answered here and never returned: corrald's liveness
+    /// check asks only that the worker keeps reading its channel, so a
+    /// worker stuck elsewhere (a deadlock, a blocked runtime) stops
+    /// answering exactly when it stops calling this. Not cancel-safe while
+    /// a ping's answer is being written: a cancelled answer is a missed
+    /// ping, which corrald tolerates up to its group's `misses`.
     pub async fn recv(&mut self) -> Result<Option<WorkerRequest>, WorkerChannelError> {
-        match self.frames.next().await {
-            None => Ok(None),
-            Some(frame) => Ok(Some(WorkerRequest::decode(frame?)?)),
+        loop {
+            let Some(frame) = self.frames.next().await else { return Ok(None) };
+            let request = WorkerRequest::decode(frame?)?;
+            if let Some(Command::Ping(_)) = request.command {
+                self.pongs.reply(request.id, Status::Ok, "").await?;
+                continue;
+            }
+            return Ok(Some(request));
         }
     }
 }

@@ -23,8 +23,10 @@ mod actor;
 mod adopt;
 mod fanout;
 mod fleet;
+mod health;
 mod launch;
 mod orchestrate;
+mod probe;
 mod process;
 mod reload;
 mod reply;
@@ -52,6 +54,7 @@ use process::ProcCmd;
 
 pub use crate::target::SlotKey;
 pub use actor::{Handle, Msg};
+pub use health::{Condemnation, HealthNotice, NoticeStage};
 pub use launch::keep_open_file_limit_for_workers;
 pub use reply::{Outgoing, Replies, Reply, ReplyQueue};
 pub use requests::{Request, SocketCommand};
@@ -93,6 +96,8 @@ pub struct Supervisor {
     gated: usize,
     /// A `ForkMore` is on its way.
     fork_more_sent: bool,
+    /// Where restarts for health are told, to be put on record.
+    health_notices: Option<mpsc::UnboundedSender<health::HealthNotice>>,
 }
 
 /// How the run loop ended.
@@ -137,6 +142,7 @@ impl Supervisor {
             journal_streams,
             gated: 0,
             fork_more_sent: false,
+            health_notices: None,
         }
     }
 

@@ -41,6 +41,7 @@ fn fork_all(fleet: &mut Fleet<()>, at: Instant, first_gen: u64) -> Vec<(SlotKey,
             direct_output: false,
             started: at,
             placement_error: None,
+            health: Default::default(),
             handle: (),
         };
         fleet.forked(&k, proc);
@@ -407,6 +408,7 @@ fn a_stopped_worker_is_never_restarted_and_a_queued_one_never_forked() {
             direct_output: false,
             started: now,
             placement_error: None,
+            health: Default::default(),
             handle: (),
         };
         f.forked(&k, forked);
