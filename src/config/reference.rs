@@ -115,8 +115,8 @@ const fn ranged(
 use Default::{PerUser, Required, Unset, Value};
 
 /// Every key, in the order of the manual: the top level (the tables
-/// `limits` and `groups` last), `[limits]`, then a group's table and its
-/// resources.
+/// `limits` and `groups` last), `[limits]`, then a group's table, its
+/// resources, its pings and its probes.
 pub const KEYS: &[Key] = &[
     key(
         "socket",
@@ -518,6 +518,60 @@ pub const KEYS: &[Key] = &[
          is hung, and is restarted as a crash is (soft stop, then its stop signal, then SIGKILL, each after \
          stop_timeout). A worker draining a soft stop is not pinged.",
     ),
+    key(
+        "groups.NAME.health",
+        Kind::Table,
+        Value("{}"),
+        "The group's probes, run by corrald off its main loop, one in flight per worker: the tables liveness \
+         and readiness, with the keys below (PROBE is liveness or readiness).",
+    ),
+    key(
+        "groups.NAME.resources.MemoryMax",
+        Kind::Resource("size or \"infinity\""),
+        Unset("systemd's default"),
+        "The hard memory limit of each scope.",
+    ),
+    key(
+        "groups.NAME.resources.MemoryHigh",
+        Kind::Resource("size or \"infinity\""),
+        Unset("systemd's default"),
+        "The memory throttling point of each scope.",
+    ),
+    ranged(
+        "groups.NAME.resources.CPUWeight",
+        Kind::Resource("integer"),
+        Unset("systemd's default"),
+        ("1 to 10000", Some("1"), Some("10000")),
+        "The scope's share of CPU time against its siblings.",
+    ),
+    ranged(
+        "groups.NAME.resources.CPUQuota",
+        Kind::Resource("percentage"),
+        Unset("systemd's default"),
+        ("a whole percentage, \"1%\" to \"1000000%\"", None, None),
+        "CPU time per second the scope may use: \"150%\" is one and a half CPUs.",
+    ),
+    ranged(
+        "groups.NAME.resources.TasksMax",
+        Kind::Resource("integer or \"infinity\""),
+        Unset("systemd's default"),
+        ("at least 1", Some("1"), None),
+        "The most tasks (processes and threads) in the scope.",
+    ),
+    ranged(
+        "groups.NAME.resources.IOWeight",
+        Kind::Resource("integer"),
+        Unset("systemd's default"),
+        ("1 to 10000", Some("1"), Some("10000")),
+        "The scope's share of block I/O against its siblings.",
+    ),
+    ranged(
+        "groups.NAME.resources.AllowedCPUs",
+        Kind::Resource("CPU list"),
+        Unset("systemd's default"),
+        ("CPU numbers 0 to 8191", None, None),
+        "The CPUs the scope may run on, as \"0-3,6\".",
+    ),
     ranged(
         "groups.NAME.ping.interval",
         Kind::Duration,
@@ -531,13 +585,6 @@ pub const KEYS: &[Key] = &[
         Value("3"),
         ("1 to 100", Some("1"), Some("100")),
         "Pings missed in a row that make a worker hung.",
-    ),
-    key(
-        "groups.NAME.health",
-        Kind::Table,
-        Value("{}"),
-        "The group's probes, run by corrald off its main loop, one in flight per worker: the tables liveness \
-         and readiness, with the keys below (PROBE is liveness or readiness).",
     ),
     key(
         "groups.NAME.health.liveness",
@@ -600,53 +647,6 @@ pub const KEYS: &[Key] = &[
         Value("\"0s\""),
         ("0s to 1h", None, Some("\"1h\"")),
         "How long after the worker's exec the first probe runs.",
-    ),
-    key(
-        "groups.NAME.resources.MemoryMax",
-        Kind::Resource("size or \"infinity\""),
-        Unset("systemd's default"),
-        "The hard memory limit of each scope.",
-    ),
-    key(
-        "groups.NAME.resources.MemoryHigh",
-        Kind::Resource("size or \"infinity\""),
-        Unset("systemd's default"),
-        "The memory throttling point of each scope.",
-    ),
-    ranged(
-        "groups.NAME.resources.CPUWeight",
-        Kind::Resource("integer"),
-        Unset("systemd's default"),
-        ("1 to 10000", Some("1"), Some("10000")),
-        "The scope's share of CPU time against its siblings.",
-    ),
-    ranged(
-        "groups.NAME.resources.CPUQuota",
-        Kind::Resource("percentage"),
-        Unset("systemd's default"),
-        ("a whole percentage, \"1%\" to \"1000000%\"", None, None),
-        "CPU time per second the scope may use: \"150%\" is one and a half CPUs.",
-    ),
-    ranged(
-        "groups.NAME.resources.TasksMax",
-        Kind::Resource("integer or \"infinity\""),
-        Unset("systemd's default"),
-        ("at least 1", Some("1"), None),
-        "The most tasks (processes and threads) in the scope.",
-    ),
-    ranged(
-        "groups.NAME.resources.IOWeight",
-        Kind::Resource("integer"),
-        Unset("systemd's default"),
-        ("1 to 10000", Some("1"), Some("10000")),
-        "The scope's share of block I/O against its siblings.",
-    ),
-    ranged(
-        "groups.NAME.resources.AllowedCPUs",
-        Kind::Resource("CPU list"),
-        Unset("systemd's default"),
-        ("CPU numbers 0 to 8191", None, None),
-        "The CPUs the scope may run on, as \"0-3,6\".",
     ),
 ];
 
