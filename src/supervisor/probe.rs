@@ -105,7 +105,7 @@ impl Probes {
     /// timeout: in the worker's cgroup when it has one, as its user.
     async fn exec(&self, argv: &[String], pid: u32, limit: Duration) -> CheckResult {
         let procs = match self.scoped.then(|| cgroup_procs(pid)).transpose() {
-            Ok(procs) => procs,
+            Ok(procs) => procs.unwrap_or_default(),
             Err(why) => return CheckResult::Fail(why),
         };
         let mut command = tokio::process::Command::new(&argv[0]);
@@ -126,7 +126,7 @@ impl Probes {
         // calls (open, write, setgroups, setgid, setuid) on values prepared
         // before the fork; it allocates nothing.
         unsafe {
-            command.pre_exec(move || join_and_become(procs.as_ref(), identity.as_ref()));
+            command.pre_exec(move || join_and_become(&procs, identity.as_ref()));
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -150,23 +150,21 @@ impl Probes {
     }
 }
 
-/// The `cgroup.procs` file of the cgroup (v2) `pid` is in.
-fn cgroup_procs(pid: u32) -> Result<CString, String> {
-    let text = crate::procfs::cgroups(pid).map_err(|e| format!("cannot read the worker's cgroup: {e}"))?;
-    let path = text
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .ok_or_else(|| "the worker is in no cgroup v2 hierarchy".to_string())?;
-    let file = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("cgroup.procs");
-    CString::new(file.as_os_str().as_bytes()).map_err(|_| "the worker's cgroup path has a NUL byte".into())
+/// The `cgroup.procs` files that put a probe where worker `pid` is.
+fn cgroup_procs(pid: u32) -> Result<Vec<CString>, String> {
+    let files = crate::systemd::cgroup_procs_of(pid).map_err(|e| format!("cannot join the worker's cgroup: {e}"))?;
+    files
+        .iter()
+        .map(|f| CString::new(f.as_os_str().as_bytes()).map_err(|_| "a cgroup path has a NUL byte".to_string()))
+        .collect()
 }
 
 /// In the probe's child, before exec: into the worker's cgroup (while
 /// still root), then the worker's identity.
-fn join_and_become(procs: Option<&CString>, identity: Option<&Identity>) -> std::io::Result<()> {
+fn join_and_become(procs: &[CString], identity: Option<&Identity>) -> std::io::Result<()> {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
-    if let Some(procs) = procs {
+    for procs in procs {
         let raw = open(procs.as_c_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
         // SAFETY: open just returned this descriptor, owned by nobody else;
         // it is closed here, before the exec, whatever the write does.
