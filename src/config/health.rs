@@ -126,10 +126,6 @@ pub fn check(name: &str, g: &mut GroupConfig) -> Result<(), String> {
 
 fn check_probe(table: &str, p: &mut ProbeConfig) -> Result<(), String> {
     let key = |k: &str| format!("{table}.{k}");
-    let given = [p.exec.is_some(), p.http.is_some(), p.tcp.is_some()].iter().filter(|g| **g).count();
-    if given != 1 {
-        return Err(format!("key `{table}`: a probe takes exactly one of exec, http and tcp ({given} given)"));
-    }
     interval(&key("interval"), p.interval)?;
     if p.timeout < MIN_TIMEOUT || p.timeout > p.interval {
         return Err(format!(
@@ -147,18 +143,20 @@ fn check_probe(table: &str, p: &mut ProbeConfig) -> Result<(), String> {
             humantime::format_duration(p.initial_delay)
         ));
     }
-    let check = if let Some(argv) = &p.exec {
-        Check::Exec(exec(&key("exec"), argv)?)
-    } else if let Some(url) = &p.http {
-        http(&key("http"), url)?
-    } else if let Some(addr) = &p.tcp {
-        target_text(&key("tcp"), addr)?;
-        let (host, port) = host_port(addr).ok_or_else(|| {
-            format!("key `{}`: {addr:?} is not HOST:PORT (e.g. \"127.0.0.1:8080\", \"[::1]:8080\")", key("tcp"))
-        })?;
-        Check::Tcp { host, port }
-    } else {
-        return Err(format!("key `{table}`: a probe takes exactly one of exec, http and tcp"));
+    let check = match (&p.exec, &p.http, &p.tcp) {
+        (Some(argv), None, None) => Check::Exec(exec(&key("exec"), argv)?),
+        (None, Some(url), None) => http(&key("http"), url)?,
+        (None, None, Some(addr)) => {
+            target_text(&key("tcp"), addr)?;
+            let (host, port) = host_port(addr).ok_or_else(|| {
+                format!("key `{}`: {addr:?} is not HOST:PORT (e.g. \"127.0.0.1:8080\", \"[::1]:8080\")", key("tcp"))
+            })?;
+            Check::Tcp { host, port }
+        }
+        (exec, http, tcp) => {
+            let given = [exec.is_some(), http.is_some(), tcp.is_some()].iter().filter(|g| **g).count();
+            return Err(format!("key `{table}`: a probe takes exactly one of exec, http and tcp ({given} given)"));
+        }
     };
     p.check = Some(check);
     Ok(())
