@@ -200,3 +200,31 @@ async fn exec_probes_run_as_the_worker_s_user_one_at_a_time_and_their_failures_a
     assert!(!lines.iter().any(|l| l == "OVERLAP"), "two probes of one worker ran at once: {lines:?}");
     assert!(starts.iter().all(|l| *l == "start 65534 fail p-1"), "as nobody, for p-1: {lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_probe_slower_than_its_timeout_is_killed_before_the_next_starts() {
+    let mut c = Corrald::new("");
+    let pids = c.dir.path().join("probe-pids");
+    let script = c.dir.path().join("slow.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho $$ >>{}\nexec sleep 60\n", pids.display())).unwrap();
+    chmod(&script, 0o755);
+    c.write_config(&format!(
+        "[groups.s]\ncommand = \"{{demo}}\"\n[groups.s.health.liveness]\nexec = [\"{}\"]\ninterval = \"200ms\"\n\
+         timeout = \"200ms\"\nfailure_threshold = 100\n",
+        script.display()
+    ));
+    c.start();
+    let listed = c
+        .wait_workers("3 probes timed out", |ws| {
+            check(worker(ws, "s-1"), "liveness").is_some_and(|l| l.consecutive_failures >= 3)
+        })
+        .await;
+    let liveness = check(worker(&listed, "s-1"), "liveness").unwrap();
+    assert_eq!(liveness.last_result, "timed out after 200ms; killed", "{liveness:?}");
+    // Every probe but the one in flight now is gone: none outlived its
+    // timeout to run beside the next.
+    let started: Vec<u32> = lines(&pids).iter().map(|l| l.parse().unwrap()).collect();
+    let alive: Vec<u32> = started.iter().copied().filter(|p| pid_alive(*p)).collect();
+    assert!(started.len() >= 3 && alive.len() <= 1, "started {started:?}, alive {alive:?}");
+    assert_eq!(worker(&listed, "s-1").restarts, 0, "failures below the threshold restart nothing");
+}
