@@ -54,12 +54,23 @@ impl Supervisor {
             CheckResult::Fail(why) => Some(why.clone()),
             CheckResult::Pass => None,
         };
+        let in_a_row = |fleet: &super::fleet::Fleet<super::ProcIo>| {
+            let proc = fleet.proc(&key, generation)?;
+            Some(proc.health.checks.iter().find(|c| c.kind == kind).map_or(0, |c| c.consecutive_failures))
+        };
+        let before = in_a_row(&self.fleet).unwrap_or_default();
         let step = self.fleet.record_check(&key, generation, kind, result, SystemTime::now());
+        let Some(after) = in_a_row(&self.fleet) else { return };
         let Some(proc) = self.fleet.proc(&key, generation) else { return };
         let pid = proc.pid;
-        let in_a_row = proc.health.checks.iter().find(|c| c.kind == kind).map_or(0, |c| c.consecutive_failures);
-        if let Some(why) = failed {
-            tracing::warn!(group = %key.group, worker = %key, pid, "{} check failed ({in_a_row} in a row): {why}", kind.name());
+        match failed {
+            Some(why) => {
+                tracing::warn!(group = %key.group, worker = %key, pid, "{} check failed ({after} in a row): {why}", kind.name())
+            }
+            None if before > 0 => {
+                tracing::info!(group = %key.group, worker = %key, pid, "{} check passes again after {before} failures", kind.name())
+            }
+            None => {}
         }
         match step {
             HealthStep::Nothing => {}
