@@ -64,6 +64,11 @@ impl Supervisor {
         let Some(proc) = self.fleet.proc(&key, generation) else { return };
         let pid = proc.pid;
         match failed {
+            // A worker not ready yet is what a readiness probe expects to
+            // find for a while.
+            Some(why) if kind == CheckKind::Readiness => {
+                tracing::debug!(group = %key.group, worker = %key, pid, "readiness check failed ({after} in a row): {why}")
+            }
             Some(why) => {
                 tracing::warn!(group = %key.group, worker = %key, pid, "{} check failed ({after} in a row): {why}", kind.name())
             }
