@@ -5,7 +5,8 @@
 //! corrald, its descriptor number in `CORRAL_WORKER_FD` (the same hand-over as
 //! systemd's `LISTEN_FDS`). Over it the worker says when it is ready and
 //! answers stop requests, so corrald knows a drain really finished instead of
-//! guessing from a signal and a timeout.
+//! guessing from a signal and a timeout. Pings, corrald's liveness check, are
+//! answered inside [`WorkerRequests::recv`], with no code of the worker's.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), corral::worker::WorkerChannelError> {
@@ -172,9 +173,10 @@ impl WorkerRequests {
     /// A `Ping` is answered here and never returned: corrald's liveness
     /// check asks only that the worker keeps reading its channel, so a
     /// worker stuck elsewhere (a deadlock, a blocked runtime) stops
-    /// answering exactly when it stops calling this. Not cancel-safe while
-    /// a ping's answer is being written: a cancelled answer is a missed
-    /// ping, which corrald tolerates up to its group's `misses`.
+    /// answering exactly when it stops calling this. Cancelled while a
+    /// ping's answer is being written, no request is lost: the answer goes
+    /// out with the next message or not at all, a missed ping, which
+    /// corrald tolerates up to its group's `misses`.
     pub async fn recv(&mut self) -> Result<Option<WorkerRequest>, WorkerChannelError> {
         loop {
             let Some(frame) = self.frames.next().await else { return Ok(None) };
