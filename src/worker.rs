@@ -217,3 +217,29 @@ impl WorkerResponder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::worker_request;
+
+    #[tokio::test]
+    async fn pings_are_answered_inside_recv_and_other_requests_returned() {
+        let (corrald, worker) = UnixStream::pair().expect("a socketpair");
+        let (mut requests, _responder) = WorkerChannel::from_stream(worker).split();
+        let codec = frame::codec(frame::MAX_WORKER_FRAME);
+        let (read, write) = corrald.into_split();
+        let mut to_worker = FramedWrite::new(write, codec.clone());
+        let mut from_worker = FramedRead::new(read, codec);
+        let ping = WorkerRequest { id: 7, command: Some(worker_request::Command::Ping(crate::proto::Ping {})) };
+        let stop = WorkerRequest { id: 8, command: Some(worker_request::Command::SoftStop(crate::proto::SoftStop {})) };
+        to_worker.send(frame::encode(&ping)).await.expect("send a ping");
+        to_worker.send(frame::encode(&stop)).await.expect("send a stop");
+
+        let got = requests.recv().await.expect("a request").expect("not closed");
+        assert_eq!(got, stop, "the ping is not handed to the worker");
+        let answer = from_worker.next().await.expect("an answer").expect("a frame");
+        let answer = WorkerResponse::decode(answer).expect("a response");
+        assert_eq!((answer.id, answer.status()), (7, Status::Ok));
+    }
+}
