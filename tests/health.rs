@@ -48,9 +48,17 @@ async fn a_worker_that_stops_answering_pings_is_hung_audited_and_restarted() {
     assert!(!pid_alive(first), "the hung worker {first} is gone");
     c.wait_stderr("the hang in corrald's log", |log| log.contains("hung: missed 3 pings in a row")).await;
 
-    let records = json_lines(&json);
-    let ours: Vec<&serde_json::Value> = records.iter().filter(|r| r["actor"]["kind"] == "corrald").collect();
-    assert!(ours.len() >= 2, "an accepted record and its outcome: {records:#?}");
+    let ours = c
+        .poll("the restart's two audit records", || async {
+            let ours: Vec<serde_json::Value> =
+                json_lines(&json).into_iter().filter(|r| r["actor"]["kind"] == "corrald").collect();
+            if ours.len() >= 2 {
+                Ok(ours)
+            } else {
+                Err(format!("{ours:#?}"))
+            }
+        })
+        .await;
     assert_eq!(ours[0]["result"], "accepted", "{:#?}", ours[0]);
     assert_eq!(ours[0]["worker"], "w-1");
     assert_eq!(ours[0]["command"], "Restart");
