@@ -129,9 +129,10 @@ impl Probes {
             command.pre_exec(move || join_and_become(&procs, identity.as_ref()));
         }
         let mut child = match command.spawn() {
-            Ok(child) => child,
+            Ok(child) => ProbeChild(child),
             Err(e) => return CheckResult::Fail(format!("cannot run {}: {e}", argv[0])),
         };
+        let child = &mut child.0;
         match timeout(limit, child.wait()).await {
             Ok(Ok(status)) if status.success() => CheckResult::Pass,
             Ok(Ok(status)) => CheckResult::Fail(match status.code() {
@@ -140,13 +141,29 @@ impl Probes {
             }),
             Ok(Err(e)) => CheckResult::Fail(format!("cannot wait for {}: {e}", argv[0])),
             Err(_) => {
-                if let Some(id) = child.id() {
-                    let _ = killpg(Pid::from_raw(id as i32), Signal::SIGKILL);
-                }
+                kill_group(child);
                 let _ = child.wait().await;
                 CheckResult::Fail(format!("timed out after {}; killed", humantime::format_duration(limit)))
             }
         }
+    }
+}
+
+/// An exec probe's process, whose whole process group is killed if the
+/// probe is dropped before it ends (its worker exited meanwhile).
+struct ProbeChild(tokio::process::Child);
+
+impl Drop for ProbeChild {
+    fn drop(&mut self) {
+        kill_group(&self.0);
+    }
+}
+
+/// Kills a probe's process group, unless the probe has been reaped (its
+/// pid may then be another's).
+fn kill_group(child: &tokio::process::Child) {
+    if let Some(id) = child.id() {
+        let _ = killpg(Pid::from_raw(id as i32), Signal::SIGKILL);
     }
 }
 
