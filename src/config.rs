@@ -20,7 +20,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::sanitise::sanitise;
 use crate::systemd::properties;
+pub use health::{Check, HealthConfig, PingConfig, ProbeConfig};
 
+pub mod health;
 pub mod reference;
 
 /// The largest config file read: far beyond any real fleet, and it bounds
@@ -419,6 +421,10 @@ pub struct GroupConfig {
     pub level_prefix: bool,
     #[serde(default)]
     pub output: OutputMode,
+    /// Pings over the worker channel; off unless the table is there.
+    pub ping: Option<PingConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
     /// What [`Config::load`] found on this host for the group, so that no
     /// spawn waits on the user database or searches PATH. `None` after
     /// [`Config::parse`] alone: such a group's workers cannot be started.
@@ -1023,6 +1029,7 @@ impl Config {
             let key = |k: &str| format!("groups.{name}.{k}");
             check_group_name(&name).map_err(|m| err(format!("key `groups.{name}`: {m}")))?;
             check_group(&name, &g, &limits).map_err(err)?;
+            health::check(&name, &mut g).map_err(err)?;
             // A command with a slash is a path (relative ones are taken from
             // the config file's directory); a bare name is looked up in PATH.
             if g.command.contains('/') {
@@ -1165,6 +1172,12 @@ impl Config {
                 }
             }
             let program = find_command(g).map_err(|m| err(format!("key `{}`: {m}", key("command"))))?;
+            for (which, probe) in [("liveness", &g.health.liveness), ("readiness", &g.health.readiness)] {
+                if let Some(program) = probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|argv| argv.first()) {
+                    executable(Path::new(program))
+                        .map_err(|m| err(format!("key `{}`: {m}", key(&format!("health.{which}.exec")))))?;
+                }
+            }
             g.host = Some(HostFacts { program, identity });
         }
         Ok(())

@@ -265,6 +265,12 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                         "restarts": w.restarts,
                         "last_exit": w.last_exit,
                         "output_dropped": w.output_dropped,
+                        "health": w.health.iter().map(|c| json!({
+                            "kind": c.kind,
+                            "last_result": c.last_result,
+                            "last_at_ms": c.last_at_ms,
+                            "consecutive_failures": c.consecutive_failures,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect(),
@@ -341,6 +347,16 @@ fn event_fields(kind: &Kind) -> (&'static str, Value) {
         Kind::OutputDropped(e) => ("output_dropped", json!({ "lines": e.lines, "total": e.total })),
         Kind::Corrald(e) => ("corrald", json!({ "state": e.state })),
         Kind::Lagged(e) => ("lagged", json!({ "dropped": e.dropped })),
+        Kind::Health(e) => (
+            "health",
+            json!({
+                "check": e.check,
+                "passed": e.passed,
+                "consecutive_failures": e.consecutive_failures,
+                "message": e.message,
+                "restart_reason": e.restart_reason,
+            }),
+        ),
     }
 }
 
@@ -381,6 +397,12 @@ pub fn event_line(event: &proto::Event) -> String {
         Some(Kind::OutputDropped(e)) => format!("{} lines of worker output dropped ({} since start)", e.lines, e.total),
         Some(Kind::Corrald(e)) => e.state.replace('_', " "),
         Some(Kind::Lagged(e)) => format!("lagged: {} events dropped", e.dropped),
+        Some(Kind::Health(e)) if e.passed => format!("{} check {}", e.check, e.message),
+        Some(Kind::Health(e)) => {
+            let restart =
+                if e.restart_reason.is_empty() { String::new() } else { format!("; restarting: {}", e.restart_reason) };
+            format!("{} check failed ({} in a row): {}{restart}", e.check, e.consecutive_failures, e.message)
+        }
     };
     let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.time_ms));
     let subject = match (event.worker.is_empty(), event.group.is_empty()) {

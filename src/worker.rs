@@ -5,7 +5,8 @@
 //! corrald, its descriptor number in `CORRAL_WORKER_FD` (the same hand-over as
 //! systemd's `LISTEN_FDS`). Over it the worker says when it is ready and
 //! answers stop requests, so corrald knows a drain really finished instead of
-//! guessing from a signal and a timeout.
+//! guessing from a signal and a timeout. Pings, corrald's liveness check, are
+//! answered inside [`WorkerRequests::recv`], with no code of the worker's.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), corral::worker::WorkerChannelError> {
@@ -45,6 +46,7 @@ use tokio::sync::Mutex;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::frame;
+use crate::proto::worker_request::Command;
 use crate::proto::{Status, WorkerEvent, WorkerRequest, WorkerResponse};
 
 /// Holds the descriptor number of the worker channel.
@@ -128,10 +130,8 @@ impl WorkerChannel {
     pub fn split(self) -> (WorkerRequests, WorkerResponder) {
         let (read, write) = self.stream.into_split();
         let codec = frame::codec(frame::MAX_WORKER_FRAME);
-        (
-            WorkerRequests { frames: FramedRead::new(read, codec.clone()) },
-            WorkerResponder { frames: Arc::new(Mutex::new(FramedWrite::new(write, codec))) },
-        )
+        let responder = WorkerResponder { frames: Arc::new(Mutex::new(FramedWrite::new(write, codec.clone()))) };
+        (WorkerRequests { frames: FramedRead::new(read, codec), pongs: responder.clone() }, responder)
     }
 }
 
@@ -157,6 +157,8 @@ fn check_unix_stream(fd: RawFd) -> Result<(), WorkerChannelError> {
 #[derive(Debug)]
 pub struct WorkerRequests {
     frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    /// Where pings are answered from.
+    pongs: WorkerResponder,
 }
 
 impl WorkerRequests {
@@ -167,10 +169,23 @@ impl WorkerRequests {
     /// work. A frame that is too large or does not decode is an error: the
     /// two sides disagree about the protocol, and guessing would risk
     /// ignoring a stop.
+    ///
+    /// A `Ping` is answered here and never returned: corrald's liveness
+    /// check asks only that the worker keeps reading its channel, so a
+    /// worker stuck elsewhere (a deadlock, a blocked runtime) stops
+    /// answering exactly when it stops calling this. Cancelled while a
+    /// ping's answer is being written, no request is lost: the answer goes
+    /// out with the next message or not at all, a missed ping, which
+    /// corrald tolerates up to its group's `misses`.
     pub async fn recv(&mut self) -> Result<Option<WorkerRequest>, WorkerChannelError> {
-        match self.frames.next().await {
-            None => Ok(None),
-            Some(frame) => Ok(Some(WorkerRequest::decode(frame?)?)),
+        loop {
+            let Some(frame) = self.frames.next().await else { return Ok(None) };
+            let request = WorkerRequest::decode(frame?)?;
+            if let Some(Command::Ping(_)) = request.command {
+                self.pongs.reply(request.id, Status::Ok, "").await?;
+                continue;
+            }
+            return Ok(Some(request));
         }
     }
 }
@@ -200,5 +215,31 @@ impl WorkerResponder {
     pub async fn send(&self, response: &WorkerResponse) -> Result<(), WorkerChannelError> {
         self.frames.lock().await.send(frame::encode(response)).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::worker_request;
+
+    #[tokio::test]
+    async fn pings_are_answered_inside_recv_and_other_requests_returned() {
+        let (corrald, worker) = UnixStream::pair().expect("a socketpair");
+        let (mut requests, _responder) = WorkerChannel::from_stream(worker).split();
+        let codec = frame::codec(frame::MAX_WORKER_FRAME);
+        let (read, write) = corrald.into_split();
+        let mut to_worker = FramedWrite::new(write, codec.clone());
+        let mut from_worker = FramedRead::new(read, codec);
+        let ping = WorkerRequest { id: 7, command: Some(worker_request::Command::Ping(crate::proto::Ping {})) };
+        let stop = WorkerRequest { id: 8, command: Some(worker_request::Command::SoftStop(crate::proto::SoftStop {})) };
+        to_worker.send(frame::encode(&ping)).await.expect("send a ping");
+        to_worker.send(frame::encode(&stop)).await.expect("send a stop");
+
+        let got = requests.recv().await.expect("a request").expect("not closed");
+        assert_eq!(got, stop, "the ping is not handed to the worker");
+        let answer = from_worker.next().await.expect("an answer").expect("a frame");
+        let answer = WorkerResponse::decode(answer).expect("a response");
+        assert_eq!((answer.id, answer.status()), (7, Status::Ok));
     }
 }

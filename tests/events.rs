@@ -355,3 +355,28 @@ async fn ctrl_c_ends_corralctl_events_cleanly() {
     // corrald is none the worse: the subscription is gone, a new one fits.
     let _again = subscribed(&c, "").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_s_missed_pings_are_told_in_a_row_up_to_its_restart() {
+    let ping = "stop_timeout = \"1s\"\n[groups.w.ping]\ninterval = \"200ms\"\nmisses = 3\n";
+    let mut c = Corrald::new(&format!("{NO_SCOPES}{}", demo_group("w", 1, &["--hang-after-ms", "3000"], ping)));
+    c.start();
+    c.wait_ready("w", 1).await;
+    let mut client = subscribed(&c, "w").await;
+
+    let seen = events_until(&mut client, |e| matches!(kind(e), Kind::Health(h) if !h.restart_reason.is_empty())).await;
+    let health: Vec<&proto::HealthChanged> =
+        seen.iter().filter_map(|e| if let Kind::Health(h) = kind(e) { Some(h) } else { None }).collect();
+    let in_a_row: Vec<u32> = health.iter().map(|h| h.consecutive_failures).collect();
+    assert_eq!(in_a_row, [1, 2, 3], "{health:#?}");
+    for h in &health {
+        assert_eq!((h.check.as_str(), h.passed), ("ping", false), "{h:?}");
+        assert!(!h.message.is_empty(), "a failure says why: {h:?}");
+    }
+    assert!(health[2].restart_reason.starts_with("hung: missed 3 pings in a row"), "{:?}", health[2]);
+    let last = seen.last().unwrap();
+    assert_eq!((last.group.as_str(), last.worker.as_str()), ("w", "w-1"));
+
+    // Then the restart, as any: exited, scheduled, a new process.
+    events_until(&mut client, |e| matches!(kind(e), Kind::Spawned(_))).await;
+}

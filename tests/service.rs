@@ -1147,3 +1147,52 @@ fn restarts_of_corrald_keep_stopped_workers_stopped_and_scales_as_they_were() {
         }
     });
 }
+
+#[test]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+fn health_failures_and_a_restart_for_a_hang_reach_the_journal_with_the_worker_s_fields() {
+    // w-1 stops reading its channel after a second; p-1's liveness probe
+    // asks a port nothing listens on.
+    let hung = group(
+        "w",
+        1,
+        &["--hang-after-ms", "1000"],
+        "stop_timeout = \"1s\"\n[groups.w.ping]\ninterval = \"200ms\"\nmisses = 2",
+    );
+    let probed = "[groups.p]\ncommand = \"/usr/bin/corral-demo-worker\"\n\
+                  [groups.p.health.liveness]\ntcp = \"127.0.0.1:9\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+                  failure_threshold = 100\n";
+    let _i = Installed::new(&format!("{hung}{probed}"));
+    systemctl(&["start", "corrald.service"]);
+    let first = worker_pid("w-1");
+
+    let entry = |worker: &str, text: &str| {
+        journal(&["-u", "corrald.service", "SYSLOG_IDENTIFIER=corrald", &format!("CORRAL_WORKER_ID={worker}")])
+            .into_iter()
+            .find(|e| e["MESSAGE"].as_str().is_some_and(|m| m.contains(text)))
+            .ok_or_else(|| format!("no entry of {worker} saying {text:?}"))
+    };
+    let hang = wait_for("the hang in corrald's journal", || entry("w-1", "hung: missed 2 pings in a row"));
+    assert_eq!(hang["CORRAL_GROUP"], "w", "{hang}");
+    assert_eq!(hang["PRIORITY"], "3", "{hang}");
+    let probe = wait_for("a failed probe in corrald's journal", || entry("p-1", "liveness check failed"));
+    assert_eq!(probe["CORRAL_GROUP"], "p", "{probe}");
+    assert_eq!(probe["PRIORITY"], "4", "{probe}");
+
+    let record = wait_for("the restart's audit record in the journal", || {
+        journal(&["CORRAL_AUDIT_ACTOR_KIND=corrald", "CORRAL_AUDIT_RESULT=ok"])
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no record yet".to_string())
+    });
+    let record = record.to_string();
+    assert!(record.contains("hung: missed 2 pings") && record.contains("restarting in"), "{record}");
+    wait_for("w-1 running anew", || {
+        let pid = worker_pid("w-1");
+        if pid != 0 && pid != first {
+            Ok(())
+        } else {
+            Err(format!("pid {pid}"))
+        }
+    });
+}

@@ -831,3 +831,47 @@ async fn a_stop_asked_for_while_corrald_is_off_the_bus_is_a_drain_once_it_is_bac
 
     c.shutdown_ok().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn an_exec_probe_runs_in_its_worker_s_cgroup_as_its_user() {
+    needs_root("the probe runs as the group's user, nobody");
+    let mut c = Corrald::new("");
+    let shared = c.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    chmod(c.dir.path(), 0o755);
+    let script = c.dir.path().join("probe.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$(id -u) $(grep '^0::' /proc/self/cgroup | cut -c4-)\" >>{}/runs\nexit 1\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    chmod(&script, 0o755);
+    // No work log: nobody could not write it.
+    c.write_config(&format!(
+        "[groups.p]\ncommand = \"{{demo}}\"\ncount = 2\nuser = \"nobody\"\nscope = \"group\"\n\
+         [groups.p.health.liveness]\nexec = [\"{}\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+         failure_threshold = 100\n",
+        script.display()
+    ));
+    c.start();
+    c.wait_ready("p", 2).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+    let listed = c
+        .wait_workers("2 failed probes of each worker", |ws| {
+            ws.iter().all(|w| w.health.iter().any(|h| h.kind == "liveness" && h.consecutive_failures >= 2))
+        })
+        .await;
+    let runs = std::fs::read_to_string(shared.join("runs")).unwrap();
+    for w in &listed {
+        let leaf = format!("/corral.slice/corral-p.scope/{}", w.id);
+        assert_eq!(unified_cgroup(w.pid), leaf);
+        assert!(runs.lines().any(|l| l == format!("65534 {leaf}")), "a probe as nobody in {leaf}: {runs}");
+    }
+    assert!(runs.lines().all(|l| l.starts_with("65534 /corral.slice/corral-p.scope/p-")), "{runs}");
+    c.shutdown_ok().await;
+}

@@ -28,6 +28,13 @@ user = "web"
 
 [groups.web.resources]
 MemoryMax = "2G"
+
+[groups.web.ping]
+interval = "5s"
+
+[groups.web.health.liveness]
+http = "http://127.0.0.1:8000/healthz"
+failure_threshold = 3
 "#;
 
 /// Writes every page and completion under `outdir`; returns their paths.
@@ -310,13 +317,19 @@ fn config_page() -> io::Result<String> {
              \"5s\", \"1m 30s\", \"1day\". Relative paths are taken from the config file's directory.",
             "Each key below gives its type, its default and its bounds. The keys of [limits] bound what clients \
              and files can make corrald grow; each [groups.NAME] table is one group of workers, and its \
-             [groups.NAME.resources] table holds systemd resource properties for its scopes.",
+             [groups.NAME.resources] table holds systemd resource properties for its scopes, its \
+             [groups.NAME.ping] table turns on pings over the worker channel, and its \
+             [groups.NAME.health.liveness] and [groups.NAME.health.readiness] tables (PROBE below) are its \
+             probes.",
         ],
     );
     let headings = [
         ("", "KEYS"),
         ("limits.", "[limits]"),
         ("groups.NAME.resources.", "[groups.NAME.resources]"),
+        ("groups.NAME.ping.", "[groups.NAME.ping]"),
+        ("groups.NAME.health.PROBE.", "[groups.NAME.health.PROBE]"),
+        ("groups.NAME.health.", "[groups.NAME.health]"),
         ("groups.NAME.", "[groups.NAME]"),
     ];
     let heading_of = |path: &str| {
@@ -352,7 +365,8 @@ fn config_page() -> io::Result<String> {
     section(
         &mut roff,
         "EXAMPLE",
-        &["A group of four workers, drained softly over the worker protocol, its scope limited to 2G of memory:"],
+        &["A group of four workers, drained softly over the worker protocol, its scope limited to 2G of memory, \
+          pinged every 5 s, and each worker restarted when the health endpoint the workers share fails three times in a row:"],
     );
     roff.control("PP", []);
     roff.control("nf", []);

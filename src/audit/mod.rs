@@ -66,6 +66,9 @@ pub enum ActorKind {
     /// systemd: `systemctl stop` of one of corral's scopes, or of the slice
     /// that holds them, reaches corrald as the scope's `RequestStop`.
     Systemd,
+    /// corrald itself: the restart of a worker its pings found hung or its
+    /// liveness probe unhealthy.
+    Corrald,
 }
 
 impl ActorKind {
@@ -73,6 +76,7 @@ impl ActorKind {
         match self {
             ActorKind::Client => "client",
             ActorKind::Systemd => "systemd",
+            ActorKind::Corrald => "corrald",
         }
     }
 }

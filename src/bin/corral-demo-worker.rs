@@ -57,6 +57,20 @@ struct Args {
     /// At start, print this line to stderr (repeatable).
     #[arg(long, value_name = "TEXT")]
     complain: Vec<String>,
+    /// Stop reading the worker channel after this long, in milliseconds, as
+    /// a worker stuck elsewhere would: pings go unanswered.
+    #[arg(long)]
+    hang_after_ms: Option<u64>,
+    /// Listen on this TCP address and answer every connection with an HTTP
+    /// 200, for health probes.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Start listening this long after the start, in milliseconds.
+    #[arg(long, default_value_t = 0, requires = "listen")]
+    listen_delay_ms: u64,
+    /// Close the listener this long after the start, in milliseconds.
+    #[arg(long, requires = "listen")]
+    stop_listening_after_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +141,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     // Set once a stop is accepted; holds the ids of the SoftStop requests to
     // answer OK when the drain is over (empty for a signal).
     let mut stopping: Option<Vec<u64>> = None;
+    let hang_at = args.hang_after_ms.map(|ms| started + Duration::from_millis(ms));
+    let mut hung = false;
+    if let Some(addr) = args.listen {
+        let from = started + Duration::from_millis(args.listen_delay_ms);
+        let close_at = args.stop_listening_after_ms.map(|ms| started + Duration::from_millis(ms));
+        tokio::spawn(serve_http(addr, from, close_at));
+    }
 
     loop {
         if let Some(stop_ids) = &stopping {
@@ -151,6 +172,10 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 
         tokio::select! {
             () = until(crash_at) => return Ok(ExitCode::from(args.exit_code)),
+            () = until(hang_at), if !hung => {
+                hung = true;
+                note("no longer reading the worker channel (--hang-after-ms)");
+            }
             () = until(ready_at), if stopping.is_none() => {
                 ready_at = None;
                 log.event("ready", None)?;
@@ -166,7 +191,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                         .map_err(|e| format!("cannot write to stdout: {e}"))?;
                 }
             }
-            request = next_request(&mut requests) => match request {
+            request = next_request(&mut requests), if !hung => match request {
                 Ok(Some(request)) => {
                     handle_request(request, &mut corrald, &mut stopping, args.ignore_stop).await;
                 }
@@ -198,7 +223,7 @@ async fn handle_request(
         }
         // A newer corrald may send commands this worker predates; refusing
         // them keeps corrald from waiting for an answer that never comes.
-        None => corrald.reply(id, Status::Failure, "unsupported request").await,
+        _ => corrald.reply(id, Status::Failure, "unsupported request").await,
     }
 }
 
@@ -242,6 +267,32 @@ async fn next_request(requests: &mut Option<WorkerRequests>) -> Result<Option<Wo
     match requests {
         Some(requests) => requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Answers every connection with a 200 between `from` and `until`; a
+/// listener that cannot be bound is a note, and the probes then fail.
+async fn serve_http(addr: std::net::SocketAddr, from: Instant, close_at: Option<Instant>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sleep_until(from).await;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => return note(&format!("cannot listen on {addr}: {e}")),
+    };
+    let serve = async {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").await;
+            });
+        }
+    };
+    tokio::select! {
+        () = serve => {}
+        () = until(close_at) => note(&format!("closed the listener on {addr} (--stop-listening-after-ms)")),
     }
 }
 

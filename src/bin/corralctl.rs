@@ -400,10 +400,28 @@ fn workers_text(list: &proto::WorkerList) -> String {
                 w.restarts.to_string(),
                 w.output_dropped.to_string(),
                 dash_if(w.last_exit.is_empty(), || shown(&w.last_exit)),
+                dash_if(w.health.is_empty(), || health_text(&w.health, now)),
             ]
         })
         .collect();
-    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "DROPPED", "LAST EXIT"], rows)
+    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "DROPPED", "LAST EXIT", "HEALTH"], rows)
+}
+
+/// Each check's last result and when, with the failures in a row while it
+/// fails: `ping ok 2s ago`, `liveness failed 2x 1s ago: connect: ...`.
+fn health_text(checks: &[proto::HealthCheck], now: SystemTime) -> String {
+    let when = |ms: u64| {
+        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        format!("{} ago", age(now.duration_since(at).unwrap_or_default()))
+    };
+    checks
+        .iter()
+        .map(|c| match c.consecutive_failures {
+            0 => format!("{} ok {}", shown(&c.kind), when(c.last_at_ms)),
+            n => format!("{} failed {n}x {}: {}", shown(&c.kind), when(c.last_at_ms), shown(&c.last_result)),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Text from corrald as it may reach a terminal: corrald escapes what it

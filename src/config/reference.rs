@@ -115,8 +115,8 @@ const fn ranged(
 use Default::{PerUser, Required, Unset, Value};
 
 /// Every key, in the order of the manual: the top level (the tables
-/// `limits` and `groups` last), `[limits]`, then a group's table and its
-/// resources.
+/// `limits` and `groups` last), `[limits]`, then a group's table, its
+/// resources, its pings and its probes.
 pub const KEYS: &[Key] = &[
     key(
         "socket",
@@ -525,6 +525,22 @@ pub const KEYS: &[Key] = &[
          counted); journal, journald's stream socket directly, as a service's output.",
     ),
     key(
+        "groups.NAME.ping",
+        Kind::Table,
+        Unset("no pings"),
+        "Pings over the worker channel (stop_mode = \"protocol\" only), answered by the worker library with no \
+         code of the worker's: one in flight per worker, every interval; a worker that misses `misses` in a row \
+         is hung, and is restarted as a crash is (soft stop, then its stop signal, then SIGKILL, each after \
+         stop_timeout). A worker draining a soft stop is not pinged.",
+    ),
+    key(
+        "groups.NAME.health",
+        Kind::Table,
+        Value("{}"),
+        "The group's probes, run by corrald off its main loop, one in flight per worker: the tables liveness \
+         and readiness, with the keys below (PROBE is liveness or readiness).",
+    ),
+    key(
         "groups.NAME.resources.MemoryMax",
         Kind::Resource("size or \"infinity\""),
         Unset("systemd's default"),
@@ -571,6 +587,82 @@ pub const KEYS: &[Key] = &[
         ("CPU numbers 0 to 8191", None, None),
         "The CPUs the scope may run on, as \"0-3,6\".",
     ),
+    ranged(
+        "groups.NAME.ping.interval",
+        Kind::Duration,
+        Value("\"10s\""),
+        ("100ms to 1h", Some("\"100ms\""), Some("\"1h\"")),
+        "How often a worker is pinged; a ping unanswered by the next one is missed.",
+    ),
+    ranged(
+        "groups.NAME.ping.misses",
+        Kind::Integer,
+        Value("3"),
+        ("1 to 100", Some("1"), Some("100")),
+        "Pings missed in a row that make a worker hung.",
+    ),
+    key(
+        "groups.NAME.health.liveness",
+        Kind::Table,
+        Unset("no liveness probe"),
+        "A probe that restarts a worker once it fails failure_threshold times in a row, as a crash is \
+         restarted (soft stop first, with stop_timeout).",
+    ),
+    key(
+        "groups.NAME.health.readiness",
+        Kind::Table,
+        Unset("ready_after says when a worker is ready"),
+        "For stop_mode = \"signal\" workers: a worker is ready at the probe's first pass, instead of \
+         ready_after; the probe stops once it passed.",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.exec",
+        Kind::Strings,
+        Unset("another check"),
+        ("an absolute path and at most 63 arguments", None, None),
+        "Run this program with these arguments, as the group's user and in the worker's cgroup (its scope or \
+         its sub-cgroup of the group's scope); exit status 0 passes. Exactly one of exec, http and tcp.",
+    ),
+    key(
+        "groups.NAME.health.PROBE.http",
+        Kind::String,
+        Unset("another check"),
+        "GET this http:// URL (HTTP/1.1; https is not supported); a 2xx or 3xx status passes.",
+    ),
+    key(
+        "groups.NAME.health.PROBE.tcp",
+        Kind::String,
+        Unset("another check"),
+        "Connect to this HOST:PORT; a connection passes.",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.interval",
+        Kind::Duration,
+        Value("\"10s\""),
+        ("100ms to 1h, and not less than timeout", None, Some("\"1h\"")),
+        "From the start of one probe to the start of the next.",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.timeout",
+        Kind::Duration,
+        Value("\"1s\""),
+        ("10ms up to interval", Some("\"10ms\""), None),
+        "A probe not passed within this long fails (an exec probe's process group is killed).",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.failure_threshold",
+        Kind::Integer,
+        Value("3"),
+        ("1 to 100", Some("1"), Some("100")),
+        "Failures in a row that fail a liveness probe.",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.initial_delay",
+        Kind::Duration,
+        Value("\"0s\""),
+        ("0s to 1h", None, Some("\"1h\"")),
+        "How long after the worker's exec the first probe runs.",
+    ),
 ];
 
 #[cfg(test)]
@@ -580,7 +672,7 @@ mod tests {
 
     use serde::de::{Deserialize, Deserializer, Visitor};
 
-    use super::super::{properties, Config, GroupConfig, RawConfig, RawLimits};
+    use super::super::{properties, Config, GroupConfig, HealthConfig, PingConfig, ProbeConfig, RawConfig, RawLimits};
     use super::{Default, Kind, KEYS};
 
     /// The field list serde's derive hands its deserializer: every key the
@@ -646,7 +738,18 @@ mod tests {
         assert_eq!(documented("groups.NAME."), fields::<GroupConfig>(), "[groups.NAME]");
         let resources: BTreeSet<&str> = properties::KEYS.iter().copied().collect();
         assert_eq!(documented("groups.NAME.resources."), resources, "[groups.NAME.resources]");
-        let tables = ["", "limits.", "groups.NAME.", "groups.NAME.resources."];
+        assert_eq!(documented("groups.NAME.ping."), fields::<PingConfig>(), "[groups.NAME.ping]");
+        assert_eq!(documented("groups.NAME.health."), fields::<HealthConfig>(), "[groups.NAME.health]");
+        assert_eq!(documented("groups.NAME.health.PROBE."), fields::<ProbeConfig>(), "a probe's table");
+        let tables = [
+            "",
+            "limits.",
+            "groups.NAME.",
+            "groups.NAME.resources.",
+            "groups.NAME.ping.",
+            "groups.NAME.health.",
+            "groups.NAME.health.PROBE.",
+        ];
         for key in KEYS {
             let placed = tables.iter().filter(|t| key.path.strip_prefix(*t).is_some_and(|r| !r.contains('.')));
             assert_eq!(placed.count(), 1, "{} is in no table the parser reads", key.path);
@@ -669,6 +772,16 @@ mod tests {
             ["groups", "NAME", "command"] => format!("[groups.g]\n{}", line("command")),
             ["groups", "NAME", key] => format!("{GROUP}{}", line(key)),
             ["groups", "NAME", "resources", key] => format!("{GROUP}[groups.g.resources]\n{}", line(key)),
+            ["groups", "NAME", "ping", key] => {
+                format!("{GROUP}stop_mode = \"protocol\"\n[groups.g.ping]\n{}", line(key))
+            }
+            ["groups", "NAME", "health", key] => format!("{GROUP}[groups.g.health]\n{}", line(key)),
+            // Every probe needs one check: another one than the key placed.
+            ["groups", "NAME", "health", "PROBE", key] => {
+                let check = if *key == "tcp" { "exec = [\"/bin/true\"]" } else { "tcp = \"127.0.0.1:1\"" };
+                let check = if matches!(*key, "exec" | "http") && value.is_some() { "" } else { check };
+                format!("{GROUP}[groups.g.health.liveness]\n{check}\n{}", line(key))
+            }
             _ => panic!("no table for {path}"),
         }
     }

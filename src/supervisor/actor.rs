@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use super::fanout::{OpEvent, OpSink};
-use super::fleet::AwaitStep;
+use super::fleet::{AwaitStep, CheckKind};
 use super::process::ProcEvent;
 use super::requests::Request;
 use super::state::SavedState;
@@ -133,6 +133,13 @@ impl Handle {
     }
 }
 
+/// A ping's or liveness probe's result: at most it condemns a worker,
+/// which changes nothing shown until the worker exits, so a thousand
+/// workers' pings do not each cost a look over the whole fleet.
+fn routine_check(msg: &Msg) -> bool {
+    matches!(msg, Msg::Process { event: ProcEvent::Check { kind, .. }, .. } if *kind != CheckKind::Readiness)
+}
+
 /// Messages handled before the runtime file and the status are brought up
 /// to date.
 pub(super) const BATCH: usize = 256;
@@ -170,7 +177,7 @@ impl Supervisor {
             quiet = true;
             let mut handled = 0;
             loop {
-                quiet &= matches!(&msg, Msg::Request { request, .. } if request.read_only());
+                quiet &= matches!(&msg, Msg::Request { request, .. } if request.read_only()) || routine_check(&msg);
                 if let Some(ending) = self.on_message(msg) {
                     return ending;
                 }

@@ -102,8 +102,12 @@ impl Supervisor {
             signal(config.stop_signal);
             return false;
         };
-        let plumbing =
-            process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
+        let plumbing = process::Plumbing {
+            output: &self.output,
+            dropped: slot.output_dropped.clone(),
+            store: &self.notifier,
+            scoped: self.systemd.is_some(),
+        };
         let events = self.handle.tx.clone();
         match process::adopt(&config, &w.id, key.clone(), w.generation, events, adoptee, plumbing) {
             Ok((tx, shared)) => {
@@ -115,6 +119,7 @@ impl Supervisor {
                     direct_output: w.direct_output,
                     started: Instant::now(),
                     placement_error: None,
+                    health: Default::default(),
                     handle: ProcIo { tx, shared },
                 };
                 self.fleet.adopted(&key, proc);

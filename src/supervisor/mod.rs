@@ -24,8 +24,10 @@ mod adopt;
 mod events;
 mod fanout;
 mod fleet;
+mod health;
 mod launch;
 mod orchestrate;
+mod probe;
 mod process;
 mod reload;
 mod reply;
@@ -54,6 +56,7 @@ use process::ProcCmd;
 
 pub use crate::target::SlotKey;
 pub use actor::{Handle, Msg};
+pub use health::{Condemnation, HealthNotice, NoticeStage};
 pub use launch::keep_open_file_limit_for_workers;
 pub use reply::{Outgoing, Replies, Reply, ReplyQueue};
 pub use requests::{Request, SocketCommand};
@@ -98,6 +101,8 @@ pub struct Supervisor {
     events: Events,
     /// Each group's state as subscribers were last told it.
     told_states: BTreeMap<String, &'static str>,
+    /// Where restarts for health are told, to be put on record.
+    health_notices: Option<mpsc::UnboundedSender<health::HealthNotice>>,
 }
 
 /// How the run loop ended.
@@ -146,6 +151,7 @@ impl Supervisor {
             fork_more_sent: false,
             events,
             told_states: BTreeMap::new(),
+            health_notices: None,
         }
     }
 

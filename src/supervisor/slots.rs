@@ -8,6 +8,7 @@ use super::actor::{Msg, Placement, Timer};
 use super::events::signal_name;
 use super::fanout::{OpEvent, OpSink};
 use super::fleet::{AfterExit, Exited, Proc, StartStep, StopStep};
+use super::health::{HealthNotice, NoticeStage};
 use super::launch::OutputRoute;
 use super::process::{self, ProcCmd, ProcEvent};
 use super::{ProcIo, Supervisor};
@@ -64,8 +65,12 @@ impl Supervisor {
         } else {
             OutputRoute::Pipes
         };
-        let plumbing =
-            process::Plumbing { output: &self.output, dropped: slot.output_dropped.clone(), store: &self.notifier };
+        let plumbing = process::Plumbing {
+            output: &self.output,
+            dropped: slot.output_dropped.clone(),
+            store: &self.notifier,
+            scoped: self.systemd.is_some(),
+        };
         let events = self.handle.tx.clone();
         let gated = self.systemd.is_some();
         let spawned = match process::spawn(&config, &key.id(), key.clone(), generation, events, gated, route, plumbing)
@@ -127,6 +132,7 @@ impl Supervisor {
             direct_output: route == OutputRoute::Journal,
             started: Instant::now(),
             placement_error: None,
+            health: Default::default(),
             handle: ProcIo { tx: spawned.tx, shared: spawned.shared },
         };
         self.fleet.forked(key, proc);
@@ -147,6 +153,7 @@ impl Supervisor {
                 }
             }
             ProcEvent::StopAbandoned => self.fleet.stop_abandoned(&key, generation),
+            ProcEvent::Check { kind, result } => self.on_check(key, generation, kind, result),
             ProcEvent::Exited { description, clean, status } => {
                 let pid = self.fleet.proc(&key, generation).map(|p| p.pid);
                 let Some(pid) = pid else { return };
@@ -173,6 +180,11 @@ impl Supervisor {
                 self.runtime_dirty = true;
                 self.release_leaf(&key);
                 self.finish_waiters(&key, Err(format!("{described} before it was ready")));
+                if let Some(reason) = proc.health.condemned {
+                    let how = format!("{described}; {}", next.describe());
+                    let stage = NoticeStage::Exited { how };
+                    self.notify_health(HealthNotice { group: key.group.clone(), worker: key.id(), pid, reason, stage });
+                }
                 self.after_exit(&key, next);
             }
         }

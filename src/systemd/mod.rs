@@ -886,6 +886,34 @@ fn cgroup_dirs(path: &str) -> impl Iterator<Item = String> + '_ {
         .filter_map(move |(mount_point, root)| below_root(path, root).map(|below| format!("{mount_point}{below}")))
 }
 
+/// The `cgroup.procs` files that would put a process in `pid`'s cgroup of
+/// the unified hierarchy, where its resources are counted, wherever that
+/// is mounted (on a hybrid host systemd's own v1 hierarchy, read-only in a
+/// container, is left alone).
+pub fn cgroup_procs_of(pid: u32) -> Result<Vec<std::path::PathBuf>, String> {
+    let text = procfs::cgroups(pid).map_err(|e| format!("cannot read /proc/{pid}/cgroup: {e}"))?;
+    let mut files = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if id != "0" || !controllers.is_empty() {
+            continue;
+        }
+        for dir in cgroup_dirs(path) {
+            let procs = std::path::Path::new(&dir).join("cgroup.procs");
+            if procs.exists() && !files.contains(&procs) {
+                files.push(procs);
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(format!("no mounted cgroup hierarchy shows where pid {pid} is: {}", text.trim()));
+    }
+    Ok(files)
+}
+
 /// Creates `leaf` under the scope's cgroup in every hierarchy that has the
 /// scope (the unified one, and on a hybrid host systemd's own v1 one).
 fn make_leaf(scope_path: &str, leaf: &str) -> Result<(), String> {

@@ -4,6 +4,7 @@
 //! step lives in the module of its concern.
 
 mod handover;
+mod health;
 mod serve;
 mod signals;
 mod startup;
@@ -89,6 +90,7 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let mut supervisor = Supervisor::new(config, systemd.clone(), notifier.clone(), output.clone());
     let access = access(supervisor.events());
     supervisor.adopt(passed.stored);
+    health::record_restarts(&mut supervisor, auditor.clone());
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
     let server = Server::start(listener, handle.clone(), max_frame, access);

@@ -7,6 +7,7 @@
 
 mod changes;
 mod group;
+mod health;
 mod report;
 mod restart;
 mod slot;
@@ -25,6 +26,7 @@ use crate::target::{SlotKey, Target};
 
 pub use changes::{restart_notes, ReloadPlan, ScalePlan};
 pub use group::{Group, GroupPhase};
+pub use health::{CheckKind, CheckResult, HealthStep};
 pub use slot::{Proc, Slot, SlotState};
 
 /// What follows an exit or a failed start.
@@ -41,6 +43,18 @@ pub enum AfterExit {
     GroupFailed { reason: String, retry: Option<(Duration, u64)> },
     /// Restart it after `delay`: the timer then reports `token`.
     Restart { delay: Duration, token: u64 },
+}
+
+impl AfterExit {
+    /// What follows, in words, for a record.
+    pub fn describe(&self) -> String {
+        match self {
+            AfterExit::Stopped => "not restarted: it was being stopped".into(),
+            AfterExit::Down => "not restarted: its restart policy leaves it down".into(),
+            AfterExit::GroupFailed { reason, .. } => format!("not restarted: {reason}"),
+            AfterExit::Restart { delay, .. } => format!("restarting in {}", humantime::format_duration(*delay)),
+        }
+    }
 }
 
 /// A slot's process has exited.
@@ -263,6 +277,50 @@ impl<H> Fleet<H> {
         }
     }
 
+    /// Takes in a check result of a slot's process: the one place a
+    /// ping's or probe's outcome is recorded, and where it is judged.
+    pub fn record_check(
+        &mut self,
+        key: &SlotKey,
+        generation: u64,
+        kind: CheckKind,
+        result: CheckResult,
+        at: std::time::SystemTime,
+    ) -> HealthStep {
+        let shutting_down = self.shutting_down;
+        let Some(group) = self.groups.get_mut(&key.group) else { return HealthStep::Nothing };
+        let cfg = &group.config;
+        let Some(slot) = group.slots.get_mut(&key.index) else { return HealthStep::Nothing };
+        let (proc, stopping, starting) = match &mut slot.state {
+            SlotState::Starting(p) => (p, false, true),
+            SlotState::Ready(p) => (p, false, false),
+            SlotState::Stopping(p) => (p, true, false),
+            _ => return HealthStep::Nothing,
+        };
+        if proc.generation != generation {
+            return HealthStep::Nothing;
+        }
+        let passed = result == CheckResult::Pass;
+        let last = match &result {
+            CheckResult::Pass => String::new(),
+            CheckResult::Fail(why) => why.clone(),
+        };
+        let failures = proc.health.record(kind, result, at);
+        if kind == CheckKind::Readiness {
+            return if passed && starting { HealthStep::Ready } else { HealthStep::Nothing };
+        }
+        if stopping || shutting_down || proc.health.condemned.is_some() {
+            return HealthStep::Nothing;
+        }
+        match health::verdict(cfg, kind, failures, &last) {
+            Some(reason) => {
+                proc.health.condemned = Some(reason.clone());
+                HealthStep::Condemn(reason)
+            }
+            None => HealthStep::Nothing,
+        }
+    }
+
     pub fn set_placement_error(&mut self, key: &SlotKey, generation: u64, error: PlaceError) {
         let Some(slot) = self.slot_mut(key) else { return };
         if let SlotState::Starting(p) | SlotState::Ready(p) | SlotState::Stopping(p) = &mut slot.state {
@@ -286,10 +344,13 @@ impl<H> Fleet<H> {
         let slot = self.slot_mut(key)?;
         let was_stopping = matches!(slot.state, SlotState::Stopping(_));
         let proc = slot.take_proc(SlotState::Stopped { requested: was_stopping })?;
-        let described = match &proc.placement_error {
-            Some(failed) => format!("never ran: {}", failed.error),
-            None => description,
+        let described = match (&proc.placement_error, &proc.health.condemned) {
+            (Some(failed), _) => format!("never ran: {}", failed.error),
+            (None, Some(why)) => format!("{why}; then {description}"),
+            (None, None) => description,
         };
+        // Stopped for its health, it failed whatever its status says.
+        let clean = clean && proc.health.condemned.is_none();
         slot.last_exit = described.clone();
         let ran_for = now.saturating_duration_since(proc.started);
         // A placement the manager cut short (a re-exec, a bus restart) is

@@ -106,6 +106,7 @@ impl<H> Fleet<H> {
                         restarts: s.restarts,
                         last_exit: s.last_exit.clone(),
                         output_dropped: s.output_dropped.load(Ordering::Relaxed),
+                        health: proc.map(|p| p.health.listed()).unwrap_or_default(),
                     }
                 })
             })

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use super::health::Health;
 use super::restart::StartLimit;
 use crate::systemd::PlaceError;
 
@@ -33,6 +34,8 @@ pub struct Proc<H> {
     pub started: Instant,
     /// Why systemd did not take it into its scope, if so: it never ran.
     pub placement_error: Option<PlaceError>,
+    /// What its pings and probes found.
+    pub health: Health,
     pub handle: H,
 }
 

@@ -41,6 +41,7 @@ fn fork_all(fleet: &mut Fleet<()>, at: Instant, first_gen: u64) -> Vec<(SlotKey,
             direct_output: false,
             started: at,
             placement_error: None,
+            health: Default::default(),
             handle: (),
         };
         fleet.forked(&k, proc);
@@ -407,6 +408,7 @@ fn a_stopped_worker_is_never_restarted_and_a_queued_one_never_forked() {
             direct_output: false,
             started: now,
             placement_error: None,
+            health: Default::default(),
             handle: (),
         };
         f.forked(&k, forked);
@@ -680,4 +682,80 @@ fn a_restored_shape_keeps_scales_and_stopped_workers_unless_the_config_changed_t
     let configured = [("web".to_string(), 2)].into();
     assert!(f.restore(over, &configured, &Limits::default(), false).unwrap_err().contains("max_group_workers"));
     assert_eq!(f.group("web").unwrap().desired, 2);
+}
+
+const CHECKED: &str = "[groups.w]\ncommand = \"w\"\nstop_mode = \"protocol\"\nrestart = \"on-failure\"\n\
+                       [groups.w.ping]\ninterval = \"1s\"\nmisses = 3\n\
+                       [groups.w.health.liveness]\ntcp = \"127.0.0.1:1\"\nfailure_threshold = 2\n";
+
+fn missed() -> CheckResult {
+    CheckResult::Fail("missed a ping".into())
+}
+
+/// A fleet with one forked worker of CHECKED, ready.
+fn checked() -> (Fleet<()>, SlotKey, u64) {
+    let mut f = fleet(CHECKED);
+    f.start_waiting_groups();
+    let (k, g) = fork_all(&mut f, Instant::now(), 1)[0].clone();
+    assert!(f.mark_ready(&k, g));
+    (f, k, g)
+}
+
+#[test]
+fn a_worker_is_hung_at_its_group_s_misses_in_a_row_and_an_answer_starts_the_count_anew() {
+    let (mut f, k, g) = checked();
+    let at = SystemTime::now();
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing);
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing);
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, CheckResult::Pass, at), HealthStep::Nothing);
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing);
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing);
+    let step = f.record_check(&k, g, CheckKind::Ping, missed(), at);
+    assert_eq!(step, HealthStep::Condemn("hung: missed 3 pings in a row (one every 1s)".into()));
+    assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing, "condemned once");
+    let listed = &f.workers("").unwrap()[0].health;
+    assert_eq!((listed[0].kind.as_str(), listed[0].consecutive_failures), ("ping", 4));
+}
+
+#[test]
+fn a_condemned_worker_is_restarted_by_its_policy_as_a_failure() {
+    let (mut f, k, g) = checked();
+    let at = SystemTime::now();
+    f.record_check(&k, g, CheckKind::Liveness, CheckResult::Fail("connect: refused".into()), at);
+    let step = f.record_check(&k, g, CheckKind::Liveness, CheckResult::Fail("connect: refused".into()), at);
+    assert_eq!(step, HealthStep::Condemn("unhealthy: liveness probe failed 2 times in a row: connect: refused".into()));
+    // Its stop signal ends it cleanly, but it was stopped for its health.
+    let exited = f.exited(&k, g, "killed by SIGTERM".into(), true, Instant::now()).expect("a live process");
+    assert!(matches!(exited.next, AfterExit::Restart { .. }), "{:?}", exited.next);
+    assert!(exited.described.starts_with("unhealthy: liveness probe failed"), "{}", exited.described);
+    assert!(exited.described.ends_with("; then killed by SIGTERM"), "{}", exited.described);
+}
+
+#[test]
+fn a_worker_being_stopped_or_of_an_older_generation_is_not_judged() {
+    let (mut f, k, g) = checked();
+    let at = SystemTime::now();
+    assert_eq!(f.record_check(&k, g + 1, CheckKind::Ping, missed(), at), HealthStep::Nothing);
+    assert!(matches!(f.stop(&k), StopStep::Signal(_)));
+    for _ in 0..10 {
+        assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing, "draining");
+    }
+    let exited = f.exited(&k, g, "exited 0".into(), true, Instant::now()).expect("a live process");
+    assert_eq!(exited.next, AfterExit::Stopped);
+}
+
+#[test]
+fn a_readiness_pass_readies_a_starting_worker_only() {
+    let text = "[groups.w]\ncommand = \"w\"\n[groups.w.health.readiness]\ntcp = \"127.0.0.1:1\"\n";
+    let mut f = fleet(text);
+    f.start_waiting_groups();
+    let (k, g) = fork_all(&mut f, Instant::now(), 1)[0].clone();
+    let at = SystemTime::now();
+    let failed = CheckResult::Fail("connect: refused".into());
+    for _ in 0..5 {
+        assert_eq!(f.record_check(&k, g, CheckKind::Readiness, failed.clone(), at), HealthStep::Nothing);
+    }
+    assert_eq!(f.record_check(&k, g, CheckKind::Readiness, CheckResult::Pass, at), HealthStep::Ready);
+    assert!(f.mark_ready(&k, g));
+    assert_eq!(f.record_check(&k, g, CheckKind::Readiness, CheckResult::Pass, at), HealthStep::Nothing);
 }

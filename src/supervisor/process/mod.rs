@@ -20,6 +20,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::fanout::OpSink;
+use super::fleet::{CheckKind, CheckResult};
 use super::launch::{self, OutputRoute};
 use super::{Msg, SlotKey};
 use crate::config::{GroupConfig, StopMode};
@@ -33,6 +34,10 @@ mod task;
 pub enum ProcCmd {
     SoftStop(OpSink),
     HardStop(OpSink),
+    /// Stop it for its health, to be restarted: a soft stop, then its stop
+    /// signal, then SIGKILL, each after its stop timeout, whatever
+    /// `stop_timeout_action` says.
+    Condemn,
 }
 
 /// What the task tells the supervisor.
@@ -47,6 +52,11 @@ pub enum ProcEvent {
         clean: bool,
         /// Known only for corrald's own children.
         status: Option<ExitStatus>,
+    },
+    /// A ping or a probe had this result.
+    Check {
+        kind: CheckKind,
+        result: CheckResult,
     },
 }
 
@@ -132,6 +142,8 @@ pub struct Plumbing<'a> {
     /// The slot's count of dropped lines.
     pub dropped: Arc<AtomicU64>,
     pub store: &'a Notifier,
+    /// The worker is placed in a scope (its exec probes join its cgroup).
+    pub scoped: bool,
 }
 
 /// The descriptor store name of one of a worker process's descriptors
@@ -190,7 +202,8 @@ pub fn spawn(
     };
     let exit = Exit::watch(forked.pidfd, pid)?;
     let start = Start { reports: pipe::Receiver::from_owned_fd(forked.reports)?, ready_after: cfg.ready_after };
-    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, Some(start));
+    let tx =
+        ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, Some(start), plumbing.scoped);
     Ok(Spawned { pid, started_at, tx, gate: forked.gate.map(Gate), shared })
 }
 
@@ -254,6 +267,6 @@ pub fn adopt(
             None
         }
     };
-    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, None);
+    let tx = ProcessTask::start(cfg, worker_id, pid, key, generation, events, exit, stream, None, plumbing.scoped);
     Ok((tx, shared))
 }

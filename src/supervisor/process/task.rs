@@ -19,11 +19,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use crate::config::{GroupConfig, StopMode, StopTimeoutAction};
+use crate::config::{GroupConfig, PingConfig, StopMode, StopTimeoutAction};
 use crate::frame;
 use crate::proto::{self, worker_request, FailureKind, Status, WorkerEvent};
 use crate::supervisor::fanout::{OpEvent, OpSink};
+use crate::supervisor::fleet::{CheckKind, CheckResult};
 use crate::supervisor::launch::{self, Stage, REPORT_LEN};
+use crate::supervisor::probe::Probes;
 use crate::supervisor::{Msg, SlotKey};
 
 use super::{describe_exit, ProcCmd, ProcEvent};
@@ -108,6 +110,30 @@ pub(super) struct ProcessTask {
     generation: u64,
     events: mpsc::UnboundedSender<Msg>,
     command: String,
+    ping: Option<PingConfig>,
+    probes: Option<Probes>,
+}
+
+/// The pings of a worker once it said it is ready: one in flight at a
+/// time, each due an interval after the last.
+struct Pinging {
+    next: Instant,
+    outstanding: Option<u64>,
+}
+
+impl Pinging {
+    fn new(interval: Duration) -> Pinging {
+        Pinging { next: Instant::now() + interval, outstanding: None }
+    }
+}
+
+/// Aborts the probe task of a process when the process task ends.
+struct ProbeTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ProbeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The soft stop in progress, if any.
@@ -120,6 +146,8 @@ struct SoftStopState {
     signalled: bool,
     deadline: Option<Instant>,
     timed_out: bool,
+    /// Stopped for its health: escalates to the stop signal, then SIGKILL.
+    condemned: bool,
     ops: Vec<OpSink>,
 }
 
@@ -137,6 +165,7 @@ impl ProcessTask {
         exit: Exit,
         stream: Option<UnixStream>,
         start: Option<Start>,
+        scoped: bool,
     ) -> mpsc::UnboundedSender<ProcCmd> {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = ProcessTask {
@@ -150,9 +179,41 @@ impl ProcessTask {
             generation,
             events,
             command: cfg.command.clone(),
+            ping: cfg.ping.clone().filter(|_| cfg.stop_mode == StopMode::Protocol),
+            probes: Probes::of(cfg, worker_id, scoped),
         };
         tokio::spawn(task.run(exit, stream, rx, start));
         tx
+    }
+
+    /// Asks the worker to stop softly: request `id` over its channel, or
+    /// its stop signal in signal mode or when the channel is gone. Returns
+    /// whether it was the signal.
+    async fn ask_to_stop(&self, writer: &mut ChannelWriter, id: u64) -> bool {
+        let sent = match self.stop_mode {
+            StopMode::Protocol => {
+                let req =
+                    proto::WorkerRequest { id, command: Some(worker_request::Command::SoftStop(proto::SoftStop {})) };
+                writer.send(&frame::encode_with_length(&req)).await
+            }
+            StopMode::Signal => false,
+        };
+        if !sent {
+            let _ = kill(self.pid, self.stop_signal);
+        }
+        !sent
+    }
+
+    /// Starts the worker's probes, if its group has any; they stop when
+    /// the returned task is dropped.
+    fn start_probes(&self) -> Option<ProbeTask> {
+        let probes = self.probes.clone()?;
+        let (events, key, generation) = (self.events.clone(), self.key.clone(), self.generation);
+        let pid = self.pid.as_raw() as u32;
+        Some(ProbeTask(tokio::spawn(probes.run(pid, move |kind, result| {
+            let event = ProcEvent::Check { kind, result };
+            let _ = events.send(Msg::Process { key: key.clone(), generation, event });
+        }))))
     }
 
     fn report(&self, event: ProcEvent) {
@@ -190,6 +251,10 @@ impl ProcessTask {
         let mut killed = false;
         let mut next_request_id = 1u64;
         let mut soft_request_id = 0u64;
+        // An adopted worker is past its exec and its readiness already.
+        let adopted = start.is_none();
+        let mut probes = if adopted { self.start_probes() } else { None };
+        let mut pinging = self.ping.as_ref().filter(|_| adopted).map(|p| Pinging::new(p.interval));
         let (mut reports, ready_after) = match start {
             Some(s) => (Some(Reports::new(s.reports)), Some(s.ready_after)),
             None => (None, None),
@@ -215,8 +280,12 @@ impl ProcessTask {
                         // The exec happened (or the child is gone, which
                         // the exit says): a signal-mode worker's wait for
                         // readiness starts now, not while it was placed.
-                        if self.stop_mode == StopMode::Signal && failed_start.is_none() {
-                            ready_at = ready_after.map(|after| Instant::now() + after);
+                        if failed_start.is_none() {
+                            let probed = self.probes.as_ref().is_some_and(Probes::has_readiness);
+                            if self.stop_mode == StopMode::Signal && !probed {
+                                ready_at = ready_after.map(|after| Instant::now() + after);
+                            }
+                            probes = self.start_probes();
                         }
                     }
                 },
@@ -227,7 +296,18 @@ impl ProcessTask {
                 frame = async { reader.as_mut().unwrap().next().await }, if reader.is_some() => {
                     match frame {
                         Some(Ok(bytes)) => match proto::WorkerResponse::decode(bytes) {
-                            Ok(resp) => self.on_worker_message(resp, soft_request_id, &mut soft),
+                            Ok(resp) => {
+                                if resp.id == 0 && resp.event() == WorkerEvent::Ready {
+                                    if let (None, Some(ping)) = (&pinging, &self.ping) {
+                                        pinging = Some(Pinging::new(ping.interval));
+                                    }
+                                }
+                                if let Some(p) = pinging.as_mut().filter(|p| resp.id != 0 && p.outstanding == Some(resp.id)) {
+                                    p.outstanding = None;
+                                    self.report(ProcEvent::Check { kind: CheckKind::Ping, result: CheckResult::Pass });
+                                }
+                                self.on_worker_message(resp, soft_request_id, &mut soft);
+                            }
                             Err(e) => {
                                 tracing::warn!(worker = %self.worker_id, "undecodable message on the worker channel: {e}; closing it");
                                 reader = None;
@@ -256,29 +336,30 @@ impl ProcessTask {
                         }
                         soft.started = true;
                         soft.deadline = Some(Instant::now() + self.stop_timeout);
-                        let sent = match self.stop_mode {
-                            StopMode::Protocol => {
-                                soft_request_id = next_request_id;
-                                next_request_id += 1;
-                                let req = proto::WorkerRequest {
-                                    id: soft_request_id,
-                                    command: Some(worker_request::Command::SoftStop(proto::SoftStop {})),
-                                };
-                                writer.send(&frame::encode_with_length(&req)).await
-                            }
-                            StopMode::Signal => false,
-                        };
-                        if !sent {
+                        soft_request_id = next_request_id;
+                        next_request_id += 1;
+                        if self.ask_to_stop(&mut writer, soft_request_id).await {
                             // Signal mode, or a protocol worker whose channel
                             // is gone: the stop signal is all that is left,
                             // and corrald acknowledges on the worker's behalf.
-                            let _ = kill(self.pid, self.stop_signal);
                             soft.signalled = true;
                             soft.acked = true;
                             for op in &soft.ops {
                                 let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
                             }
                         }
+                    }
+                    Some(ProcCmd::Condemn) => {
+                        soft.condemned = true;
+                        if killed || soft.started {
+                            // Already on its way out: the deadline escalates.
+                            continue;
+                        }
+                        soft.started = true;
+                        soft.deadline = Some(Instant::now() + self.stop_timeout);
+                        soft_request_id = next_request_id;
+                        next_request_id += 1;
+                        soft.signalled = self.ask_to_stop(&mut writer, soft_request_id).await;
                     }
                     Some(ProcCmd::HardStop(op)) => {
                         let _ = op.send(OpEvent::Acked(self.worker_id.clone()));
@@ -288,7 +369,42 @@ impl ProcessTask {
                     }
                     None => {}
                 },
+                _ = sleep_until_opt(pinging.as_ref().map(|p| p.next)), if pinging.is_some() => {
+                    let (Some(p), Some(ping)) = (pinging.as_mut(), &self.ping) else { continue };
+                    p.next = Instant::now() + ping.interval;
+                    if soft.started {
+                        // Draining (or being stopped for its health): a
+                        // worker busy finishing its work is not judged.
+                        p.outstanding = None;
+                        continue;
+                    }
+                    if p.outstanding.is_some() {
+                        // Still unanswered: a miss, and no second ping.
+                        self.report(ProcEvent::Check { kind: CheckKind::Ping, result: CheckResult::Fail("missed a ping".into()) });
+                        continue;
+                    }
+                    let id = next_request_id;
+                    next_request_id += 1;
+                    let req = proto::WorkerRequest { id, command: Some(worker_request::Command::Ping(proto::Ping {})) };
+                    if reader.is_some() && writer.send(&frame::encode_with_length(&req)).await {
+                        p.outstanding = Some(id);
+                    } else {
+                        self.report(ProcEvent::Check { kind: CheckKind::Ping, result: CheckResult::Fail("the worker channel is closed".into()) });
+                    }
+                }
                 _ = sleep_until_opt(soft.deadline), if soft.deadline.is_some() && !soft.timed_out => {
+                    if soft.condemned {
+                        if soft.signalled {
+                            soft.timed_out = true;
+                            killed = true;
+                            self.signal_group(Signal::SIGKILL);
+                        } else {
+                            let _ = kill(self.pid, self.stop_signal);
+                            soft.signalled = true;
+                            soft.deadline = Some(Instant::now() + self.stop_timeout);
+                        }
+                        continue;
+                    }
                     soft.timed_out = true;
                     match self.stop_timeout_action {
                         StopTimeoutAction::Kill => {
@@ -311,6 +427,7 @@ impl ProcessTask {
             }
         };
 
+        drop(probes);
         // Its last answers may still be unread when the exit is seen first;
         // for an adopted worker, whose exit status is unknown, they are all
         // that tells a drained worker from a dead one. Its end is closed, so
@@ -382,6 +499,15 @@ impl ProcessTask {
                 }
             }
             Status::Ok => soft.answered_ok = true,
+            Status::Failure if soft.condemned => {
+                // Refused, but it is stopped for its health all the same:
+                // on to its stop signal.
+                if !soft.signalled {
+                    let _ = kill(self.pid, self.stop_signal);
+                    soft.signalled = true;
+                    soft.deadline = Some(Instant::now() + self.stop_timeout);
+                }
+            }
             Status::Failure => {
                 let detail = format!("worker refused the soft stop: {}", resp.message);
                 for op in soft.ops.drain(..) {
