@@ -58,6 +58,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Show corrald and its groups
     Status,
+    /// Print the fleet's metrics in the OpenMetrics text format
+    Metrics,
     /// List workers
     Workers {
         /// Only the workers of this group

@@ -26,6 +26,7 @@ mod fanout;
 mod fleet;
 mod health;
 mod launch;
+mod metrics;
 mod orchestrate;
 mod probe;
 mod process;
@@ -103,6 +104,8 @@ pub struct Supervisor {
     told_states: BTreeMap<String, &'static str>,
     /// Where restarts for health are told, to be put on record.
     health_notices: Option<mpsc::UnboundedSender<health::HealthNotice>>,
+    /// Exits, restarts and check results, for the metrics.
+    counted: metrics::Counted,
 }
 
 /// How the run loop ended.
@@ -152,6 +155,7 @@ impl Supervisor {
             events,
             told_states: BTreeMap::new(),
             health_notices: None,
+            counted: metrics::Counted::default(),
         }
     }
 
