@@ -101,3 +101,16 @@ impl Supervisor {
         out.finish()
     }
 }
+
+impl super::Handle {
+    /// The exposition, as a `Metrics` request on the socket gets it; none
+    /// once the actor has stopped.
+    pub async fn metrics(&self) -> Option<String> {
+        let (replies, mut queue) = super::Replies::channel();
+        self.request(super::Request::Metrics, super::Reply::new(1, 1, replies));
+        match queue.recv().await?.response.content {
+            Some(crate::proto::response::Content::Metrics(metrics)) => Some(metrics.text),
+            _ => None,
+        }
+    }
+}
