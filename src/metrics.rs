@@ -132,7 +132,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub const fn new() -> Histogram {
+    pub const fn empty() -> Histogram {
         Histogram {
             buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
             over: AtomicU64::new(0),
@@ -181,10 +181,10 @@ static REQUESTS: [[AtomicU64; RESULTS.len()]; COMMANDS.len()] =
 
 /// From a request's arrival to its final answer, by command (a
 /// subscription's lasts as long as it does and is left out).
-static REQUEST_SECONDS: [Histogram; COMMANDS.len()] = [const { Histogram::new() }; COMMANDS.len()];
+static REQUEST_SECONDS: [Histogram; COMMANDS.len()] = [const { Histogram::empty() }; COMMANDS.len()];
 
 /// From a worker's fork to systemd's taking it into its scope.
-pub static PLACEMENT_SECONDS: Histogram = Histogram::new();
+pub static PLACEMENT_SECONDS: Histogram = Histogram::empty();
 
 /// The results an audit record is written with.
 pub const AUDIT_RESULTS: [&str; 4] = ["accepted", "denied", "ok", "failed"];
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_end_at_inf() {
-        let h = Histogram::new();
+        let h = Histogram::empty();
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(20));
         h.observe(Duration::from_secs(60));
