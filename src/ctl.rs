@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::frame;
-use crate::proto::{request, response, Request, Response, Status};
+use crate::proto::{self, request, response, Request, Response, Status};
 
 /// The largest response frame the client accepts: corrald's default
 /// `limits.max_response_size`, which it never exceeds (a larger answer is
@@ -223,6 +223,19 @@ pub fn response_to_json(resp: &Response) -> Value {
     Value::Object(object)
 }
 
+/// A reading: `null` for a figure it lacks, as for no reading at all.
+fn usage_to_json(u: &proto::ResourceUsage) -> Value {
+    json!({
+        "source": u.source,
+        "cpu_percent": u.cpu_percent,
+        "cpu_time_us": u.cpu_time_us,
+        "memory_bytes": u.memory_bytes,
+        "memory_peak_bytes": u.memory_peak_bytes,
+        "tasks": u.tasks,
+        "workers": u.workers,
+    })
+}
+
 fn content_to_json(content: &response::Content) -> (&'static str, Value) {
     match content {
         response::Content::SupervisorStatus(s) => (
@@ -246,6 +259,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                     "stopped": g.stopped,
                     "failed": g.failed,
                     "reason": g.reason,
+                    "usage": g.usage.as_ref().map(usage_to_json),
                 })).collect::<Vec<_>>(),
             }),
         ),
@@ -263,6 +277,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                         "restarts": w.restarts,
                         "last_exit": w.last_exit,
                         "output_dropped": w.output_dropped,
+                        "usage": w.usage.as_ref().map(usage_to_json),
                     })
                 })
                 .collect(),

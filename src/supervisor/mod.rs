@@ -38,6 +38,8 @@ mod upgrade;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -46,6 +48,7 @@ use crate::config::{Config, OutputMode};
 use crate::journal::Output;
 use crate::systemd::notify::Notifier;
 use crate::systemd::Systemd;
+use crate::usage::sampler::{Sampler, Snapshot};
 use fanout::OpSink;
 use fleet::Fleet;
 use process::ProcCmd;
@@ -93,6 +96,9 @@ pub struct Supervisor {
     gated: usize,
     /// A `ForkMore` is on its way.
     fork_more_sent: bool,
+    /// Reads the workers' CPU and memory off the actor; none when
+    /// `usage_interval` is 0.
+    usage: Option<Sampler>,
 }
 
 /// How the run loop ended.
@@ -120,6 +126,7 @@ impl Supervisor {
             );
         }
         Supervisor {
+            usage: start_sampler(config.usage_interval),
             fleet: Fleet::new(&config),
             runtime_file: runtime::Writer::start(runtime::path(&config.state_directory)),
             config,
@@ -140,6 +147,11 @@ impl Supervisor {
         }
     }
 
+    /// The last reading of every worker the sampler could read.
+    fn usage(&self) -> Arc<Snapshot> {
+        self.usage.as_ref().map(Sampler::latest).unwrap_or_default()
+    }
+
     pub fn handle(&self) -> Handle {
         self.handle.clone()
     }
@@ -149,6 +161,12 @@ impl Supervisor {
     pub fn on_upgrade(&mut self, tx: mpsc::UnboundedSender<PathBuf>) {
         self.upgrades = Some(tx);
     }
+}
+
+/// A sampler reading every `interval`; none without one, or when its
+/// thread cannot be started (which is said: listings then show no usage).
+fn start_sampler(interval: Option<Duration>) -> Option<Sampler> {
+    Sampler::start(interval?).map_err(|e| tracing::warn!("no CPU and memory readings: {e}")).ok()
 }
 
 #[cfg(test)]
