@@ -107,3 +107,103 @@ async fn corralctl_shows_the_figures_in_human_units_and_in_json() {
     assert_eq!(hog["usage"]["workers"], 1, "{answer}");
     c.shutdown_ok().await;
 }
+
+/// A cgroup of the test's own making, removed (after its process) on drop.
+struct TestCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Where this process is in a hierarchy: `id:controllers:path` of
+/// /proc/self/cgroup, the line whose controllers hold `controller` (the
+/// unified one's are empty).
+fn own_path(controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+/// The kernel's own files, read as corrald reads them: a process in a
+/// cgroup of its own (made here, named like a scope) is read from that
+/// cgroup, on a hybrid host from the v1 controllers (memory, cpuacct,
+/// pids), on a cgroup2 host from the unified hierarchy. No systemd is
+/// needed: the real-systemd suite's container cannot show the v1 case,
+/// as its systemd gets the host's v1 controllers read-only.
+#[test]
+fn a_process_in_a_cgroup_of_its_own_is_read_from_the_kernels_cgroup_files() {
+    needs_root("it makes cgroups");
+    let mounts = corral::usage::Mounts::find();
+    let unit = format!("corral-usage-test-{}.scope", std::process::id());
+    // v1 has no rule against processes beside child cgroups: the test's
+    // cgroup goes under this process's own. cgroup2 has, so there it is
+    // a sibling of this process's cgroup, which has the controllers its
+    // parent enables (the root enables them for itself when asked).
+    let mut dirs = Vec::new();
+    let v1 = [("memory", &mounts.memory), ("cpuacct", &mounts.cpuacct), ("pids", &mounts.pids)];
+    if v1.iter().all(|(_, m)| m.is_some()) {
+        for (controller, mount) in v1 {
+            let mount = mount.as_ref().unwrap();
+            let below = own_path(controller).unwrap_or_else(|| panic!("no {controller} line in /proc/self/cgroup"));
+            dirs.push(mount.dir.join(below.trim_start_matches('/')).join(&unit));
+        }
+    } else {
+        let mount = mounts.unified.as_ref().expect("a cgroup2 hierarchy where v1 has no memory, cpuacct or pids");
+        let own = own_path("").expect("a unified line in /proc/self/cgroup");
+        let parent = std::path::Path::new(&own).parent().unwrap_or(std::path::Path::new("/")).to_path_buf();
+        let parent_dir = mount.dir.join(parent.strip_prefix("/").unwrap());
+        let enabled = std::fs::read_to_string(parent_dir.join("cgroup.subtree_control")).unwrap();
+        if !(enabled.contains("memory") && enabled.contains("pids")) {
+            std::fs::write(parent_dir.join("cgroup.subtree_control"), "+memory +pids")
+                .unwrap_or_else(|e| panic!("enabling memory and pids in {}: {e}", parent_dir.display()));
+        }
+        dirs.push(parent_dir.join(&unit));
+    }
+    let cgroup = TestCgroup { dirs };
+    for dir in &cgroup.dirs {
+        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    // The shell joins the cgroups, then becomes the worker: every page it
+    // takes is charged there (v1 does not move charges with a process).
+    let joins: String = cgroup.dirs.iter().map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display())).collect();
+    let child = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("{joins}exec {DEMO} --hold-memory 48 --burn-cpu 20")])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let pid = child.0.id();
+    let own = corral::usage::OwnCgroup { unit: unit.clone(), leaf: None };
+    let reading = poll_blocking("the worker's 48 MiB in its cgroup", PATIENCE, || {
+        let start = corral::procfs::start_time(pid).ok_or("no start time")?;
+        let reading = corral::usage::read(pid, start, Some(&own), &mounts, corral::usage::clock_ticks());
+        holding(reading, |r| r.as_ref().is_some_and(|r| r.memory >= 48 * MIB && r.cpu_us > 0))
+    })
+    .unwrap();
+    assert_eq!(reading.source, corral::usage::Source::Cgroup, "{reading:?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads: u64 = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap();
+    // The cgroup holds this one process: its tasks are its threads (a
+    // runtime thread may come or go between the two looks).
+    assert!(reading.tasks.is_some_and(|t| t.abs_diff(threads) <= 2), "{reading:?}, Threads: {threads}");
+    assert!(reading.memory_peak.map_or(true, |p| p >= reading.memory), "{reading:?}");
+    drop(child);
+    poll_blocking("the worker to leave its cgroup", PATIENCE, || {
+        let procs = std::fs::read_to_string(cgroup.dirs[0].join("cgroup.procs")).unwrap_or_default();
+        holding(procs, |p| p.trim().is_empty())
+    });
+}
