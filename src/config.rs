@@ -1356,6 +1356,17 @@ mod tests {
         assert_eq!(c.limits.max_group_workers, 1024);
     }
 
+    #[test]
+    fn usage_interval_zero_turns_readings_off_and_others_are_bounded() {
+        assert_eq!(parse("").unwrap().usage_interval, Some(Duration::from_secs(5)));
+        assert_eq!(parse("usage_interval = \"0s\"").unwrap().usage_interval, None);
+        assert_eq!(parse("usage_interval = \"250ms\"").unwrap().usage_interval, Some(Duration::from_millis(250)));
+        for text in ["usage_interval = \"50ms\"", "usage_interval = \"2h\"", "usage_interval = \"often\""] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("usage_interval"), "{text}: {e}");
+        }
+    }
+
     /// Every size key takes systemd's spellings and the ones operators
     /// write besides (`64k`, `4MiB`), in powers of 1024, and a bad one is
     /// refused naming its key.
