@@ -98,21 +98,21 @@ fn run(
 
 type Previous = HashMap<SlotKey, (Subject, Instant, Usage)>;
 
-/// Reads each target, with its CPU percent since the previous reading of
+/// Reads each subject, with its CPU percent since the previous reading of
 /// the same process.
 fn sample(subjects: &[Subject], previous: &Previous, mounts: &Mounts, hz: u64) -> Previous {
     let mut now = Previous::with_capacity(subjects.len());
-    for target in subjects {
-        let Some(reading) = read(target.pid, target.start_time, target.own.as_ref(), mounts, hz) else { continue };
+    for subject in subjects {
+        let Some(reading) = read(subject.pid, subject.start_time, subject.own.as_ref(), mounts, hz) else { continue };
         let at = Instant::now();
-        let cpu_percent = previous.get(&target.key).and_then(|(before, then, usage)| {
-            let same = before.pid == target.pid
-                && before.start_time == target.start_time
+        let cpu_percent = previous.get(&subject.key).and_then(|(before, then, usage)| {
+            let same = before.pid == subject.pid
+                && before.start_time == subject.start_time
                 && usage.reading.source == reading.source;
             percent(usage.reading.cpu_us, reading.cpu_us, at.duration_since(*then)).filter(|_| same)
         });
-        let usage = Usage { pid: target.pid, reading, cpu_percent };
-        now.insert(target.key.clone(), (target.clone(), at, usage));
+        let usage = Usage { pid: subject.pid, reading, cpu_percent };
+        now.insert(subject.key.clone(), (subject.clone(), at, usage));
     }
     now
 }

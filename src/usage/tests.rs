@@ -189,3 +189,29 @@ fn cpu_percent_is_time_used_over_time_passed() {
     assert_eq!(percent(2_000, 1_000, Duration::from_secs(1)), None);
     assert_eq!(percent(0, 1_000, Duration::ZERO), None);
 }
+
+/// Waits up to 10 s for the sampler's latest snapshot to satisfy `pred`.
+fn latest_where(sampler: &sampler::Sampler, pred: impl Fn(&sampler::Snapshot) -> bool) -> sampler::Snapshot {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let latest = sampler.latest();
+        if pred(&latest) {
+            return (*latest).clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the sampler never showed it; last: {latest:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_sampler_reads_its_subjects_each_tick_and_forgets_those_taken_away() {
+    let sampler = sampler::Sampler::start(Duration::from_millis(50)).unwrap();
+    let pid = std::process::id();
+    let key = crate::target::SlotKey::new("me", 1);
+    let start_time = crate::procfs::start_time(pid).unwrap();
+    sampler.set_subjects(vec![sampler::Subject { key: key.clone(), pid, start_time, own: None }]);
+    let seen = latest_where(&sampler, |s| s.get(&key).is_some_and(|u| u.cpu_percent.is_some()));
+    assert_eq!((seen[&key].pid, seen[&key].reading.source), (pid, Source::Proc));
+    sampler.set_subjects(Vec::new());
+    latest_where(&sampler, |s| s.is_empty());
+}
