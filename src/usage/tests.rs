@@ -153,12 +153,14 @@ fn a_cgroup_directory_is_read_whole_or_not_at_all() {
 fn proc_files_are_read_past_an_odd_command_name() {
     let stat = "4242 (a) b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 3 1 20 0 7 0 123456 1000000 250 \
                 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
-    assert_eq!(parse_stat(stat), Some(Stat { cpu_ticks: 300, threads: 7, start_time: 123456 }));
+    assert_eq!(parse_stat(stat), Some(Stat { cpu_ticks: 300, threads: 7, start_time: 123456, resident_pages: 250 }));
     assert_eq!(parse_stat("4242 (a) S 1 2 3\n"), None);
     assert_eq!(parse_stat("no parenthesis at all"), None);
     assert_eq!(parse_stat(""), None);
-    assert_eq!(parse_statm_resident("2000 512 300 10 0 200 0\n"), Some(512));
-    assert_eq!(parse_statm_resident("2000\n"), None);
+    let short = "4242 (a) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 3 1 20 0 7 0 123456 1000000\n";
+    assert_eq!(parse_stat(short), None);
+    let negative = stat.replace(" 250 18446744073709551615", " -250 18446744073709551615");
+    assert_eq!(parse_stat(&negative), None);
     let status = "Name:\tworker\nVmPeak:\t  20000 kB\nVmHWM:\t    4096 kB\nVmRSS:\t    2048 kB\n";
     assert_eq!(parse_status_hwm(status), Some(4096 * 1024));
     assert_eq!(parse_status_hwm("VmHWM:\t4096 pages\n"), None);
