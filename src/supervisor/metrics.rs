@@ -9,6 +9,7 @@ use std::process::ExitStatus;
 use super::fleet::{CheckKind, CheckResult};
 use super::Supervisor;
 use crate::metrics::{self, Exposition, Type};
+use crate::proto;
 
 /// The states a worker is counted in, as listings name them.
 const STATES: [&str; 7] = ["waiting", "starting", "ready", "stopping", "backoff", "stopped", "failed"];
@@ -70,6 +71,7 @@ impl Supervisor {
         for group in self.fleet.groups() {
             out.sample("corral_workers_desired", &[("group", group.name())], group.desired);
         }
+        self.usage_metrics(&mut out);
         out.family("corral_worker_exits", Type::Counter, None, "Worker processes that ended, by group and reason.");
         for ((group, reason), n) in &self.counted.exits {
             out.sample("corral_worker_exits_total", &[("group", group), ("reason", reason)], n);
@@ -99,6 +101,54 @@ impl Supervisor {
         }
         metrics::render_process(&mut out);
         out.finish()
+    }
+}
+
+/// The families of each running worker's usage: name, type, unit, help,
+/// and its value in a reading (none when the kernel does not say).
+type UsageFamily = (&'static str, Type, Option<&'static str>, &'static str, fn(&proto::ResourceUsage) -> Option<f64>);
+
+const USAGE: [UsageFamily; 4] = [
+    (
+        "corral_worker_cpu_seconds",
+        Type::Counter,
+        Some("seconds"),
+        "CPU time a running worker used, user and system.",
+        |u| Some(u.cpu_time_us as f64 / 1e6),
+    ),
+    ("corral_worker_memory_bytes", Type::Gauge, Some("bytes"), "Memory a running worker uses now.", |u| {
+        Some(u.memory_bytes as f64)
+    }),
+    ("corral_worker_memory_peak_bytes", Type::Gauge, Some("bytes"), "The most memory a running worker used.", |u| {
+        u.memory_peak_bytes.map(|b| b as f64)
+    }),
+    ("corral_worker_tasks", Type::Gauge, None, "Tasks (processes and threads) of a running worker.", |u| {
+        u.tasks.map(|t| t as f64)
+    }),
+];
+
+impl Supervisor {
+    /// Each running worker's CPU and memory as the sampler last read them
+    /// (`source`: its own cgroup, or /proc of its main process).
+    fn usage_metrics(&self, out: &mut Exposition) {
+        let workers = self.fleet.workers("", &self.usage()).unwrap_or_default();
+        for (name, kind, unit, help, read) in USAGE {
+            out.family(name, kind, unit, help);
+            let sample = match kind {
+                Type::Counter => format!("{name}_total"),
+                _ => name.to_string(),
+            };
+            for worker in &workers {
+                let Some(usage) = &worker.usage else { continue };
+                let Some(value) = read(usage) else { continue };
+                let labels = [
+                    ("group", worker.group.as_str()),
+                    ("worker", worker.id.as_str()),
+                    ("source", usage.source.as_str()),
+                ];
+                out.sample(&sample, &labels, value);
+            }
+        }
     }
 }
 

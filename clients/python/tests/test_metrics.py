@@ -54,12 +54,14 @@ def corralctl_metrics(daemon: Corrald) -> str:
 @pytest.fixture
 def served() -> Iterator[tuple[Corrald, str]]:
     """A corrald that also serves its metrics over HTTP, on a port of its
-    choosing (found in its log), and the endpoint's URL."""
+    choosing (found in its log), and reads its workers' usage often; and
+    the endpoint's URL."""
     if not os.access(CORRALCTL, os.X_OK):
         pytest.fail(f"{CORRALCTL} is not there: build corral first (cargo build) or set CORRAL_BIN_DIR")
     directory = Path(tempfile.mkdtemp(prefix="corral-py-"))
     daemon = Corrald(directory)
-    daemon.config.write_text('metrics_listen = "127.0.0.1:0"\n' + daemon.config.read_text())
+    prefix = 'metrics_listen = "127.0.0.1:0"\nusage_interval = "100ms"\n'
+    daemon.config.write_text(prefix + daemon.config.read_text())
     try:
         daemon.start()
 
@@ -126,3 +128,26 @@ def test_the_http_endpoint_serves_what_the_socket_does(served: tuple[Corrald, st
     with pytest.raises(urllib.error.HTTPError) as elsewhere:
         urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
     assert elsewhere.value.code == 404
+
+
+def test_each_running_worker_s_cpu_and_memory_are_there(served: tuple[Corrald, str]) -> None:
+    daemon, _ = served
+    with Client(daemon.socket) as client:
+        client.stop("web-2").result()
+        pid = next(w.pid for w in client.workers("web") if w.id == "web-1")
+
+    def read() -> Samples | None:
+        samples = parse(corralctl_metrics(daemon))
+        key = ("corral_worker_memory_bytes", frozenset({"group": "web", "worker": "web-1", "source": "proc"}.items()))
+        return samples if key in samples else None
+
+    samples = poll("web-1's usage in the metrics", read)
+    labels = {"group": "web", "worker": "web-1", "source": "proc"}
+    rss_kib = int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    memory = value(samples, "corral_worker_memory_bytes", **labels)
+    assert 0 < memory < 4 * rss_kib * 1024, (memory, rss_kib)
+    assert value(samples, "corral_worker_cpu_seconds_total", **labels) >= 0
+    assert value(samples, "corral_worker_memory_peak_bytes", **labels) >= memory
+    assert value(samples, "corral_worker_tasks", **labels) >= 1
+    stopped = [k for k in samples if k[0] == "corral_worker_memory_bytes" and ("worker", "web-2") in k[1]]
+    assert stopped == [], "a stopped worker has no usage"
