@@ -199,6 +199,10 @@ def message_of(response: pb.Response) -> str:
     return response.message
 
 
+def metrics_of(response: pb.Response) -> str:
+    return response.metrics.text
+
+
 def same(response: pb.Response) -> pb.Response:
     return response
 

@@ -168,6 +168,9 @@ class AsyncClient:
     async def limit(self, target: str, properties: Sequence[str]) -> str:
         return await self._call({"limit": pb.Limit(target=target, properties=properties)}, _core.message_of)
 
+    async def metrics(self) -> str:
+        return await self._call({"metrics": pb.Metrics()}, _core.metrics_of)
+
     async def events(self, target: str = "") -> AsyncIterator[pb.Event]:
         """`Client.events`, awaited: returns once corrald has taken the
         subscription, then `async for event in ...` follows it:

@@ -165,6 +165,11 @@ class Client:
         scopes; returns corrald's message listing what systemd shows."""
         return self._call({"limit": pb.Limit(target=target, properties=properties)}, _core.message_of).result()
 
+    def metrics(self) -> str:
+        """The fleet's metrics in the OpenMetrics text format, as
+        `corralctl metrics` prints them."""
+        return self._call({"metrics": pb.Metrics()}, _core.metrics_of).result()
+
     def events(self, target: str = "") -> Iterator[pb.Event]:
         """Follows corrald's events (a `Subscribe`), every one or those of a
         group or worker (with corrald-wide ones). Returns once corrald has
