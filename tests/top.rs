@@ -104,6 +104,19 @@ async fn the_stop_key_asks_first_and_once_confirmed_stops_the_selected_worker_on
     let stop: Vec<_> = records.iter().filter(|r| r["command"] == "Stop").collect();
     assert!(stop.iter().all(|r| r["worker"] == "web-2"), "{stop:?}");
     assert!(stop.iter().all(|r| r["actor"]["comm"] == "corralctl"), "{stop:?}");
+
+    // Following web-1 leaves web-2's events out of the log pane.
+    // The pane below the table, under its title line.
+    let log = |screen: &str| {
+        let title = |l: &&str| !(l.starts_with(" events ") || l.starts_with(" following "));
+        screen.lines().skip_while(title).skip(1).take(6).collect::<Vec<_>>().join("\n")
+    };
+    assert!(log(&screen).contains("web-2: exited 0"), "{screen}");
+    tmux.keys(&["k", "f"]);
+    let screen = tmux.screen_until("web-1 followed", |s| s.contains("following web-1"));
+    assert!(!log(&screen).contains("web-2"), "{screen}");
+    tmux.keys(&["Escape"]);
+    tmux.screen_until("all events again", |s| log(s).contains("web-2: exited 0"));
     tmux.keys(&["q"]);
     c.shutdown_ok().await;
 }
@@ -130,27 +143,29 @@ async fn a_read_tier_user_watches_and_is_told_an_action_is_denied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn q_leaves_the_screen_and_the_terminal_modes_as_they_were() {
+async fn q_and_ctrl_c_leave_the_screen_and_the_terminal_modes_as_they_were() {
     let mut c = Corrald::new(&format!("{NO_SCOPES}{}", web(1)));
     c.start();
     c.wait_ready("web", 1).await;
-    let modes = c.dir.path().join("stty.txt");
     let tmux = Tmux::start(c.dir.path(), 80, 24, "env PS1='shell> ' bash --norc --noprofile");
     tmux.screen_until("the shell's prompt", |s| s.contains("shell>"));
-    // The shell records the modes top leaves behind, before its line
-    // editor sets its own.
-    tmux.type_text(&format!("{}; stty -a > {}", top_command(&c), path_str(&modes)));
-    tmux.keys(&["Enter"]);
-    tmux.screen_until("top", |s| shows_fleet(s, &["web-1"]));
-    tmux.keys(&["q"]);
-    let screen = tmux.screen_until("the shell again", |s| !s.contains("q quit") && s.contains("shell>"));
-    assert!(row(&screen, "web-1").is_none(), "the alternate screen is left:\n{screen}");
-    let stty = poll_blocking("stty's output", PATIENCE, || {
-        holding(std::fs::read_to_string(&modes).unwrap_or_default(), |t| t.contains("icanon"))
-    });
-    let words: Vec<&str> = stty.split_whitespace().collect();
-    for mode in ["icanon", "echo", "isig", "icrnl", "opost"] {
-        assert!(words.contains(&mode), "{mode} is on again: {stty}");
+    for (n, quit) in ["q", "C-c"].into_iter().enumerate() {
+        let modes = c.dir.path().join(format!("stty-{n}.txt"));
+        // The shell records the modes top leaves behind, before its line
+        // editor sets its own.
+        tmux.type_text(&format!("clear; {}; stty -a > {}", top_command(&c), path_str(&modes)));
+        tmux.keys(&["Enter"]);
+        tmux.screen_until("top", |s| shows_fleet(s, &["web-1"]));
+        tmux.keys(&[quit]);
+        let screen = tmux.screen_until("the shell again", |s| !s.contains("q quit") && s.contains("shell>"));
+        assert!(row(&screen, "web-1").is_none(), "{quit}: the alternate screen is left:\n{screen}");
+        let stty = poll_blocking("stty's output", PATIENCE, || {
+            holding(std::fs::read_to_string(&modes).unwrap_or_default(), |t| t.contains("icanon"))
+        });
+        let words: Vec<&str> = stty.split_whitespace().collect();
+        for mode in ["icanon", "echo", "isig", "icrnl", "opost"] {
+            assert!(words.contains(&mode), "{quit}: {mode} is on again: {stty}");
+        }
     }
     c.shutdown_ok().await;
 }
