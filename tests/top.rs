@@ -105,13 +105,13 @@ async fn the_stop_key_asks_first_and_once_confirmed_stops_the_selected_worker_on
     assert!(stop.iter().all(|r| r["worker"] == "web-2"), "{stop:?}");
     assert!(stop.iter().all(|r| r["actor"]["comm"] == "corralctl"), "{stop:?}");
 
-    // Following web-1 leaves web-2's events out of the log pane.
-    // The pane below the table, under its title line.
+    // The log pane, below its title line: following web-1 leaves web-2's
+    // events out.
     let log = |screen: &str| {
         let title = |l: &&str| !(l.starts_with(" events ") || l.starts_with(" following "));
         screen.lines().skip_while(title).skip(1).take(6).collect::<Vec<_>>().join("\n")
     };
-    assert!(log(&screen).contains("web-2: exited 0"), "{screen}");
+    tmux.screen_until("web-2's exit in the log", |s| log(s).contains("web-2: exited 0"));
     tmux.keys(&["k", "f"]);
     let screen = tmux.screen_until("web-1 followed", |s| s.contains("following web-1"));
     assert!(!log(&screen).contains("web-2"), "{screen}");
