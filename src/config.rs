@@ -45,6 +45,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// crash loop of its own, and a day is longer than anyone waits on purpose.
 const START_LIMIT_RETRY_MIN: Duration = Duration::from_secs(1);
 const START_LIMIT_RETRY_MAX: Duration = Duration::from_secs(86_400);
+/// Reading a thousand workers takes a few milliseconds: more often than
+/// this would make the sampler a load of its own.
+const USAGE_INTERVAL_MIN: Duration = Duration::from_millis(100);
+const USAGE_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 
 /// The PATH a worker gets when its group's environment sets none, as systemd
 /// gives services.
@@ -120,6 +124,8 @@ pub struct Config {
     /// Bytes of worker output that may wait for the journal before lines
     /// are dropped.
     pub output_buffer: usize,
+    /// How often each worker's CPU and memory are read; `None`: never.
+    pub usage_interval: Option<Duration>,
     pub audit: AuditConfig,
     /// Who may send which commands, beyond the socket's file mode.
     pub access: AccessLists,
@@ -482,6 +488,8 @@ struct RawConfig {
     bus: BusChoice,
     slice: Option<String>,
     output_buffer: Option<Scalar>,
+    #[serde(default, deserialize_with = "some_duration")]
+    usage_interval: Option<Duration>,
     audit_logs_target: Option<PathBuf>,
     audit_logs_json_target: Option<PathBuf>,
     #[serde(default = "yes")]
@@ -1092,6 +1100,16 @@ impl Config {
             return Err(err(format!("key `slice`: {slice:?} is not a slice unit name (e.g. \"corral.slice\")")));
         }
         let output_buffer = size("output_buffer", raw.output_buffer, 16 << 20, 64 << 10..=usize::MAX).map_err(err)?;
+        let usage_interval = match raw.usage_interval.unwrap_or(Duration::from_secs(5)) {
+            Duration::ZERO => None,
+            every if (USAGE_INTERVAL_MIN..=USAGE_INTERVAL_MAX).contains(&every) => Some(every),
+            every => {
+                return Err(err(format!(
+                    "key `usage_interval`: {} is out of range (0 for off, or 100ms to 1h)",
+                    humantime::format_duration(every)
+                )))
+            }
+        };
         if let Some(name) = &raw.command_socket_group {
             if name.is_empty() {
                 return Err(err("key `command_socket_group`: must not be empty".into()));
@@ -1132,6 +1150,7 @@ impl Config {
             },
             socket_group: raw.command_socket_group,
             output_buffer,
+            usage_interval,
             scopes: raw.scopes,
             bus: raw.bus,
             slice,
@@ -1362,6 +1381,17 @@ mod tests {
         assert_eq!(c.limits.max_audit_argument, 1024);
         assert_eq!(c.limits.admin_connection_reserve, 255);
         assert_eq!(c.limits.max_group_workers, 1024);
+    }
+
+    #[test]
+    fn usage_interval_zero_turns_readings_off_and_others_are_bounded() {
+        assert_eq!(parse("").unwrap().usage_interval, Some(Duration::from_secs(5)));
+        assert_eq!(parse("usage_interval = \"0s\"").unwrap().usage_interval, None);
+        assert_eq!(parse("usage_interval = \"250ms\"").unwrap().usage_interval, Some(Duration::from_millis(250)));
+        for text in ["usage_interval = \"50ms\"", "usage_interval = \"2h\"", "usage_interval = \"often\""] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("usage_interval"), "{text}: {e}");
+        }
     }
 
     /// Every size key takes systemd's spellings and the ones operators

@@ -225,6 +225,19 @@ pub fn response_to_json(resp: &Response) -> Value {
     Value::Object(object)
 }
 
+/// A reading: `null` for a figure it lacks, as for no reading at all.
+fn usage_to_json(u: &proto::ResourceUsage) -> Value {
+    json!({
+        "source": u.source,
+        "cpu_percent": u.cpu_percent,
+        "cpu_time_us": u.cpu_time_us,
+        "memory_bytes": u.memory_bytes,
+        "memory_peak_bytes": u.memory_peak_bytes,
+        "tasks": u.tasks,
+        "workers": u.workers,
+    })
+}
+
 fn content_to_json(content: &response::Content) -> (&'static str, Value) {
     match content {
         response::Content::SupervisorStatus(s) => (
@@ -250,6 +263,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                     "stopped": g.stopped,
                     "failed": g.failed,
                     "reason": g.reason,
+                    "usage": g.usage.as_ref().map(usage_to_json),
                 })).collect::<Vec<_>>(),
             }),
         ),
@@ -273,6 +287,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
                             "last_at_ms": c.last_at_ms,
                             "consecutive_failures": c.consecutive_failures,
                         })).collect::<Vec<_>>(),
+                        "usage": w.usage.as_ref().map(usage_to_json),
                     })
                 })
                 .collect(),

@@ -20,6 +20,7 @@ pub mod sanitise;
 pub mod supervisor;
 pub mod systemd;
 pub mod target;
+pub mod usage;
 pub mod worker;
 
 /// Types generated from `proto/corral.proto`, the single source of the wire format.

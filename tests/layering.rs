@@ -52,8 +52,10 @@ fn naming(modules: &[&str], forbidden: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_bottom_layers_name_nothing_above_them() {
-    let bottom =
-        ["config", "events", "target", "procfs", "frame", "sanitise", "files", "journal", "systemd", "worker", "ctl"];
+    let bottom = [
+        "config", "events", "target", "procfs", "usage", "frame", "sanitise", "files", "journal", "systemd", "worker",
+        "ctl",
+    ];
     let above = ["crate::command", "crate::audit", "crate::supervisor", "crate::cli"];
     assert_eq!(naming(&bottom, &above), Vec::<String>::new());
 }

@@ -875,3 +875,77 @@ async fn an_exec_probe_runs_in_its_worker_s_cgroup_as_its_user() {
     assert!(runs.lines().all(|l| l.starts_with("65534 /corral.slice/corral-p.scope/p-")), "{runs}");
     c.shutdown_ok().await;
 }
+
+/// A figure systemd shows for a unit: `None` for `[not set]`, systemd's
+/// word for a figure it does not account.
+fn shown_number(unit: &str, prop: &str) -> Option<u64> {
+    let text = show(unit, prop);
+    match text.parse() {
+        Ok(n) => Some(n),
+        Err(_) if text == "[not set]" => None,
+        Err(_) => panic!("{prop} of {unit} is {text:?}"),
+    }
+}
+
+/// corrald reads a worker in its own scope as systemd accounts the scope:
+/// from the scope's cgroup, agreeing with systemd's MemoryCurrent and
+/// TasksCurrent, where systemd has memory accounting; where it has none
+/// (a container whose v1 controllers are the host's, mounted read-only, as
+/// on hybrid hosts: the worker sits in their root cgroup with everything
+/// else), from /proc, never from a cgroup that is not the worker's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn a_worker_in_its_own_scope_is_read_as_systemd_accounts_its_scope() {
+    // MemoryMax has systemd account the scope's memory wherever it can,
+    // whatever its defaults.
+    let groups = [
+        "usage_interval = \"200ms\"\n".to_string(),
+        demo_group(
+            "hog",
+            1,
+            &["--hold-memory", "64", "--burn-cpu", "30"],
+            "scope = \"worker\"\n[groups.hog.resources]\nMemoryMax = \"1G\"\n",
+        ),
+    ]
+    .concat();
+    let mut c = Corrald::new(&groups);
+    c.start();
+    c.wait_ready("hog", 1).await;
+    assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
+    let unit = "corral-hog-1.scope";
+    const MIB: u64 = 1 << 20;
+    // The reading is of a moment before systemd's: with a steady 64 MiB
+    // they agree within 4 MiB; tasks come and go (the runtime's blocking
+    // threads), so both are compared at a moment they agree on.
+    let (usage, accounted) = c
+        .poll("corrald's reading to agree with what systemd accounts", || async {
+            let workers = c.workers().await;
+            let Some(usage) = worker(&workers, "hog-1").usage.clone() else { return Err("no reading yet".into()) };
+            let (memory, tasks) = (shown_number(unit, "MemoryCurrent"), shown_number(unit, "TasksCurrent"));
+            let agree = match memory {
+                Some(memory) => usage.memory_bytes.abs_diff(memory) <= 4 * MIB && usage.tasks == tasks,
+                None => true,
+            };
+            if agree && usage.cpu_percent.is_some() {
+                Ok((usage, memory))
+            } else {
+                Err(format!("{usage:?}, MemoryCurrent={memory:?}, TasksCurrent={tasks:?}"))
+            }
+        })
+        .await;
+    assert!(usage.memory_bytes >= 64 * MIB, "{usage:?}");
+    assert!(usage.memory_peak_bytes.is_some_and(|p| p >= usage.memory_bytes), "{usage:?}");
+    assert!(usage.cpu_time_us > 0, "{usage:?}");
+    let expected = if accounted.is_some() { "cgroup" } else { "proc" };
+    assert_eq!(usage.source, expected, "{usage:?}, MemoryCurrent={accounted:?}");
+    if let Some(cpu_ns) = shown_number(unit, "CPUUsageNSec") {
+        assert!(usage.cpu_time_us * 1000 <= cpu_ns, "{usage:?}, CPUUsageNSec={cpu_ns}");
+    }
+    eprintln!("{unit}: read from {expected}; {usage:?}, MemoryCurrent={accounted:?}");
+
+    let (code, text, err) = c.ctl(&["workers"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let row = text.lines().find(|l| l.starts_with("hog-1 ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.split_whitespace().any(|c| c == expected), "{text}");
+    c.shutdown_ok().await;
+}

@@ -71,6 +71,14 @@ struct Args {
     /// Close the listener this long after the start, in milliseconds.
     #[arg(long, requires = "listen")]
     stop_listening_after_ms: Option<u64>,
+    /// At start, take this many MiB of memory and keep it, every page
+    /// written, until the worker exits (for resource usage tests).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    hold_memory: usize,
+    /// Keep this share of one CPU busy, in percent, on a thread of its own
+    /// (for resource usage tests).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    burn_cpu: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +139,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         writeln!(std::io::stderr(), "{line}").map_err(|e| format!("cannot write to stderr: {e}"))?;
     }
     burst(args.burst_lines)?;
+    let _held = hold_memory(args.hold_memory);
+    if let Some(percent) = args.burn_cpu {
+        std::thread::Builder::new()
+            .name("burn".into())
+            .spawn(move || burn(percent))
+            .map_err(|e| format!("cannot start the burning thread: {e}"))?;
+    }
 
     let started = Instant::now();
     let crash_at = args.exit_after_ms.map(|ms| started + Duration::from_millis(ms));
@@ -353,5 +368,25 @@ impl Log {
             Ok(n) => Err(format!("short write to the log ({n} of {} bytes)", line.len())),
             Err(e) => Err(format!("cannot write to the log: {e}")),
         }
+    }
+}
+
+/// `mib` MiB with every page written, so they are resident, not merely
+/// reserved.
+fn hold_memory(mib: usize) -> Vec<u8> {
+    std::hint::black_box(vec![1u8; mib << 20])
+}
+
+/// Spins for `percent` of every 20 ms and sleeps the rest, for good.
+fn burn(percent: u32) {
+    let period = Duration::from_millis(20);
+    let busy = period * percent / 100;
+    loop {
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < busy {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+        std::thread::sleep(period.saturating_sub(start.elapsed()));
     }
 }

@@ -379,11 +379,16 @@ fn status_text(s: &proto::SupervisorStatus) -> String {
                 g.ready.to_string(),
                 g.stopped.to_string(),
                 g.failed.to_string(),
+                usage_cell(g.usage.as_ref(), |u| u.cpu_percent.map(percent)),
+                usage_cell(g.usage.as_ref(), |u| Some(bytes(u.memory_bytes))),
+                usage_cell(g.usage.as_ref(), |u| u.tasks.map(|n| n.to_string())),
                 shown(&g.reason),
             ]
         })
         .collect();
-    text.push_str(&table(&["GROUP", "STATE", "DESIRED", "RUNNING", "READY", "STOPPED", "FAILED", "REASON"], rows));
+    let headers =
+        ["GROUP", "STATE", "DESIRED", "RUNNING", "READY", "STOPPED", "FAILED", "CPU", "MEM", "TASKS", "REASON"];
+    text.push_str(&table(&headers, rows));
     text
 }
 
@@ -406,12 +411,35 @@ fn workers_text(list: &proto::WorkerList) -> String {
                 }),
                 w.restarts.to_string(),
                 w.output_dropped.to_string(),
+                usage_cell(w.usage.as_ref(), |u| u.cpu_percent.map(percent)),
+                usage_cell(w.usage.as_ref(), |u| Some(cpu_time(u.cpu_time_us))),
+                usage_cell(w.usage.as_ref(), |u| Some(bytes(u.memory_bytes))),
+                usage_cell(w.usage.as_ref(), |u| u.memory_peak_bytes.map(bytes)),
+                usage_cell(w.usage.as_ref(), |u| u.tasks.map(|n| n.to_string())),
+                usage_cell(w.usage.as_ref(), |u| Some(shown(&u.source))),
                 dash_if(w.last_exit.is_empty(), || shown(&w.last_exit)),
                 dash_if(w.health.is_empty(), || health_text(&w.health, now)),
             ]
         })
         .collect();
-    table(&["ID", "GROUP", "PID", "STATE", "STARTED", "RESTARTS", "DROPPED", "LAST EXIT", "HEALTH"], rows)
+    let headers = [
+        "ID",
+        "GROUP",
+        "PID",
+        "STATE",
+        "STARTED",
+        "RESTARTS",
+        "DROPPED",
+        "CPU",
+        "CPU TIME",
+        "MEM",
+        "PEAK",
+        "TASKS",
+        "SOURCE",
+        "LAST EXIT",
+        "HEALTH",
+    ];
+    table(&headers, rows)
 }
 
 /// Each check's last result and when, with the failures in a row while it
@@ -429,6 +457,36 @@ fn health_text(checks: &[proto::HealthCheck], now: SystemTime) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A figure of a reading, or `-` when there is no reading or it lacks it.
+fn usage_cell(
+    usage: Option<&proto::ResourceUsage>,
+    figure: impl FnOnce(&proto::ResourceUsage) -> Option<String>,
+) -> String {
+    usage.and_then(figure).unwrap_or_else(|| "-".to_owned())
+}
+
+fn percent(p: f64) -> String {
+    format!("{p:.1}%")
+}
+
+/// Seconds to a tenth below a minute ("3.2s"), then as an age ("5m 12s").
+fn cpu_time(us: u64) -> String {
+    if us < 60_000_000 {
+        format!("{:.1}s", us as f64 / 1e6)
+    } else {
+        age(Duration::from_micros(us))
+    }
+}
+
+/// Bytes in binary units with one decimal ("48.1M"), as systemctl shows memory.
+fn bytes(n: u64) -> String {
+    let units = [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    match units.iter().find(|(size, _)| n >= *size) {
+        Some((size, unit)) => format!("{:.1}{unit}", n as f64 / *size as f64),
+        None => format!("{n}B"),
+    }
 }
 
 /// Text from corrald as it may reach a terminal: corrald escapes what it

@@ -56,9 +56,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Show corrald and its groups
+    /// Show corrald and its groups, with what their workers use together
     Status,
-    /// List workers
+    /// List workers: state, restarts, and what each uses (CPU, memory, tasks)
     Workers {
         /// Only the workers of this group
         #[arg(long, value_name = "GROUP", add = ArgValueCandidates::new(complete::groups))]

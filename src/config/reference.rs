@@ -166,6 +166,15 @@ pub const KEYS: &[Key] = &[
         ("at least 64K", Some("\"64K\""), None),
         "Bytes of worker output that may wait for the journal; lines beyond it are dropped and counted.",
     ),
+    ranged(
+        "usage_interval",
+        Kind::Duration,
+        Value("\"5s\""),
+        ("0 (off), or 100ms to 1h", Some("\"100ms\""), Some("\"1h\"")),
+        "How often each running worker's CPU, memory and tasks are read (from its own cgroup when it has one, \
+         from /proc otherwise) for corralctl workers and status; a worker's CPU percent is over the last \
+         interval. 0 turns reading off.",
+    ),
     key(
         "audit_logs_target",
         Kind::Path,

@@ -41,6 +41,8 @@ mod upgrade;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -50,6 +52,7 @@ use crate::events::Events;
 use crate::journal::Output;
 use crate::systemd::notify::Notifier;
 use crate::systemd::Systemd;
+use crate::usage::sampler::{Sampler, Snapshot};
 use fanout::OpSink;
 use fleet::Fleet;
 use process::ProcCmd;
@@ -103,6 +106,9 @@ pub struct Supervisor {
     told_states: BTreeMap<String, &'static str>,
     /// Where restarts for health are told, to be put on record.
     health_notices: Option<mpsc::UnboundedSender<health::HealthNotice>>,
+    /// Reads the workers' CPU and memory off the actor; none when
+    /// `usage_interval` is 0.
+    usage: Option<Sampler>,
 }
 
 /// How the run loop ended.
@@ -132,6 +138,7 @@ impl Supervisor {
         let events = Events::new(config.limits.max_subscribers as usize, config.limits.event_queue as usize);
         output.tell(events.clone());
         Supervisor {
+            usage: start_sampler(config.usage_interval),
             fleet: Fleet::new(&config),
             runtime_file: runtime::Writer::start(runtime::path(&config.state_directory)),
             config,
@@ -162,6 +169,11 @@ impl Supervisor {
         self.events.clone()
     }
 
+    /// The last reading of every worker the sampler could read.
+    fn usage(&self) -> Arc<Snapshot> {
+        self.usage.as_ref().map(Sampler::latest).unwrap_or_default()
+    }
+
     pub fn handle(&self) -> Handle {
         self.handle.clone()
     }
@@ -171,6 +183,12 @@ impl Supervisor {
     pub fn on_upgrade(&mut self, tx: mpsc::UnboundedSender<PathBuf>) {
         self.upgrades = Some(tx);
     }
+}
+
+/// A sampler reading every `interval`; none without one, or when its
+/// thread cannot be started (which is said: listings then show no usage).
+fn start_sampler(interval: Option<Duration>) -> Option<Sampler> {
+    Sampler::start(interval?).map_err(|e| tracing::warn!("no CPU and memory readings: {e}")).ok()
 }
 
 #[cfg(test)]

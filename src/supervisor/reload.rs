@@ -43,6 +43,11 @@ impl Supervisor {
     fn apply_config(&mut self, new: Config, reply: Reply) {
         let mut plan = self.fleet.reload(&new);
         plan.summary.notes.extend(restart_notes(&self.config, &new));
+        if new.usage_interval != self.config.usage_interval {
+            // The old sampler's thread ends with its channel.
+            self.usage = super::start_sampler(new.usage_interval);
+            self.runtime_dirty = true;
+        }
         // The socket path takes effect only when corrald restarts.
         self.config = Config { socket: self.config.socket.clone(), ..new };
         tracing::info!("reload: {}", plan.summary.describe());

@@ -22,6 +22,9 @@ impl Supervisor {
     /// shutting down, after which the next start is the config's.
     pub(super) fn persist(&mut self) {
         if std::mem::take(&mut self.runtime_dirty) {
+            if let Some(sampler) = &self.usage {
+                sampler.set_subjects(self.fleet.usage_subjects(self.systemd.is_some()));
+            }
             self.runtime_file.write(Runtime {
                 version: runtime::VERSION,
                 workers: self.fleet.runtime_workers(self.systemd.is_some()),
@@ -44,7 +47,7 @@ impl Supervisor {
             config_path: self.config.path.display().to_string(),
             socket_path: self.config.socket.display().to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            groups: self.fleet.group_statuses(),
+            groups: self.fleet.group_statuses(&self.usage()),
             scopes_active: self.systemd.is_some(),
             version: env!("CARGO_PKG_VERSION").into(),
             output_sink: self.output.sink().name().into(),

@@ -135,7 +135,7 @@ impl Supervisor {
     /// A big fleet's listing comes in parts, so no one answer outgrows what
     /// a client must accept; the final one carries the last part.
     fn list_workers(&self, group: &str, reply: Reply) {
-        let mut workers = match self.fleet.workers(group) {
+        let mut workers = match self.fleet.workers(group, &self.usage()) {
             Ok(workers) => workers,
             Err(e) => return reply.failure(e, None),
         };

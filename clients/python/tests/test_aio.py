@@ -108,3 +108,21 @@ def test_a_failure_is_raised_with_its_message_and_kind(corrald: Corrald) -> None
     failure = asyncio.run(session())
     assert failure.message == "1 of 1 workers failed: stuck-1 (interrupted)"
     assert failure.kinds() == {"FAILURE_KIND_INTERRUPTED"}
+
+
+def test_events_follow_a_stop_from_another_connection(corrald: Corrald) -> None:
+    async def session() -> list[pb.Event]:
+        async with await AsyncClient.connect(corrald.socket) as watcher, \
+                await AsyncClient.connect(corrald.socket) as operator:
+            events = await watcher.events("web-2")
+            await operator.stop("web-2")
+            seen: list[pb.Event] = []
+            async for event in events:
+                seen.append(event)
+                if event.WhichOneof("kind") == "exited":
+                    return seen
+            return seen
+
+    seen = asyncio.run(session())
+    assert {e.worker for e in seen} == {"web-2"}, seen
+    assert seen[-1].WhichOneof("kind") == "exited", seen

@@ -164,3 +164,21 @@ def test_corrald_closing_the_connection_fails_what_is_in_flight_with_its_reason(
 
     assert closed.value.reason is not None
     assert closed.value.reason.startswith("bad frame: frame size too big"), closed.value.reason
+
+
+def test_events_follow_a_stop_from_another_connection(corrald: Corrald) -> None:
+    with Client(corrald.socket) as watcher, Client(corrald.socket) as operator:
+        events = watcher.events("web")
+        operator.stop("web-1").result()
+        seen: list[pb.Event] = []
+        for event in events:
+            seen.append(event)
+            kinds = {(e.worker, e.WhichOneof("kind")) for e in seen}
+            if {("web-1", "exited"), ("web-1", "request")} <= kinds:
+                break
+
+    assert {e.group for e in seen} == {"web"}, "the filter lets through web's events only"
+    exited = next(e.exited for e in seen if e.WhichOneof("kind") == "exited")
+    assert "drained" in exited.description or exited.code == 0, exited
+    request = next(e.request for e in seen if e.WhichOneof("kind") == "request")
+    assert (request.command, request.uid, request.outcome) == ("Stop", os.getuid(), "ok"), request

@@ -12,6 +12,9 @@ use crate::config::ScopeMode;
 use crate::proto;
 use crate::sanitise::sanitise;
 use crate::supervisor::runtime::RuntimeWorker;
+use crate::target::SlotKey;
+use crate::usage::sampler::{Snapshot, Subject, Usage};
+use crate::usage::OwnCgroup;
 
 /// The status line for the service manager, and whether startup has
 /// settled (every group ready, stopped, failed, or blocked by a failed
@@ -65,7 +68,8 @@ impl<H> Fleet<H> {
         FleetLine { text, settled: settled && !self.shutting_down }
     }
 
-    pub fn group_statuses(&self) -> Vec<proto::GroupStatus> {
+    /// `usage`: the last reading of each worker.
+    pub fn group_statuses(&self, usage: &Snapshot) -> Vec<proto::GroupStatus> {
         self.groups
             .values()
             .map(|g| {
@@ -80,13 +84,16 @@ impl<H> Fleet<H> {
                     stopped: count(&|s| matches!(s, SlotState::Stopped { .. })),
                     failed: count(&|s| matches!(s, SlotState::Failed)),
                     reason,
+                    usage: group_usage(
+                        g.slots.iter().filter_map(|(index, s)| shown_usage(usage, &g.key(*index), &s.state)),
+                    ),
                 }
             })
             .collect()
     }
 
-    /// Every worker, or one group's (`only`).
-    pub fn workers(&self, only: &str) -> Result<Vec<proto::WorkerInfo>, String> {
+    /// Every worker, or one group's (`only`), with its last reading.
+    pub fn workers(&self, only: &str, usage: &Snapshot) -> Result<Vec<proto::WorkerInfo>, String> {
         if !only.is_empty() && !self.groups.contains_key(only) {
             return Err(format!("no group named \"{}\"", sanitise(only)));
         }
@@ -107,10 +114,31 @@ impl<H> Fleet<H> {
                         last_exit: s.last_exit.clone(),
                         output_dropped: s.output_dropped.load(Ordering::Relaxed),
                         health: proc.map(|p| p.health.listed()).unwrap_or_default(),
+                        usage: shown_usage(usage, &g.key(*index), &s.state).map(worker_usage),
                     }
                 })
             })
             .collect())
+    }
+
+    /// The running workers, for the usage sampler: with their own cgroup
+    /// when `scopes` places them in one (the scope of a worker scope, the
+    /// worker's leaf in a group scope).
+    pub fn usage_subjects(&self, scopes: bool) -> Vec<Subject> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                g.slots.iter().filter_map(move |(index, slot)| {
+                    let proc = slot.state.proc()?;
+                    let key = g.key(*index);
+                    let own = scopes.then(|| OwnCgroup {
+                        unit: g.scope_unit(*index),
+                        leaf: (g.config.scope == ScopeMode::Group).then(|| key.id()),
+                    });
+                    Some(Subject { key, pid: proc.pid, start_time: proc.start_time, own })
+                })
+            })
+            .collect()
     }
 
     /// The running workers as the runtime file records them.
@@ -134,4 +162,45 @@ impl<H> Fleet<H> {
             })
             .collect()
     }
+}
+
+/// A slot's last reading, if it is of the process the slot holds now.
+fn shown_usage<'a, H>(usage: &'a Snapshot, key: &SlotKey, state: &SlotState<H>) -> Option<&'a Usage> {
+    let pid = state.proc()?.pid;
+    usage.get(key).filter(|u| u.pid == pid)
+}
+
+fn worker_usage(u: &Usage) -> proto::ResourceUsage {
+    let r = &u.reading;
+    proto::ResourceUsage {
+        source: r.source.name().into(),
+        cpu_percent: u.cpu_percent,
+        cpu_time_us: r.cpu_us,
+        memory_bytes: r.memory,
+        memory_peak_bytes: r.memory_peak,
+        tasks: r.tasks,
+        workers: 1,
+    }
+}
+
+/// The sums over a group's readings; a figure some worker lacks is left
+/// out of the sum rather than undercounted, and no reading gives none.
+fn group_usage<'a>(readings: impl Iterator<Item = &'a Usage>) -> Option<proto::ResourceUsage> {
+    let mut sum: Option<proto::ResourceUsage> = None;
+    for u in readings {
+        let w = worker_usage(u);
+        let Some(s) = sum.as_mut() else {
+            sum = Some(proto::ResourceUsage { memory_peak_bytes: None, ..w });
+            continue;
+        };
+        if s.source != w.source {
+            s.source = "mixed".into();
+        }
+        s.cpu_percent = s.cpu_percent.zip(w.cpu_percent).map(|(a, b)| a + b);
+        s.cpu_time_us = s.cpu_time_us.saturating_add(w.cpu_time_us);
+        s.memory_bytes = s.memory_bytes.saturating_add(w.memory_bytes);
+        s.tasks = s.tasks.zip(w.tasks).map(|(a, b)| a.saturating_add(b));
+        s.workers += 1;
+    }
+    sum
 }

@@ -10,6 +10,8 @@ use tokio::time::Instant;
 use super::*;
 use crate::config::{Config, Limits};
 use crate::supervisor::state::{SavedGroup, SavedState, STATE_VERSION};
+use crate::usage::sampler::{Snapshot, Usage};
+use crate::usage::{OwnCgroup, Reading, Source};
 
 fn config(text: &str) -> Config {
     Config::parse(text, Path::new("/etc/corral/corral.toml")).expect("a valid config")
@@ -538,7 +540,7 @@ fn the_group_state_shown_follows_its_phase_then_its_slots() {
         }
     }
     assert_eq!(shown(&f, "w"), "stopped", "clean exits under on-failure");
-    let statuses = f.group_statuses();
+    let statuses = f.group_statuses(&Default::default());
     let w = statuses.iter().find(|s| s.name == "w").unwrap();
     assert_eq!((w.desired, w.running, w.ready, w.stopped, w.failed), (2, 0, 0, 2, 0));
     f.reload(&config("[groups.late]\ncommand = \"l\"\nafter = []\n"));
@@ -713,7 +715,7 @@ fn a_worker_is_hung_at_its_group_s_misses_in_a_row_and_an_answer_starts_the_coun
     let step = f.record_check(&k, g, CheckKind::Ping, missed(), at);
     assert_eq!(step, HealthStep::Condemn("hung: missed 3 pings in a row (one every 1s)".into()));
     assert_eq!(f.record_check(&k, g, CheckKind::Ping, missed(), at), HealthStep::Nothing, "condemned once");
-    let listed = &f.workers("").unwrap()[0].health;
+    let listed = &f.workers("", &Snapshot::new()).unwrap()[0].health;
     assert_eq!((listed[0].kind.as_str(), listed[0].consecutive_failures), ("ping", 4));
 }
 
@@ -758,4 +760,65 @@ fn a_readiness_pass_readies_a_starting_worker_only() {
     assert_eq!(f.record_check(&k, g, CheckKind::Readiness, CheckResult::Pass, at), HealthStep::Ready);
     assert!(f.mark_ready(&k, g));
     assert_eq!(f.record_check(&k, g, CheckKind::Readiness, CheckResult::Pass, at), HealthStep::Nothing);
+}
+
+fn reading(pid: u32, cpu_percent: Option<f64>, memory: u64, tasks: Option<u64>) -> Usage {
+    let source = if tasks.is_some() { Source::Cgroup } else { Source::Proc };
+    let reading = Reading { source, cpu_us: 1_000_000, memory, memory_peak: Some(memory * 2), tasks };
+    Usage { pid, reading, cpu_percent }
+}
+
+#[test]
+fn a_reading_is_shown_only_for_the_process_it_was_read_of_and_a_group_sums_them() {
+    let mut f = fleet("[groups.w]\ncommand = \"w\"\ncount = 3\n[groups.v]\ncommand = \"v\"\n");
+    f.start_waiting_groups();
+    let forked = fork_all(&mut f, Instant::now(), 1);
+    let pid = |id: &str| 1000 + forked.iter().find(|(k, _)| *k == key(id)).unwrap().1 as u32;
+    let usage: Snapshot = [
+        (key("w-1"), reading(pid("w-1"), Some(12.5), 1 << 20, Some(2))),
+        (key("w-2"), reading(pid("w-2"), None, 2 << 20, Some(3))),
+        // The reading of a process the slot no longer holds.
+        (key("w-3"), reading(pid("w-3") + 100, Some(50.0), 4 << 20, Some(1))),
+        (key("v-1"), reading(pid("v-1"), Some(1.0), 1 << 20, None)),
+    ]
+    .into_iter()
+    .collect();
+    let workers = f.workers("w", &usage).unwrap();
+    let shown: Vec<Option<u64>> = workers.iter().map(|w| w.usage.as_ref().map(|u| u.memory_bytes)).collect();
+    assert_eq!(shown, [Some(1 << 20), Some(2 << 20), None]);
+    let w1 = workers[0].usage.clone().unwrap();
+    assert_eq!(
+        (w1.source.as_str(), w1.cpu_percent, w1.memory_peak_bytes, w1.tasks),
+        ("cgroup", Some(12.5), Some(2 << 20), Some(2))
+    );
+    let statuses = f.group_statuses(&usage);
+    let w = statuses.iter().find(|g| g.name == "w").unwrap().usage.clone().unwrap();
+    // A percent one worker lacks leaves the sum unknown, not too low.
+    assert_eq!(
+        (w.workers, w.memory_bytes, w.cpu_percent, w.tasks, w.memory_peak_bytes),
+        (2, 3 << 20, None, Some(5), None)
+    );
+    assert_eq!(w.cpu_time_us, 2_000_000);
+    let v = statuses.iter().find(|g| g.name == "v").unwrap().usage.clone().unwrap();
+    assert_eq!((v.source.as_str(), v.tasks), ("proc", None));
+    assert!(f.group_statuses(&Snapshot::new()).iter().all(|g| g.usage.is_none()));
+}
+
+#[test]
+fn the_sampler_is_given_each_running_worker_with_its_own_cgroup() {
+    let mut f = fleet("[groups.w]\ncommand = \"w\"\ncount = 2\n[groups.v]\ncommand = \"v\"\nscope = \"worker\"\n");
+    f.start_waiting_groups();
+    fork_all(&mut f, Instant::now(), 1);
+    let subjects = f.usage_subjects(true);
+    let own: Vec<(String, Option<OwnCgroup>)> = subjects.iter().map(|s| (s.key.id(), s.own.clone())).collect();
+    let cgroup = |unit: &str, leaf: Option<&str>| Some(OwnCgroup { unit: unit.into(), leaf: leaf.map(Into::into) });
+    assert_eq!(
+        own,
+        [
+            ("v-1".to_string(), cgroup("corral-v-1.scope", None)),
+            ("w-1".to_string(), cgroup("corral-w.scope", Some("w-1"))),
+            ("w-2".to_string(), cgroup("corral-w.scope", Some("w-2"))),
+        ]
+    );
+    assert!(f.usage_subjects(false).iter().all(|s| s.own.is_none()));
 }

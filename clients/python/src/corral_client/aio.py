@@ -168,6 +168,16 @@ class AsyncClient:
     async def limit(self, target: str, properties: Sequence[str]) -> str:
         return await self._call({"limit": pb.Limit(target=target, properties=properties)}, _core.message_of)
 
+    async def events(self, target: str = "") -> AsyncIterator[pb.Event]:
+        """`Client.events`, awaited: returns once corrald has taken the
+        subscription, then `async for event in ...` follows it:
+        `async for event in await client.events("web")`."""
+        call = self._call({"subscribe": pb.Subscribe(target=target)}, _core.same)
+        first = await call._next(_core.CLIENT_TIMEOUT)
+        if call.final is not None:
+            _core.raise_if_failed(first)
+        return _follow(call)
+
     def _call(self, command: dict[str, Message], value: Callable[[pb.Response], T]) -> AsyncCall[T]:
         woken = asyncio.Event()
         state, frame = self._session.request(command, woken.set)
@@ -201,3 +211,10 @@ class AsyncClient:
             self._session.end(self._session.closed(f"reading from {self.path} failed: {e}"))
         finally:
             self._session.end()
+
+
+async def _follow(call: AsyncCall[pb.Response]) -> AsyncIterator[pb.Event]:
+    async for response in call.responses(timeout=None):
+        if response.HasField("event"):
+            yield response.event
+    await call.result()

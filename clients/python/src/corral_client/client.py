@@ -165,6 +165,22 @@ class Client:
         scopes; returns corrald's message listing what systemd shows."""
         return self._call({"limit": pb.Limit(target=target, properties=properties)}, _core.message_of).result()
 
+    def events(self, target: str = "") -> Iterator[pb.Event]:
+        """Follows corrald's events (a `Subscribe`), every one or those of a
+        group or worker (with corrald-wide ones). Returns once corrald has
+        taken the subscription, so nothing that happens after is missed; a
+        FAILURE (e.g. too many subscriptions) raises `RequestFailed` here.
+        The iterator yields each `Event` as it comes, waiting as long as it
+        takes between them, and ends when corrald ends the stream
+        (shutdown, restart, upgrade: its final OK). To stop following,
+        close the client. A subscriber that reads too slowly is sent a
+        `lagged` event saying how many it missed."""
+        call = self._call({"subscribe": pb.Subscribe(target=target)}, _core.same)
+        first = next(call.responses())
+        if call.final is not None:
+            _core.raise_if_failed(first)
+        return _follow(call)
+
     def _call(self, command: dict[str, Message], value: Callable[[pb.Response], T]) -> Call[T]:
         state, frame = self._session.request(command, None)
         try:
@@ -254,6 +270,13 @@ class Client:
         self._session.end(error)
         self._selector.close()
         self._sock.close()
+
+
+def _follow(call: Call[pb.Response]) -> Iterator[pb.Event]:
+    for response in call.responses(timeout=None):
+        if response.HasField("event"):
+            yield response.event
+    call.result()
 
 
 def _deadline(timeout: float | None) -> float | None:
