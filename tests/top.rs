@@ -31,9 +31,14 @@ fn row<'a>(screen: &'a str, name: &str) -> Option<Vec<&'a str>> {
         .find(|words| words.first() == Some(&name))
 }
 
-/// The RST column of a worker's row (NAME STATE PID RST ...).
+/// The RST column of a worker's row (NAME STATE PID CPU MEM RST ...).
 fn restarts(screen: &str, worker: &str) -> Option<u32> {
-    row(screen, worker)?.get(3)?.parse().ok()
+    row(screen, worker)?.get(5)?.parse().ok()
+}
+
+/// A reading in the CPU and MEM columns: `0.3%`, `2.1M`.
+fn has_usage(row: &[&str]) -> bool {
+    row[3].ends_with('%') && row[4].ends_with(['K', 'M', 'G'])
 }
 
 fn shows_fleet(screen: &str, workers: &[&str]) -> bool {
@@ -42,19 +47,24 @@ fn shows_fleet(screen: &str, workers: &[&str]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_shows_groups_workers_and_a_killed_workers_restart_at_80x24() {
-    let mut c = Corrald::new(&format!("{NO_SCOPES}{}{}", web(2), demo_group("db", 1, &[], "")));
+    let mut c =
+        Corrald::new(&format!("{NO_SCOPES}usage_interval = \"200ms\"\n{}{}", web(2), demo_group("db", 1, &[], "")));
     c.start();
     c.wait_ready("web", 2).await;
     c.wait_ready("db", 1).await;
     let tmux = Tmux::start(c.dir.path(), 80, 24, &top_command(&c));
-    let screen =
-        tmux.screen_until("top to show both groups' workers ready", |s| shows_fleet(s, &["web-1", "web-2", "db-1"]));
+    // CPU needs two readings, so the first screens may show `-`.
+    let screen = tmux.screen_until("top to show both groups' workers ready, with what they use", |s| {
+        shows_fleet(s, &["web-1", "web-2", "db-1"])
+            && ["web", "web-1", "web-2", "db", "db-1"].iter().all(|r| row(s, r).is_some_and(|r| has_usage(&r)))
+    });
     assert_eq!(screen.lines().count(), 24, "the whole window is used:\n{screen}");
     assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
     let header = row(&screen, "NAME").expect("a header row");
-    assert_eq!(header, ["NAME", "STATE", "PID", "RST", "LAST", "EXIT", "HEALTH"], "{screen}");
+    assert_eq!(header, ["NAME", "STATE", "PID", "CPU", "MEM", "RST", "LAST", "EXIT", "HEALTH"], "{screen}");
     let web_row = row(&screen, "web").expect("the group's row");
-    assert_eq!(web_row[1..4], ["running", "2/2", "0"], "{screen}");
+    assert_eq!(web_row[1..3], ["running", "2/2"], "{screen}");
+    assert_eq!(web_row[5], "0", "{screen}");
     assert!(screen.lines().last().unwrap().starts_with("q quit"), "the keys are on the last line:\n{screen}");
 
     let pid = c.pids("web").await["web-1"];
@@ -63,7 +73,7 @@ async fn top_shows_groups_workers_and_a_killed_workers_restart_at_80x24() {
         restarts(s, "web-1") == Some(1) && row(s, "web-1").is_some_and(|r| r[1] == "ready" && r[2] != pid.to_string())
     });
     assert!(row(&screen, "web-1").unwrap().join(" ").contains("killed by SIGKILL"), "last exit:\n{screen}");
-    assert_eq!(row(&screen, "web").unwrap()[3], "1", "the group adds its workers' restarts:\n{screen}");
+    assert_eq!(row(&screen, "web").unwrap()[5], "1", "the group adds its workers' restarts:\n{screen}");
     assert!(screen.contains(&format!("web-1: killed by SIGKILL (pid {pid})")), "the event in the log:\n{screen}");
     assert_eq!(restarts(&screen, "web-2"), Some(0), "{screen}");
     tmux.keys(&["q"]);
@@ -136,7 +146,7 @@ async fn a_read_tier_user_watches_and_is_told_an_action_is_denied() {
     tmux.screen_until("the question", |s| s.contains("restart web? y/n"));
     tmux.keys(&["y"]);
     let screen = tmux.screen_until("the denial", |s| s.contains("restart web: FAILURE: denied: uid 65534"));
-    assert_eq!(row(&screen, "web-1").unwrap()[3], "0", "nothing restarted:\n{screen}");
+    assert_eq!(restarts(&screen, "web-1"), Some(0), "nothing restarted:\n{screen}");
     assert_eq!(worker(&c.workers().await, "web-1").restarts, 0);
     tmux.keys(&["q"]);
     c.shutdown_ok().await;
@@ -180,8 +190,8 @@ async fn without_a_terminal_top_prints_the_table_every_interval_or_once() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("corrald ") && lines[0].ends_with("1 groups, 2 workers"), "{out}");
     let words = |line: &str| line.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(words(lines[1]), ["NAME", "STATE", "PID", "RST", "LAST", "EXIT", "HEALTH"], "{out}");
-    assert_eq!(words(lines[2]), ["web", "running", "2/2", "0"], "{out}");
+    assert_eq!(words(lines[1]), ["NAME", "STATE", "PID", "CPU", "MEM", "RST", "LAST", "EXIT", "HEALTH"], "{out}");
+    assert_eq!(words(lines[2])[..3], ["web", "running", "2/2"].map(String::from), "{out}");
     assert_eq!(words(lines[3])[..2], ["web-1".to_string(), "ready".to_string()], "{out}");
     assert_eq!(words(lines[4])[..2], ["web-2".to_string(), "ready".to_string()], "{out}");
     assert_eq!(lines.len(), 5, "{out}");

@@ -89,16 +89,17 @@ fn refused(what: &str, answer: &proto::Response) -> CtlError {
 }
 
 /// The table's columns, shared by the screen and the plain text.
-const HEADERS: [&str; 6] = ["NAME", "STATE", "PID", "RST", "LAST EXIT", "HEALTH"];
+const HEADERS: [&str; 8] = ["NAME", "STATE", "PID", "CPU", "MEM", "RST", "LAST EXIT", "HEALTH"];
 
 /// One row: a group (its ready workers over those it wants in the PID
-/// column, its workers' restarts added up) or one of its workers below it.
+/// column, what its workers use and their restarts added up) or one of its
+/// workers below it.
 struct Entry {
     /// What the action keys act on: the group or the worker id.
     target: String,
     group: String,
     is_worker: bool,
-    cells: [String; 6],
+    cells: [String; 8],
 }
 
 fn entries(fleet: &Fleet) -> Vec<Entry> {
@@ -118,11 +119,18 @@ fn entries(fleet: &Fleet) -> Vec<Entry> {
                 shown(&g.name),
                 shown(&g.state),
                 format!("{}/{}", g.ready, g.desired),
+                cpu(g.usage.as_ref()),
+                memory(g.usage.as_ref()),
                 restarts.to_string(),
                 shown(&g.reason),
                 String::new(),
             ],
-            None => [shown(name), String::new(), String::new(), restarts.to_string(), String::new(), String::new()],
+            None => {
+                let mut cells: [String; 8] = Default::default();
+                cells[0] = shown(name);
+                cells[5] = restarts.to_string();
+                cells
+            }
         };
         rows.push(Entry { target: name.to_string(), group: name.to_string(), is_worker: false, cells });
         for w in workers {
@@ -134,6 +142,8 @@ fn entries(fleet: &Fleet) -> Vec<Entry> {
                     format!("  {}", shown(&w.id)),
                     shown(&w.state),
                     if w.pid == 0 { "-".to_string() } else { w.pid.to_string() },
+                    cpu(w.usage.as_ref()),
+                    memory(w.usage.as_ref()),
                     w.restarts.to_string(),
                     if w.last_exit.is_empty() { "-".to_string() } else { shown(&w.last_exit) },
                     health(&w.health),
@@ -142,6 +152,23 @@ fn entries(fleet: &Fleet) -> Vec<Entry> {
         }
     }
     rows
+}
+
+/// CPU over corrald's last interval of readings; `-` before its second
+/// reading, or with readings off.
+fn cpu(usage: Option<&proto::ResourceUsage>) -> String {
+    usage.and_then(|u| u.cpu_percent).map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"))
+}
+
+/// Memory in use in binary units with one decimal ("48.1M"), as
+/// `corralctl workers` and systemctl show it.
+fn memory(usage: Option<&proto::ResourceUsage>) -> String {
+    let Some(n) = usage.map(|u| u.memory_bytes) else { return "-".to_string() };
+    let units = [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    match units.iter().find(|(size, _)| n >= *size) {
+        Some((size, unit)) => format!("{:.1}{unit}", n as f64 / *size as f64),
+        None => format!("{n}B"),
+    }
 }
 
 /// Each check's last word, short: `ping ok`, `liveness 3x: refused`.
@@ -527,6 +554,8 @@ fn draw(frame: &mut Frame, view: &mut View) {
         Constraint::Length(name_width as u16),
         Constraint::Length(8),
         Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(7),
         Constraint::Length(3),
         Constraint::Fill(1),
         Constraint::Fill(1),
@@ -679,11 +708,23 @@ mod tests {
             },
             workers: vec![worker("web-1", "web", 1), worker("web-2", "web", 2), worker("db-1", "db", 0)],
         };
-        let rows: Vec<(String, [String; 6])> = entries(&fleet).into_iter().map(|e| (e.target, e.cells)).collect();
+        let rows: Vec<(String, [String; 8])> = entries(&fleet).into_iter().map(|e| (e.target, e.cells)).collect();
         let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(targets, ["web", "web-1", "web-2", "db", "db-1"]);
-        assert_eq!(rows[0].1[2..4], ["2/2".to_string(), "3".to_string()]);
+        assert_eq!(rows[0].1[2], "2/2");
+        assert_eq!(rows[0].1[5], "3");
         assert_eq!(rows[1].1[0], "  web-1");
+    }
+
+    #[test]
+    fn usage_reads_short_and_a_missing_figure_as_a_dash() {
+        let usage =
+            |memory_bytes, cpu_percent| proto::ResourceUsage { memory_bytes, cpu_percent, ..Default::default() };
+        assert_eq!(memory(Some(&usage(50_436_096, None))), "48.1M");
+        assert_eq!(memory(Some(&usage(512, None))), "512B");
+        assert_eq!(memory(None), "-");
+        assert_eq!(cpu(Some(&usage(0, Some(12.345)))), "12.3%");
+        assert_eq!(cpu(Some(&usage(0, None))), "-", "a single reading has no rate yet");
     }
 
     #[test]
