@@ -12,7 +12,7 @@ mod docs;
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
