@@ -1,8 +1,9 @@
 //! `corralctl top` in a real terminal (tmux, 80x24) against a real corrald:
 //! the groups and workers it shows, a killed worker's restart, the stop key
 //! (declined, then confirmed: the worker stops and the audit trail has it),
-//! a read-tier user's denial, the terminal as it was after q, and the plain
-//! table printed without a terminal.
+//! following one worker, a read-tier user's denial, the terminal as it was
+//! after q, Ctrl-C and a panic, and the plain table printed without a
+//! terminal.
 
 mod common;
 
@@ -176,6 +177,40 @@ async fn q_and_ctrl_c_leave_the_screen_and_the_terminal_modes_as_they_were() {
         for mode in ["icanon", "echo", "isig", "icrnl", "opost"] {
             assert!(words.contains(&mode), "{quit}: {mode} is on again: {stty}");
         }
+    }
+    c.shutdown_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (the README's test command, tests/run-all, sets it)"
+)]
+async fn a_panic_leaves_the_screen_and_the_terminal_modes_as_they_were_and_says_why() {
+    let mut c = Corrald::new(&format!("{NO_SCOPES}{}", web(1)));
+    c.start();
+    c.wait_ready("web", 1).await;
+    let modes = c.dir.path().join("stty.txt");
+    let tmux = Tmux::start(c.dir.path(), 80, 24, "env PS1='shell> ' bash --norc --noprofile");
+    tmux.screen_until("the shell's prompt", |s| s.contains("shell>"));
+    // Without a backtrace the panic's message stays on the screen.
+    tmux.type_text(&format!(
+        "RUST_BACKTRACE=0 CORRAL_FAULT_TOP_PANIC=1 {}; echo \"exit $?\"; stty -a > {}",
+        top_command(&c),
+        path_str(&modes)
+    ));
+    tmux.keys(&["Enter"]);
+    tmux.screen_until("top", |s| shows_fleet(s, &["web-1"]));
+    tmux.keys(&["!"]);
+    let screen = tmux.screen_until("the shell again", |s| !s.contains("q quit") && s.contains("exit 101"));
+    assert!(screen.contains("injected fault: CORRAL_FAULT_TOP_PANIC"), "the panic's message is readable:\n{screen}");
+    assert!(row(&screen, "web-1").is_none(), "the alternate screen is left:\n{screen}");
+    let stty = poll_blocking("stty's output", PATIENCE, || {
+        holding(std::fs::read_to_string(&modes).unwrap_or_default(), |t| t.contains("icanon"))
+    });
+    let words: Vec<&str> = stty.split_whitespace().collect();
+    for mode in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(words.contains(&mode), "{mode} is on again: {stty}");
     }
     c.shutdown_ok().await;
 }

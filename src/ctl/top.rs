@@ -427,6 +427,12 @@ impl View {
         if ctrl_c {
             return false;
         }
+        // Test builds only: a key that panics, so a test can see the panic
+        // hook give the terminal back.
+        #[cfg(feature = "fault-injection")]
+        if key.code == KeyCode::Char('!') && std::env::var_os("CORRAL_FAULT_TOP_PANIC").is_some() {
+            panic!("injected fault: CORRAL_FAULT_TOP_PANIC");
+        }
         if let Some(action) = self.pending.take() {
             self.status_line = if key.code == KeyCode::Char('y') {
                 self.send(action)
