@@ -964,7 +964,7 @@ async fn top_following_a_worker_shows_its_journal_lines() {
     let screen = tmux.screen_until("web-2's journal line", |s| {
         s.contains("following web-2") && s.contains("journal: hello from a worker")
     });
-    assert_eq!(screen.matches("journal: hello from a worker").count(), 1, "web-2's line alone:\n{screen}");
+    assert_eq!(screen.matches("web-2 journal: hello from a worker").count(), 1, "web-2's line alone:\n{screen}");
     tmux.keys(&["q"]);
     c.shutdown_ok().await;
 }

@@ -390,7 +390,8 @@ async fn screen(
             Msg::Stream(state) => view.stream = state,
             Msg::Answer(text) => view.status_line = text,
             Msg::Journal(worker, line) => {
-                view.log(Logged { group: String::new(), worker, line: format!("journal: {}", shown(&line)) })
+                let line = format!("{} journal: {}", shown(&worker), shown(&line));
+                view.log(Logged { group: String::new(), worker, line })
             }
         }
     }
@@ -520,7 +521,8 @@ impl View {
     fn follows(&self, logged: &Logged) -> bool {
         match &self.follow {
             None => true,
-            Some((target, _)) => logged.worker == *target || (logged.worker.is_empty() && logged.group == *target),
+            // A group's row takes in its workers' events too.
+            Some((target, _)) => logged.worker == *target || logged.group == *target,
         }
     }
 }
