@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,8 @@ pub struct Config {
     pub access: AccessLists,
     /// A group granted the socket (mode 0660 instead of 0600).
     pub socket_group: Option<String>,
+    /// Where GET /metrics is served over HTTP; none unless set.
+    pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub groups: BTreeMap<String, GroupConfig>,
 }
@@ -473,6 +476,26 @@ impl GroupConfig {
     }
 }
 
+/// Where `metrics_listen` says to serve: a port alone is on the loopback
+/// address. The endpoint has no access control (it is not the command
+/// socket, whose peer credentials say who asks), so an address others can
+/// reach is refused unless `metrics_listen_public` says it is meant.
+fn metrics_address(text: &str, public: bool) -> Result<SocketAddr, String> {
+    let address = match text.parse::<u16>() {
+        Ok(port) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        Err(_) => text.parse::<SocketAddr>().map_err(|_| {
+            format!("key `metrics_listen`: {text:?} is not an address (\"127.0.0.1:9464\", \"[::1]:9464\") or a port")
+        })?,
+    };
+    if !address.ip().is_loopback() && !public {
+        return Err(format!(
+            "key `metrics_listen`: {address} is not a loopback address; the metrics tell the fleet's internals to \
+             whoever connects, so set metrics_listen_public = true to serve them there"
+        ));
+    }
+    Ok(address)
+}
+
 /// The file's top level. Each key here, in [`RawLimits`] and in
 /// [`GroupConfig`] is documented in [`reference::KEYS`], which corral.toml(5)
 /// is rendered from; its tests fail on a key missing there.
@@ -509,6 +532,9 @@ struct RawConfig {
     #[serde(default)]
     command_admin_gids: Vec<u32>,
     command_socket_group: Option<String>,
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    metrics_listen_public: bool,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -1116,6 +1142,11 @@ impl Config {
             }
             check_text("command_socket_group", name.as_bytes()).map_err(err)?;
         }
+        let metrics_listen = raw
+            .metrics_listen
+            .map(|address| metrics_address(&address, raw.metrics_listen_public))
+            .transpose()
+            .map_err(err)?;
         let socket = raw.socket.map(absolute).unwrap_or_else(default_socket_path);
         check_socket_path(&socket).map_err(err)?;
         let state_directory = raw.state_directory.map(absolute).unwrap_or_else(default_state_directory);
@@ -1149,6 +1180,7 @@ impl Config {
                 admin_gids: raw.command_admin_gids,
             },
             socket_group: raw.command_socket_group,
+            metrics_listen,
             output_buffer,
             usage_interval,
             scopes: raw.scopes,
@@ -1570,6 +1602,21 @@ mod tests {
     }
 
     #[track_caller]
+    #[test]
+    fn metrics_listen_is_loopback_unless_said_otherwise() {
+        let c = parse("metrics_listen = \"9464\"\n").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = parse("metrics_listen = \"[::1]:9464\"\n").unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+        assert_eq!(parse("").unwrap().metrics_listen, None);
+        let e = parse("metrics_listen = \"0.0.0.0:9464\"\n").unwrap_err();
+        assert!(e.to_string().contains("metrics_listen_public"), "{e}");
+        let c = parse("metrics_listen = \"0.0.0.0:9464\"\nmetrics_listen_public = true\n").unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        let e = parse("metrics_listen = \"localhost:x\"\n").unwrap_err();
+        assert!(e.to_string().contains("key `metrics_listen`"), "{e}");
+    }
+
     fn load_refused(text: &str, key: &str) -> String {
         let (_dir, path, result) = load(text);
         let e = result.unwrap_err().to_string();

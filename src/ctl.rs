@@ -304,6 +304,7 @@ fn content_to_json(content: &response::Content) -> (&'static str, Value) {
             }),
         ),
         response::Content::Event(e) => ("event", event_to_json(e)),
+        response::Content::Metrics(m) => ("metrics", json!({ "text": m.text })),
         response::Content::Outcome(o) => (
             "outcome",
             json!({

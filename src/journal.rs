@@ -169,6 +169,8 @@ struct Shared {
     queued: AtomicUsize,
     queued_own: AtomicUsize,
     dropped: AtomicU64,
+    /// Of those, the lines neither the journal nor stderr took.
+    unwritable: AtomicU64,
     pumps: AtomicUsize,
     idle: Notify,
     /// Where drops are told, once corrald has its broadcaster.
@@ -210,6 +212,7 @@ impl Output {
             queued: AtomicUsize::new(0),
             queued_own: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            unwritable: AtomicU64::new(0),
             pumps: AtomicUsize::new(0),
             idle: Notify::new(),
             events: OnceLock::new(),
@@ -243,6 +246,12 @@ impl Output {
     /// queue had no room for, and those neither the journal nor stderr took.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Those lines by why: the queue was full, or no sink took them.
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 2] {
+        let unwritable = self.shared.unwritable.load(Ordering::Relaxed);
+        [("queue_full", self.dropped().saturating_sub(unwritable)), ("unwritable", unwritable)]
     }
 
     /// Queues an entry unless its budget is spent; returns whether it was.
@@ -399,6 +408,7 @@ impl Writer {
                 Item::Entry(entry, budget) => {
                     if let (false, Source::Worker(origin, _)) = (self.write(&entry, &mut buf), &entry.source) {
                         self.shared.count_dropped(origin);
+                        self.shared.unwritable.fetch_add(1, Ordering::Relaxed);
                         self.unwritten += 1;
                     }
                     self.shared.counter(budget).0.fetch_sub(entry.cost(), Ordering::AcqRel);

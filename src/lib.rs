@@ -15,6 +15,7 @@ pub mod events;
 pub mod files;
 pub mod frame;
 pub mod journal;
+pub mod metrics;
 pub mod procfs;
 pub mod sanitise;
 pub mod supervisor;

@@ -3,7 +3,8 @@
 //! healthy one never is), tcp and http probes against a port the demo
 //! worker listens on (readiness, then a restart when it stops listening),
 //! and exec probes (as the worker's user, their failures counted in the
-//! listing, never two in flight for one worker).
+//! listing, never two in flight for one worker). The metrics count what
+//! the checks did.
 
 mod common;
 
@@ -66,6 +67,16 @@ async fn a_worker_that_stops_answering_pings_is_hung_audited_and_restarted() {
     assert_eq!(ours[1]["result"], "ok", "{:#?}", ours[1]);
     assert_eq!(ours[1]["request_id"], ours[0]["request_id"], "the outcome names its restart");
     assert!(ours[1]["reason"].as_str().unwrap().contains("restarting in"), "{:#?}", ours[1]);
+
+    // The metrics count the restart as one for health (the new process
+    // hangs in its turn, so there may be more by now), and the missed pings.
+    let (code, metrics, stderr) = c.ctl(&["metrics"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let count =
+        |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok());
+    assert!(count("corral_worker_restarts_total{group=\"w\",reason=\"health\"}") >= Some(1), "{metrics}");
+    assert_eq!(count("corral_worker_restarts_total{group=\"w\",reason=\"exit\"}"), None, "{metrics}");
+    assert!(count("corral_health_checks_total{group=\"w\",check=\"ping\",result=\"fail\"}") >= Some(3), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

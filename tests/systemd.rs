@@ -947,6 +947,15 @@ async fn a_worker_in_its_own_scope_is_read_as_systemd_accounts_its_scope() {
     assert_eq!(code, Some(0), "{text}{err}");
     let row = text.lines().find(|l| l.starts_with("hog-1 ")).unwrap_or_else(|| panic!("{text}"));
     assert!(row.split_whitespace().any(|c| c == expected), "{text}");
+
+    // The metrics name the same source, and count the placement's time.
+    let (code, metrics, err) = c.ctl(&["metrics"]);
+    assert_eq!(code, Some(0), "{err}");
+    let value =
+        |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok());
+    let memory = format!("corral_worker_memory_bytes{{group=\"hog\",worker=\"hog-1\",source=\"{expected}\"}}");
+    assert!(value(&memory).is_some_and(|m| m >= (64 * MIB) as f64), "{metrics}");
+    assert_eq!(value("corral_placement_duration_seconds_count"), Some(1.0), "{metrics}");
     c.shutdown_ok().await;
 }
 

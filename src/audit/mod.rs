@@ -666,6 +666,13 @@ impl Auditor {
     /// `accepted` record that fails is followed by a `failed` one, with
     /// [`refusal`] as its reason, in every sink that took it.
     pub async fn write(&self, record: Record) -> Result<(), String> {
+        let result = record.result.name();
+        let written = self.write_record(record).await;
+        crate::metrics::count_audit(result, written.is_ok());
+        written
+    }
+
+    async fn write_record(&self, record: Record) -> Result<(), String> {
         let sinks = self.sinks;
         let rendered = if record.raw_len() <= RENDER_INLINE {
             sinks.render_owned(record)
@@ -820,6 +827,7 @@ impl Writer {
             let entries = records.iter().map(|(r, _)| r).chain(&outcomes).filter_map(|r| r.journal.as_ref());
             let missed = entries.filter(|e| !journal.send(e)).count();
             self.journal_missed.fetch_add(missed as u64, Ordering::Relaxed);
+            crate::metrics::count_audit_journal_missed(missed as u64);
         }
         batch.text_error = None;
         batch.json_error = None;

@@ -58,6 +58,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Show corrald and its groups, with what their workers use together
     Status,
+    /// Print the fleet's metrics in the OpenMetrics text format
+    Metrics,
     /// List workers: state, restarts, and what each uses (CPU, memory, tasks)
     Workers {
         /// Only the workers of this group

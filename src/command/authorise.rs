@@ -162,6 +162,7 @@ pub fn describe(command: &Command) -> Described {
     use Tier::{Admin, Operate, Read};
     match command {
         Command::Status(_) => d(Read, "Status", vec![], (None, None)),
+        Command::Metrics(_) => d(Read, "Metrics", vec![], (None, None)),
         Command::ListWorkers(r) => d(Read, "ListWorkers", vec![format!("group={}", r.group)], (None, None)),
         Command::Subscribe(r) => d(Read, "Subscribe", vec![format!("target={}", r.target)], target(&r.target)),
         Command::Stop(r) => {
@@ -250,6 +251,7 @@ mod tests {
     fn each_command_needs_its_tier() {
         let tier = |c: Command| describe(&c).tier;
         assert_eq!(tier(Command::Status(proto::StatusRequest {})), Tier::Read);
+        assert_eq!(tier(Command::Metrics(proto::Metrics {})), Tier::Read);
         assert_eq!(tier(Command::Subscribe(proto::Subscribe { target: "web".into() })), Tier::Read);
         assert_eq!(tier(Command::Scale(proto::Scale { group: "web".into(), count: 3 })), Tier::Operate);
         assert_eq!(tier(Command::SaveState(proto::SaveState { path: "nightly".into() })), Tier::Operate);

@@ -12,7 +12,7 @@ pub mod authorise;
 pub mod peer;
 pub mod validate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -480,12 +480,14 @@ impl Session {
     /// Lets a request through, or says why not (and audits the refusal). A
     /// privileged one is audited before it is let through, and its record is kept under
     /// `seq` for its final answer to be audited too.
-    async fn admit(&mut self, seq: u64, id: u64, command: &Command, pending: &Pending) -> Result<(), String> {
+    async fn admit(&mut self, seq: u64, id: u64, command: &Command, pending: &Pending) -> Result<&'static str, String> {
         let described = authorise::describe(command);
+        let name = described.command;
         let checked = validate::check(command, &self.access.limits)
             .map_err(|why| ("refused", why))
             .and_then(|()| self.access.policy.check(&self.peer, &described).map(drop).map_err(|why| ("denied", why)));
         if let Err((kind, why)) = checked {
+            crate::metrics::count_request(name, kind, None);
             tracing::warn!(session = self.id, uid = self.peer.uid, "request {kind}: {}", sanitise(&why));
             if let Some(auditor) = self.access.auditor.clone() {
                 let record = self.record(id, &described, RecordResult::Denied, why.clone()).await;
@@ -496,13 +498,14 @@ impl Session {
             return Err(format!("{kind}: {why}"));
         }
         if !described.privileged {
-            return Ok(());
+            return Ok(name);
         }
         let mut record = None;
         if let Some(auditor) = self.access.auditor.clone() {
             let accepted = self.record(id, &described, RecordResult::Accepted, String::new()).await;
             if let Err(e) = auditor.write(accepted.clone()).await {
                 let why = audit::refusal(&e);
+                crate::metrics::count_request(name, "failed", None);
                 tracing::warn!(session = self.id, uid = self.peer.uid, "request {}: {why}", described.command);
                 return Err(why);
             }
@@ -516,7 +519,7 @@ impl Session {
         };
         let (group, worker) = (described.group.unwrap_or_default(), described.worker.unwrap_or_default());
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, Started { record, event, group, worker });
-        Ok(())
+        Ok(name)
     }
 }
 
@@ -552,13 +555,14 @@ async fn audit_final(
 /// gone out.
 #[derive(Default)]
 struct Flow {
-    in_flight: Mutex<HashSet<u64>>,
+    /// Each with when it arrived and its command, for the metrics.
+    in_flight: Mutex<HashMap<u64, (Instant, &'static str)>>,
     wake: Notify,
     sent: Notify,
 }
 
 impl Flow {
-    fn in_flight(&self) -> MutexGuard<'_, HashSet<u64>> {
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, (Instant, &'static str)>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -616,7 +620,10 @@ async fn write_responses(
         let mut response = fit(response, len, max_response);
         if response.status() != Status::Processing && seq != 0 {
             audit_final(auditor, &access.events, &pending, seq, &mut response).await;
-            flow.in_flight().remove(&response.id);
+            if let Some((arrived, command)) = flow.in_flight().remove(&response.id) {
+                let result = if response.status() == Status::Ok { "ok" } else { "failed" };
+                crate::metrics::count_request(command, result, Some(arrived.elapsed()));
+            }
         }
         if let (Some(Content::SupervisorStatus(status)), Some(auditor)) = (&mut response.content, auditor) {
             status.audit_journal_missed = auditor.journal_missed();
@@ -807,7 +814,7 @@ async fn connection(
             tx.send(0, failure(id, "unknown or missing command".into()));
             continue;
         };
-        if flow.in_flight().contains(&id) {
+        if flow.in_flight().contains_key(&id) {
             let why = format!("request id {id} is already in flight on this connection; refused, nothing was done");
             tx.send(0, failure(id, why));
             continue;
@@ -815,11 +822,15 @@ async fn connection(
         tracing::trace!(session = session_id, id, "request");
         let seq = next_seq;
         next_seq += 1;
-        if let Err(why) = session.admit(seq, id, &command, &pending).await {
-            tx.send(0, failure(id, why));
-            continue;
-        }
-        flow.in_flight().insert(id);
+        let arrived = Instant::now();
+        let name = match session.admit(seq, id, &command, &pending).await {
+            Ok(name) => name,
+            Err(why) => {
+                tx.send(0, failure(id, why));
+                continue;
+            }
+        };
+        flow.in_flight().insert(id, (arrived, name));
         let reply = Reply::new(id, seq, tx.clone());
         match supervisor::Request::from_command(command) {
             Ok(request) => handle.request(request, reply),

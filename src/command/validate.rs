@@ -82,7 +82,11 @@ fn count(what: &str, n: u32, limits: &Limits) -> Result<(), String> {
 /// Refuses a request no bound allows.
 pub fn check(command: &Command, limits: &Limits) -> Result<(), String> {
     match command {
-        Command::Status(_) | Command::ReloadConfig(_) | Command::Shutdown(_) | Command::AuditReopen(_) => Ok(()),
+        Command::Status(_)
+        | Command::Metrics(_)
+        | Command::ReloadConfig(_)
+        | Command::Shutdown(_)
+        | Command::AuditReopen(_) => Ok(()),
         Command::ListWorkers(r) if r.group.is_empty() => Ok(()),
         Command::ListWorkers(r) => group_name(&r.group),
         Command::Stop(r) => target(&r.target),

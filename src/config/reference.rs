@@ -237,6 +237,20 @@ pub const KEYS: &[Key] = &[
         "A group granted the socket: mode 0660 instead of 0600. It must exist on the host.",
     ),
     key(
+        "metrics_listen",
+        Kind::String,
+        Unset("no HTTP endpoint (corralctl metrics still answers)"),
+        "Where to serve GET /metrics over HTTP, in the OpenMetrics text format: an address (\"127.0.0.1:9464\", \
+         \"[::1]:9464\") or a port alone, on 127.0.0.1. Anyone who can connect reads it. Read at start.",
+    ),
+    key(
+        "metrics_listen_public",
+        Kind::Boolean,
+        Value("false"),
+        "Whether metrics_listen may be an address other than loopback: without it such an address is refused, \
+         as the metrics tell the fleet's groups and health to whoever connects.",
+    ),
+    key(
         "limits",
         Kind::Table,
         Value("{}"),

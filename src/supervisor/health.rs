@@ -60,6 +60,9 @@ impl Supervisor {
             Some(proc.health.checks.iter().find(|c| c.kind == kind).map_or(0, |c| c.consecutive_failures))
         };
         let before = in_a_row(&self.fleet).unwrap_or_default();
+        if self.fleet.proc(&key, generation).is_some() {
+            self.counted.check(&key.group, kind, &result);
+        }
         let step = self.fleet.record_check(&key, generation, kind, result, SystemTime::now());
         let Some(after) = in_a_row(&self.fleet) else { return };
         let Some(proc) = self.fleet.proc(&key, generation) else { return };

@@ -26,6 +26,7 @@ mod fanout;
 mod fleet;
 mod health;
 mod launch;
+mod metrics;
 mod orchestrate;
 mod probe;
 mod process;
@@ -106,6 +107,8 @@ pub struct Supervisor {
     told_states: BTreeMap<String, &'static str>,
     /// Where restarts for health are told, to be put on record.
     health_notices: Option<mpsc::UnboundedSender<health::HealthNotice>>,
+    /// Exits, restarts and check results, for the metrics.
+    counted: metrics::Counted,
     /// Reads the workers' CPU and memory off the actor; none when
     /// `usage_interval` is 0.
     usage: Option<Sampler>,
@@ -159,6 +162,7 @@ impl Supervisor {
             events,
             told_states: BTreeMap::new(),
             health_notices: None,
+            counted: metrics::Counted::default(),
         }
     }
 

@@ -19,6 +19,7 @@ const WORKERS_PER_RESPONSE: usize = 256;
 #[derive(Debug)]
 pub enum Request {
     Status,
+    Metrics,
     ListWorkers(proto::ListWorkers),
     Stop(proto::Stop),
     Start(proto::Start),
@@ -47,6 +48,7 @@ impl Request {
     pub fn from_command(command: Command) -> Result<Request, SocketCommand> {
         Ok(match command {
             Command::Status(_) => Request::Status,
+            Command::Metrics(_) => Request::Metrics,
             Command::ListWorkers(r) => Request::ListWorkers(r),
             Command::Stop(r) => Request::Stop(r),
             Command::Start(r) => Request::Start(r),
@@ -65,20 +67,24 @@ impl Request {
 
     /// Only reads the supervisor's state.
     pub fn read_only(&self) -> bool {
-        matches!(self, Request::Status | Request::ListWorkers(_))
+        matches!(self, Request::Status | Request::Metrics | Request::ListWorkers(_))
     }
 }
 
 impl Supervisor {
     pub(super) fn on_request(&mut self, request: Request, reply: Reply) {
         if self.fleet.shutting_down()
-            && !matches!(request, Request::Status | Request::ListWorkers(_) | Request::Stop(_))
+            && !matches!(request, Request::Status | Request::Metrics | Request::ListWorkers(_) | Request::Stop(_))
         {
             reply.failure("corrald is shutting down".into(), None);
             return;
         }
         match request {
             Request::Status => reply.ok(String::new(), Some(Content::SupervisorStatus(self.status()))),
+            Request::Metrics => {
+                let text = self.metrics();
+                reply.ok(String::new(), Some(Content::Metrics(proto::MetricsText { text })))
+            }
             Request::ListWorkers(req) => self.list_workers(&req.group, reply),
             Request::Stop(req) => {
                 let Some((target, keys)) = self.resolve(&req.target, &reply) else { return };

@@ -107,8 +107,10 @@ impl Supervisor {
             let (sd, handle, key, pid) = (sd.clone(), self.handle.clone(), key.clone(), spawned.pid);
             let events = self.events.clone();
             tokio::spawn(async move {
+                let asked = std::time::Instant::now();
                 match sd.place(pid, &placement).await {
                     Ok(note) => {
+                        crate::metrics::PLACEMENT_SECONDS.observe(asked.elapsed());
                         if let Some(note) = note {
                             tracing::info!(worker = %key, "{note}");
                         }
@@ -165,6 +167,7 @@ impl Supervisor {
                     signal: status.and_then(signal_name).unwrap_or_default(),
                 };
                 self.tell(&key, Kind::Exited(exited));
+                self.counted.exit(&key.group, status);
                 let Some(Exited { proc, described, next }) =
                     self.fleet.exited(&key, generation, description, clean, Instant::now())
                 else {
@@ -180,6 +183,9 @@ impl Supervisor {
                 self.runtime_dirty = true;
                 self.release_leaf(&key);
                 self.finish_waiters(&key, Err(format!("{described} before it was ready")));
+                if let AfterExit::Restart { .. } = next {
+                    self.counted.restart(&key.group, proc.health.condemned.is_some());
+                }
                 if let Some(reason) = proc.health.condemned {
                     let how = format!("{described}; {}", next.describe());
                     let stage = NoticeStage::Exited { how };

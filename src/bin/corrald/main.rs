@@ -5,6 +5,7 @@
 
 mod handover;
 mod health;
+mod metrics;
 mod serve;
 mod signals;
 mod startup;
@@ -85,7 +86,7 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let listener = startup::command_socket(&config, passed.socket, socket_group)?;
     let (systemd, systemd_events) = startup::connect_systemd(&config).await?.unzip();
     startup::descriptor_store(&notifier, systemd.as_ref()).await;
-    let (config_path, max_frame) = (config.path.clone(), config.max_frame_size);
+    let (config_path, max_frame, metrics_listen) = (config.path.clone(), config.max_frame_size, config.metrics_listen);
     let access = startup::access(&config, auditor.clone());
     let mut supervisor = Supervisor::new(config, systemd.clone(), notifier.clone(), output.clone());
     let access = access(supervisor.events());
@@ -94,6 +95,9 @@ async fn run(config: Config, passed: Passed, notifier: Notifier, output: Output)
     let handle = supervisor.handle();
     tracing::info!(socket = %listener.path().display(), pid = std::process::id(), "corrald serving");
     let server = Server::start(listener, handle.clone(), max_frame, access);
+    if let Some(address) = metrics_listen {
+        metrics::serve(address, handle.clone()).await;
+    }
     #[cfg(feature = "fault-injection")]
     signals::wedge_on_sigusr2(handle.clone());
     signals::answer(handle.clone(), systemd, auditor, systemd_events, supervisor.events());
