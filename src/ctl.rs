@@ -24,6 +24,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 use crate::frame;
 use crate::proto::{self, event::Kind, request, response, Request, Response, Status};
 
+pub mod top;
+
 /// The largest response frame the client accepts: corrald's default
 /// `limits.max_response_size`, which it never exceeds (a larger answer is
 /// replaced by a FAILURE saying so, and worker listings come in parts).

@@ -12,7 +12,7 @@ mod docs;
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -266,16 +266,14 @@ fn path_with_corralctl() -> String {
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
 }
 
-/// An interactive zsh in a tmux server of its own (its socket in the
-/// test's directory, gone with it), with `_corralctl` in its fpath as the
+/// An interactive zsh in tmux, with `_corralctl` in its fpath as the
 /// package installs it in /usr/share/zsh/vendor-completions.
 struct Zsh {
-    server: PathBuf,
+    tmux: Tmux,
 }
 
 impl Zsh {
     fn start(dir: &Path, socket: &Path) -> Zsh {
-        let server = dir.join("tmux.sock");
         let fpath = dir.join("completions");
         let shell = format!(
             "env -i HOME={home} TERM=xterm PATH={path} CORRAL_SOCKET={socket} zsh -f",
@@ -283,45 +281,21 @@ impl Zsh {
             path = shell_quote(&path_with_corralctl()),
             socket = shell_quote(&socket.display().to_string()),
         );
-        let zsh = Zsh { server };
-        zsh.tmux(&["new-session", "-d", "-x", "150", "-y", "40", &shell]);
+        let zsh = Zsh { tmux: Tmux::start(dir, 150, 40, &shell) };
         let setup = format!(
             "fpath=({} $fpath); autoload -Uz compinit; compinit -u -D; PS1='ready> '",
             shell_quote(&fpath.display().to_string())
         );
-        zsh.tmux(&["send-keys", &setup, "Enter"]);
-        zsh.screen_until("zsh's prompt", |screen| screen.lines().any(|l| l.starts_with("ready>")));
+        zsh.tmux.keys(&[&setup, "Enter"]);
+        zsh.tmux.screen_until("zsh's prompt", |screen| screen.lines().any(|l| l.starts_with("ready>")));
         zsh
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let out = run_bounded(Command::new("tmux").arg("-S").arg(&self.server).args(args));
-        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Types `text` and a TAB, and returns the screen once `done` holds.
     fn tab(&self, text: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
-        self.tmux(&["send-keys", "-l", text]);
-        self.tmux(&["send-keys", "Tab"]);
-        self.screen_until(what, done)
-    }
-
-    fn screen_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        poll_blocking(what, PATIENCE, || {
-            let screen = self.tmux(&["capture-pane", "-p"]);
-            if done(&screen) {
-                Ok(screen)
-            } else {
-                Err(screen)
-            }
-        })
-    }
-}
-
-impl Drop for Zsh {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").arg("-S").arg(&self.server).arg("kill-server").output();
+        self.tmux.type_text(text);
+        self.tmux.keys(&["Tab"]);
+        self.tmux.screen_until(what, done)
     }
 }
 

@@ -958,3 +958,22 @@ async fn a_worker_in_its_own_scope_is_read_as_systemd_accounts_its_scope() {
     assert_eq!(value("corral_placement_duration_seconds_count"), Some(1.0), "{metrics}");
     c.shutdown_ok().await;
 }
+
+/// `corralctl top` following a worker shows the lines corrald wrote to the
+/// journal for it, read with journalctl, below its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real systemd: tests/systemd/run-suite runs it inside a container"]
+async fn top_following_a_worker_shows_its_journal_lines() {
+    let mut c = Corrald::new(&demo_group("web", 2, &["--say", "hello from a worker"], ""));
+    c.start();
+    c.wait_ready("web", 2).await;
+    let tmux = Tmux::start(c.dir.path(), 80, 24, &format!("{CORRALCTL} --socket {} top", path_str(&c.socket)));
+    tmux.screen_until("top to show web-2", |s| s.contains("events live") && s.contains("web-2"));
+    tmux.keys(&["Down", "Down", "f"]);
+    let screen = tmux.screen_until("web-2's journal line", |s| {
+        s.contains("following web-2") && s.contains("journal: hello from a worker")
+    });
+    assert_eq!(screen.matches("web-2 journal: hello from a worker").count(), 1, "web-2's line alone:\n{screen}");
+    tmux.keys(&["q"]);
+    c.shutdown_ok().await;
+}

@@ -33,6 +33,12 @@ fn main() -> ExitCode {
         return verify(file);
     }
     let socket = socket_path(cli.socket);
+    if let Cmd::Top { once, interval } = cli.command {
+        return match ctl::top::run(ctl::top::Options { socket, interval, once }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => fail(EXIT_NO_ANSWER, &msg),
+        };
+    }
     let command = match to_request(cli.command) {
         Ok(command) => command,
         Err(msg) => return fail(EXIT_USAGE, &msg),
@@ -182,6 +188,7 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
             binary: binary.map(|b| wire_path(&b)).transpose()?.unwrap_or_default(),
         }),
         Cmd::Audit(AuditCmd::Verify { .. }) => return Err("audit verify runs locally".into()),
+        Cmd::Top { .. } => return Err("top sends its own requests".into()),
     })
 }
 

@@ -135,6 +135,15 @@ pub enum Cmd {
         #[arg(add = ArgValueCandidates::new(complete::groups_and_workers))]
         target: Option<String>,
     },
+    /// Watch groups and workers live, full screen, and stop, restart or scale them with keys
+    Top {
+        /// Print the table once and exit (without a terminal it is printed every interval)
+        #[arg(long)]
+        once: bool,
+        /// How often the listing is read, besides after each event
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: Duration,
+    },
     /// Replace the running corrald in place; workers and the socket carry over
     Upgrade {
         /// The new corrald binary (default: the one running)

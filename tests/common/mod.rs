@@ -9,6 +9,7 @@ mod ctl;
 mod frames;
 mod poll;
 mod systemd;
+mod tmux;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -18,7 +19,7 @@ use corral::proto::{self, request::Command as Cmd, response::Content};
 
 // Each test file uses its own part of the harness.
 #[allow(unused_imports)]
-pub use {answers::*, corrald::*, ctl::*, frames::*, poll::*, systemd::*};
+pub use {answers::*, corrald::*, ctl::*, frames::*, poll::*, systemd::*, tmux::*};
 
 pub const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
 pub const CORRALCTL: &str = env!("CARGO_BIN_EXE_corralctl");
