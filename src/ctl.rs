@@ -25,6 +25,7 @@ use crate::frame;
 use crate::proto::{self, event::Kind, request, response, Request, Response, Status};
 
 pub mod top;
+pub mod units;
 
 /// The largest response frame the client accepts: corrald's default
 /// `limits.max_response_size`, which it never exceeds (a larger answer is

@@ -17,6 +17,7 @@ use clap_complete::CompleteEnv;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use corral::cli::corralctl::{socket_path, AuditCmd, Cli, Cmd, COMPLETE_ENV, EXIT_FAILURE, EXIT_NO_ANSWER, EXIT_USAGE};
+use corral::ctl::units::{age, bytes, percent};
 use corral::ctl::{self, Client};
 use corral::proto::{self, request, response, Response, Status};
 use corral::sanitise::neutralise;
@@ -477,25 +478,12 @@ fn usage_cell(
     usage.and_then(figure).unwrap_or_else(|| "-".to_owned())
 }
 
-fn percent(p: f64) -> String {
-    format!("{p:.1}%")
-}
-
 /// Seconds to a tenth below a minute ("3.2s"), then as an age ("5m 12s").
 fn cpu_time(us: u64) -> String {
     if us < 60_000_000 {
         format!("{:.1}s", us as f64 / 1e6)
     } else {
         age(Duration::from_micros(us))
-    }
-}
-
-/// Bytes in binary units with one decimal ("48.1M"), as systemctl shows memory.
-fn bytes(n: u64) -> String {
-    let units = [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
-    match units.iter().find(|(size, _)| n >= *size) {
-        Some((size, unit)) => format!("{:.1}{unit}", n as f64 / *size as f64),
-        None => format!("{n}B"),
     }
 }
 
@@ -558,20 +546,4 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         text.push('\n');
     }
     text
-}
-
-/// A duration in its two largest units ("3d 4h", "5m 12s"): precise enough
-/// to tell a fresh restart from a long-lived worker, short enough for a column.
-fn age(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (days, hours, mins, secs) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
-    if days > 0 {
-        format!("{days}d {hours}h")
-    } else if hours > 0 {
-        format!("{hours}h {mins}m")
-    } else if mins > 0 {
-        format!("{mins}m {secs}s")
-    } else {
-        format!("{secs}s")
-    }
 }

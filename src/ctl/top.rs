@@ -24,6 +24,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use super::units::{age, bytes, percent};
 use super::{event_line, status_name, Client, CtlError};
 use crate::proto::{self, request, response, Status};
 use crate::sanitise::neutralise;
@@ -157,18 +158,13 @@ fn entries(fleet: &Fleet) -> Vec<Entry> {
 /// CPU over corrald's last interval of readings; `-` before its second
 /// reading, or with readings off.
 fn cpu(usage: Option<&proto::ResourceUsage>) -> String {
-    usage.and_then(|u| u.cpu_percent).map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"))
+    usage.and_then(|u| u.cpu_percent).map_or_else(|| "-".to_string(), percent)
 }
 
 /// Memory in use in binary units with one decimal ("48.1M"), as
 /// `corralctl workers` and systemctl show it.
 fn memory(usage: Option<&proto::ResourceUsage>) -> String {
-    let Some(n) = usage.map(|u| u.memory_bytes) else { return "-".to_string() };
-    let units = [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
-    match units.iter().find(|(size, _)| n >= *size) {
-        Some((size, unit)) => format!("{:.1}{unit}", n as f64 / *size as f64),
-        None => format!("{n}B"),
-    }
+    usage.map_or_else(|| "-".to_string(), |u| bytes(u.memory_bytes))
 }
 
 /// Each check's last word, short: `ping ok`, `liveness 3x: refused`.
@@ -196,18 +192,6 @@ fn summary(status: &proto::SupervisorStatus, workers: usize) -> String {
 /// Text from the socket, with nothing a terminal would act on.
 fn shown(text: &str) -> String {
     neutralise(&text.replace('\n', " "))
-}
-
-/// A duration in its two largest units, as `corralctl workers` gives it.
-fn age(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (days, hours, mins, secs) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
-    match (days, hours, mins) {
-        (0, 0, 0) => format!("{secs}s"),
-        (0, 0, _) => format!("{mins}m {secs}s"),
-        (0, _, _) => format!("{hours}h {mins}m"),
-        _ => format!("{days}d {hours}h"),
-    }
 }
 
 /// The plain table: the summary line, then left-aligned columns.
