@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::sanitise::sanitise;
 use crate::systemd::properties;
-pub use health::{Check, HealthConfig, PingConfig, ProbeConfig};
+pub use health::{Check, HealthConfig, PingConfig, ProbeConfig, Trust};
 
 pub mod health;
 pub mod reference;
@@ -1063,7 +1063,7 @@ impl Config {
             let key = |k: &str| format!("groups.{name}.{k}");
             check_group_name(&name).map_err(|m| err(format!("key `groups.{name}`: {m}")))?;
             check_group(&name, &g, &limits).map_err(err)?;
-            health::check(&name, &mut g).map_err(err)?;
+            health::check(&name, &mut g, &base).map_err(err)?;
             // A command with a slash is a path (relative ones are taken from
             // the config file's directory); a bare name is looked up in PATH.
             if g.command.contains('/') {

@@ -2,7 +2,8 @@
 //! (a worker that stops reading it is hung, audited and restarted; a
 //! healthy one never is), tcp and http probes against a port the demo
 //! worker listens on (readiness, then a restart when it stops listening),
-//! and exec probes (as the worker's user, their failures counted in the
+//! https probes against it serving TLS (trusting a CA file, or failing on
+//! a certificate the system store does not know), and exec probes (as the worker's user, their failures counted in the
 //! listing, never two in flight for one worker). The metrics count what
 //! the checks did.
 
@@ -151,6 +152,60 @@ async fn a_tcp_probe_makes_a_signal_worker_ready_and_an_http_probe_restarts_it_w
     })
     .await;
     c.wait_ready("web", 1).await;
+    c.shutdown_ok().await;
+}
+
+/// A throwaway CA, and a certificate it signed for localhost: the paths of
+/// the CA's certificate, the server's certificate and the server's key.
+fn throwaway_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "corral test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let server = server.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_probe_trusts_its_ca_file_and_fails_on_a_certificate_the_system_store_does_not_know() {
+    let mut c = Corrald::new("");
+    let (ca, cert, key) = throwaway_ca(c.dir.path());
+    let group = |name: &str, ca_file: &str| {
+        let port = free_port();
+        format!(
+            "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--listen\", \"127.0.0.1:{port}\", \"--tls-cert\", {cert:?}, \
+             \"--tls-key\", {key:?}]\nready_after = \"1h\"\n\
+             [groups.{name}.health.readiness]\nhttp = \"https://localhost:{port}/ready\"\n{ca_file}\
+             interval = \"500ms\"\ntimeout = \"500ms\"\n"
+        )
+    };
+    c.write_config(&format!("{}{}", group("trusted", &format!("ca_file = {ca:?}\n")), group("unknown", "")));
+    c.start();
+
+    c.wait_ready("trusted", 1).await;
+    let listed = c
+        .wait_workers("unknown-1's readiness probe failing", |ws| {
+            check(worker(ws, "unknown-1"), "readiness").is_some_and(|r| r.consecutive_failures >= 2)
+        })
+        .await;
+    let trusted = check(worker(&listed, "trusted-1"), "readiness").unwrap();
+    assert_eq!((trusted.last_result.as_str(), trusted.consecutive_failures), ("ok", 0), "{trusted:?}");
+    let unknown = worker(&listed, "unknown-1");
+    assert_eq!(unknown.state, "starting", "{unknown:?}");
+    let failed = check(unknown, "readiness").unwrap();
+    assert_eq!(failed.last_result, "tls: invalid peer certificate: UnknownIssuer", "{failed:?}");
+
+    let (code, out, err) = c.ctl(&["workers"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = out.lines().find(|l| l.starts_with("unknown-1")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("readiness failed ") && row.contains("tls: invalid peer certificate: UnknownIssuer"), "{out}");
     c.shutdown_ok().await;
 }
 

@@ -65,6 +65,12 @@ struct Args {
     /// 200, for health probes.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// Serve the --listen port over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Start listening this long after the start, in milliseconds.
     #[arg(long, default_value_t = 0, requires = "listen")]
     listen_delay_ms: u64,
@@ -159,9 +165,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     let hang_at = args.hang_after_ms.map(|ms| started + Duration::from_millis(ms));
     let mut hung = false;
     if let Some(addr) = args.listen {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let from = started + Duration::from_millis(args.listen_delay_ms);
         let close_at = args.stop_listening_after_ms.map(|ms| started + Duration::from_millis(ms));
-        tokio::spawn(serve_http(addr, from, close_at));
+        tokio::spawn(serve_http(addr, tls, from, close_at));
     }
 
     loop {
@@ -285,10 +295,31 @@ async fn next_request(requests: &mut Option<WorkerRequests>) -> Result<Option<Wo
     }
 }
 
-/// Answers every connection with a 200 between `from` and `until`; a
-/// listener that cannot be bound is a note, and the probes then fail.
-async fn serve_http(addr: std::net::SocketAddr, from: Instant, close_at: Option<Instant>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A TLS server config from a PEM certificate chain and key.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificates of {}: {e:?}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key of {}: {e:?}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("cannot serve TLS with {}: {e}", cert.display()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Answers every connection with a 200 between `from` and `until`, over TLS
+/// when given an acceptor (a failed handshake is a note); a listener that
+/// cannot be bound is a note, and the probes then fail.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    from: Instant,
+    close_at: Option<Instant>,
+) {
     sleep_until(from).await;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
@@ -296,12 +327,16 @@ async fn serve_http(addr: std::net::SocketAddr, from: Instant, close_at: Option<
     };
     let serve = async {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut request = [0u8; 1024];
-                let _ = stream.read(&mut request).await;
-                let _ =
-                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").await;
+                match tls {
+                    None => answer_ok(stream).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => answer_ok(stream).await,
+                        Err(e) => note(&format!("TLS handshake on {addr} failed: {e}")),
+                    },
+                }
             });
         }
     };
@@ -309,6 +344,14 @@ async fn serve_http(addr: std::net::SocketAddr, from: Instant, close_at: Option<
         () = serve => {}
         () = until(close_at) => note(&format!("closed the listener on {addr} (--stop-listening-after-ms)")),
     }
+}
+
+async fn answer_ok(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = [0u8; 1024];
+    let _ = stream.read(&mut request).await;
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").await;
+    let _ = stream.shutdown().await;
 }
 
 async fn until(deadline: Option<Instant>) {

@@ -3,9 +3,11 @@
 //! (`[groups.NAME.health.liveness]`, `[groups.NAME.health.readiness]`),
 //! and their checks, whose errors name the key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::{duration, ms, GroupConfig, StopMode};
@@ -22,6 +24,8 @@ pub const MAX_THRESHOLD: u32 = 100;
 const MAX_EXEC_ARGS: usize = 64;
 /// Longest URL or address of a probe.
 const MAX_TARGET: usize = 2048;
+/// Largest `ca_file`: a bundle of a few hundred certificates fits.
+const MAX_CA_FILE: u64 = 1 << 20;
 
 /// `[groups.NAME.ping]`: its presence turns pings on.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -48,6 +52,9 @@ pub struct ProbeConfig {
     pub exec: Option<Vec<String>>,
     pub http: Option<String>,
     pub tcp: Option<String>,
+    /// The CA certificates (PEM) an https probe trusts instead of the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "ms::<10_000>", deserialize_with = "duration")]
     pub interval: Duration,
     #[serde(default = "ms::<1_000>", deserialize_with = "duration")]
@@ -67,8 +74,9 @@ pub enum Check {
     /// Runs this program (an absolute path) with these arguments; exit 0
     /// passes.
     Exec(Vec<String>),
-    /// GET `path` from `host:port` over HTTP/1.1; a 2xx or 3xx passes.
-    Http { host: String, port: u16, path: String },
+    /// GET `path` from `host:port` over HTTP/1.1, over TLS when `tls`
+    /// says whom to trust; a 2xx or 3xx passes.
+    Http { tls: Option<Trust>, host: String, port: u16, path: String },
     /// Connects to `host:port`; a connection passes.
     Tcp { host: String, port: u16 },
 }
@@ -78,10 +86,22 @@ impl Check {
     pub fn describe(&self) -> String {
         match self {
             Check::Exec(argv) => format!("exec {}", argv.join(" ")),
-            Check::Http { host, port, path } => format!("http://{}{path}", join_host_port(host, *port)),
+            Check::Http { tls, host, port, path } => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}{path}", join_host_port(host, *port))
+            }
             Check::Tcp { host, port } => format!("tcp {}", join_host_port(host, *port)),
         }
     }
+}
+
+/// The CA certificates an https probe checks the server's against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The host's store (/etc/ssl/certs on Debian).
+    System,
+    /// Only these, read from `ca_file` when the config was loaded.
+    Ca(Vec<CertificateDer<'static>>),
 }
 
 /// `host:port`, with an IPv6 address in brackets.
@@ -97,8 +117,9 @@ fn three() -> u32 {
     3
 }
 
-/// Checks a group's pings and probes, and fills in each probe's `check`.
-pub fn check(name: &str, g: &mut GroupConfig) -> Result<(), String> {
+/// Checks a group's pings and probes, and fills in each probe's `check`;
+/// a relative `ca_file` is taken from `base`, the config file's directory.
+pub fn check(name: &str, g: &mut GroupConfig, base: &Path) -> Result<(), String> {
     if let Some(ping) = &g.ping {
         let key = |k: &str| format!("groups.{name}.ping.{k}");
         if g.stop_mode != StopMode::Protocol {
@@ -118,13 +139,13 @@ pub fn check(name: &str, g: &mut GroupConfig) -> Result<(), String> {
     }
     for (which, probe) in [("liveness", &mut g.health.liveness), ("readiness", &mut g.health.readiness)] {
         if let Some(probe) = probe {
-            check_probe(&format!("groups.{name}.health.{which}"), probe)?;
+            check_probe(&format!("groups.{name}.health.{which}"), probe, base)?;
         }
     }
     Ok(())
 }
 
-fn check_probe(table: &str, p: &mut ProbeConfig) -> Result<(), String> {
+fn check_probe(table: &str, p: &mut ProbeConfig, base: &Path) -> Result<(), String> {
     let key = |k: &str| format!("{table}.{k}");
     interval(&key("interval"), p.interval)?;
     if p.timeout < MIN_TIMEOUT || p.timeout > p.interval {
@@ -158,8 +179,42 @@ fn check_probe(table: &str, p: &mut ProbeConfig) -> Result<(), String> {
             return Err(format!("key `{table}`: a probe takes exactly one of exec, http and tcp ({given} given)"));
         }
     };
+    p.ca_file = p.ca_file.take().map(|file| base.join(file));
+    let check = match (check, &p.ca_file) {
+        (Check::Http { tls: Some(_), host, port, path }, Some(file)) => {
+            Check::Http { tls: Some(Trust::Ca(ca_file(&key("ca_file"), file)?)), host, port, path }
+        }
+        (_, Some(_)) => {
+            return Err(format!("key `{}`: only an https probe (http = \"https://...\") checks a CA", key("ca_file")))
+        }
+        (check, None) => check,
+    };
     p.check = Some(check);
     Ok(())
+}
+
+/// The certificates of a PEM file: at most 1 MiB, at least one
+/// certificate.
+fn ca_file(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bad = |why: String| format!("key `{key}`: {}: {why}", file.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CA_FILE + 1), &mut bytes))
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_CA_FILE {
+        return Err(bad(format!("larger than {MAX_CA_FILE} bytes")));
+    }
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not PEM: {e:?}")))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| bad(format!("a certificate rustls cannot use as a CA: {e}")))?;
+    }
+    Ok(certs)
 }
 
 fn interval(key: &str, value: Duration) -> Result<(), String> {
@@ -194,23 +249,19 @@ fn exec(key: &str, argv: &[String]) -> Result<Vec<String>, String> {
     Ok(argv.to_vec())
 }
 
-/// An `http://` URL: host (a name, an IPv4 address or an IPv6 one in
-/// brackets), an optional port, and a path.
+/// An `http://` or `https://` URL: host (a name, an IPv4 address or an
+/// IPv6 one in brackets), an optional port, and a path. An https one
+/// trusts the system's CAs until `ca_file` says otherwise.
 fn http(key: &str, url: &str) -> Result<Check, String> {
     target_text(key, url)?;
-    if url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) {
-        return Err(format!(
-            "key `{key}`: {url:?}: https probes are not supported (corral carries no TLS stack for a check of a \
-             worker on this host); probe its plain http port, or use an exec probe (e.g. curl)"
-        ));
-    }
     let bad =
         |why: &str| format!("key `{key}`: {url:?} is not an http URL: {why} (e.g. \"http://127.0.0.1:8080/healthz\")");
-    let rest = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("http://"))
-        .map(|_| &url[7..])
-        .ok_or_else(|| bad("it must start with http://"))?;
+    let scheme = |s: &str| url.get(..s.len()).filter(|head| head.eq_ignore_ascii_case(s)).map(|_| &url[s.len()..]);
+    let (tls, rest, default_port) = match (scheme("http://"), scheme("https://")) {
+        (Some(rest), _) => (None, rest, 80),
+        (None, Some(rest)) => (Some(Trust::System), rest, 443),
+        (None, None) => return Err(bad("it must start with http:// or https://")),
+    };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
         Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -221,7 +272,7 @@ fn http(key: &str, url: &str) -> Result<Check, String> {
         return Err(bad("credentials in the URL are not supported"));
     }
     let (host, port) = if authority.ends_with(']') || !authority.contains(':') {
-        (authority.trim_start_matches('[').trim_end_matches(']').to_string(), 80)
+        (authority.trim_start_matches('[').trim_end_matches(']').to_string(), default_port)
     } else {
         host_port(authority).ok_or_else(|| bad("bad port"))?
     };
@@ -231,7 +282,7 @@ fn http(key: &str, url: &str) -> Result<Check, String> {
     if !path.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad("the path has spaces or non-ASCII bytes (percent-encode them)"));
     }
-    Ok(Check::Http { host, port, path })
+    Ok(Check::Http { tls, host, port, path })
 }
 
 fn target_text(key: &str, text: &str) -> Result<(), String> {
@@ -272,15 +323,15 @@ mod tests {
     fn http_urls_are_taken_apart_or_refused_naming_key_and_file() {
         assert_eq!(
             liveness("http = \"http://127.0.0.1:8080/healthz?deep=1\""),
-            Ok(Check::Http { host: "127.0.0.1".into(), port: 8080, path: "/healthz?deep=1".into() })
+            Ok(Check::Http { tls: None, host: "127.0.0.1".into(), port: 8080, path: "/healthz?deep=1".into() })
         );
         assert_eq!(
             liveness("http = \"HTTP://[::1]\""),
-            Ok(Check::Http { host: "::1".into(), port: 80, path: "/".into() })
+            Ok(Check::Http { tls: None, host: "::1".into(), port: 80, path: "/".into() })
         );
         for (url, why) in [
-            ("https://example.com/", "https probes are not supported"),
-            ("ftp://x/", "must start with http://"),
+            ("ftp://x/", "must start with http:// or https://"),
+            ("https://u@h/", "credentials"),
             ("http://h:0/", "bad port"),
             ("http://h:99999/", "bad port"),
             ("http:///x", "bad host"),
@@ -292,6 +343,53 @@ mod tests {
             assert!(err.contains("key `groups.web.health.liveness.http`"), "{err}");
             assert!(err.contains(why), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn https_urls_trust_the_system_store_or_their_ca_file() {
+        let check = liveness("http = \"https://localhost/ready\"").expect("https");
+        assert_eq!(
+            check,
+            Check::Http { tls: Some(Trust::System), host: "localhost".into(), port: 443, path: "/ready".into() }
+        );
+        assert_eq!(check.describe(), "https://localhost:443/ready");
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap().cert;
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.pem()).unwrap();
+        let with_ca = liveness(&format!("http = \"https://h:8443/\"\nca_file = {pem:?}")).expect("a CA file");
+        assert_eq!(
+            with_ca,
+            Check::Http {
+                tls: Some(Trust::Ca(vec![ca.der().clone()])),
+                host: "h".into(),
+                port: 8443,
+                path: "/".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_or_for_plain_http_is_refused_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'x'; (MAX_CA_FILE + 1) as usize]).unwrap();
+        for (file, why) in
+            [(&missing, "cannot read it"), (&garbage, "no PEM certificate"), (&big, "larger than 1048576 bytes")]
+        {
+            let err = liveness(&format!("http = \"https://h/\"\nca_file = {file:?}")).expect_err(why);
+            assert!(err.contains("/etc/corral/corral.toml"), "{err}");
+            assert!(err.contains("key `groups.web.health.liveness.ca_file`"), "{err}");
+            assert!(err.contains(&file.display().to_string()) && err.contains(why), "{err}");
+        }
+        let relative = liveness("http = \"https://h/\"\nca_file = \"ca.pem\"").expect_err("relative");
+        assert!(relative.contains("/etc/corral/ca.pem: cannot read it"), "from the config's directory: {relative}");
+        let plain = liveness(&format!("http = \"http://h/\"\nca_file = {garbage:?}")).expect_err("plain http");
+        assert!(plain.contains("key `groups.web.health.liveness.ca_file`: only an https probe"), "{plain}");
     }
 
     #[test]

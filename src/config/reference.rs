@@ -650,7 +650,17 @@ pub const KEYS: &[Key] = &[
         "groups.NAME.health.PROBE.http",
         Kind::String,
         Unset("another check"),
-        "GET this http:// URL (HTTP/1.1; https is not supported); a 2xx or 3xx status passes.",
+        "GET this http:// or https:// URL (HTTP/1.1); a 2xx or 3xx status passes. Over https, the server's \
+         certificate must be valid for the URL's host and chain to a CA of the system's store (read once, at the \
+         first https probe), or of ca_file when set; a failed handshake fails the probe.",
+    ),
+    ranged(
+        "groups.NAME.health.PROBE.ca_file",
+        Kind::Path,
+        Unset("the system's CA store"),
+        ("a PEM file of at most 1 MiB with at least one certificate", None, None),
+        "For an https probe: trust only the CA certificates of this file (read when the config is loaded; a \
+         self-signed certificate can be its own), instead of the system's store.",
     ),
     key(
         "groups.NAME.health.PROBE.tcp",

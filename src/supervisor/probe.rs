@@ -7,16 +7,20 @@ use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_rustls::TlsConnector;
 
 use super::fleet::{CheckKind, CheckResult};
-use crate::config::{Check, GroupConfig, Identity, ProbeConfig};
+use crate::config::{Check, GroupConfig, Identity, ProbeConfig, Trust};
 
 /// The first bytes of an HTTP answer read: the status line is in them.
 const HTTP_HEAD: usize = 1024;
@@ -94,10 +98,12 @@ impl Probes {
                 Ok(Err(e)) => CheckResult::Fail(format!("connect: {e}")),
                 Err(_) => timed_out(),
             },
-            Check::Http { host, port, path } => match timeout(limit, http_get(host, *port, path)).await {
-                Ok(result) => result,
-                Err(_) => timed_out(),
-            },
+            Check::Http { tls, host, port, path } => {
+                match timeout(limit, http_get(tls.as_ref(), host, *port, path)).await {
+                    Ok(result) => result,
+                    Err(_) => timed_out(),
+                }
+            }
         }
     }
 
@@ -196,12 +202,64 @@ fn join_and_become(procs: &[CString], identity: Option<&Identity>) -> std::io::R
     Ok(())
 }
 
-/// GET over HTTP/1.1; 2xx and 3xx pass.
-async fn http_get(host: &str, port: u16, path: &str) -> CheckResult {
-    let mut stream = match TcpStream::connect((host, port)).await {
+/// GET over HTTP/1.1, over TLS when `tls` is given; 2xx and 3xx pass.
+async fn http_get(tls: Option<&Trust>, host: &str, port: u16, path: &str) -> CheckResult {
+    let stream = match TcpStream::connect((host, port)).await {
         Ok(stream) => stream,
         Err(e) => return CheckResult::Fail(format!("connect: {e}")),
     };
+    let Some(trust) = tls else { return exchange(stream, host, port, path).await };
+    let name = match ServerName::try_from(host.to_string()) {
+        Ok(name) => name,
+        Err(e) => return CheckResult::Fail(format!("tls: {host:?} is not a server name: {e}")),
+    };
+    let config = match trust {
+        Trust::System => system_tls(),
+        Trust::Ca(certs) => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            tls_config(roots)
+        }
+    };
+    match TlsConnector::from(config).connect(name, stream).await {
+        Ok(stream) => exchange(stream, host, port, path).await,
+        Err(e) => CheckResult::Fail(format!("tls: {e}")),
+    }
+}
+
+/// A client config trusting `roots`, with rustls's safe protocol versions
+/// and the process's provider: ring, the only one built in.
+fn tls_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    Arc::new(ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The client config trusting the host's CA store, read once, at the first
+/// https probe that trusts it (a corrald restart reads it anew). A store
+/// that cannot be read, in whole or part, is logged: the probes it leaves
+/// unable to verify fail with an unknown issuer.
+fn system_tls() -> Arc<ClientConfig> {
+    static SYSTEM: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("https probes: reading the system CA store: {e}");
+            }
+            let mut roots = RootCertStore::empty();
+            let (_, unusable) = roots.add_parsable_certificates(found.certs);
+            if unusable > 0 {
+                tracing::warn!("https probes: {unusable} certificates of the system CA store are unusable, skipped");
+            }
+            if roots.is_empty() {
+                tracing::warn!("https probes: the system CA store has no certificate; set ca_file for each probe");
+            }
+            tls_config(roots)
+        })
+        .clone()
+}
+
+/// Sends the GET on a connected stream and judges the answer.
+async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, host: &str, port: u16, path: &str) -> CheckResult {
     let authority = crate::config::health::join_host_port(host, port);
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: corral-probe\r\nConnection: close\r\n\r\n");
