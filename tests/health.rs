@@ -174,19 +174,27 @@ fn throwaway_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_probe_trusts_its_ca_file_and_fails_on_a_certificate_the_system_store_does_not_know() {
+async fn an_https_probe_trusts_its_ca_file_and_fails_on_an_unknown_issuer_or_another_host_s_name() {
     let mut c = Corrald::new("");
     let (ca, cert, key) = throwaway_ca(c.dir.path());
-    let group = |name: &str, ca_file: &str| {
+    let group = |name: &str, host: &str, ca_file: &str| {
         let port = free_port();
         format!(
             "[groups.{name}]\ncommand = \"{{demo}}\"\nargs = [\"--listen\", \"127.0.0.1:{port}\", \"--tls-cert\", {cert:?}, \
              \"--tls-key\", {key:?}]\nready_after = \"1h\"\n\
-             [groups.{name}.health.readiness]\nhttp = \"https://localhost:{port}/ready\"\n{ca_file}\
+             [groups.{name}.health.readiness]\nhttp = \"https://{host}:{port}/ready\"\n{ca_file}\
              interval = \"500ms\"\ntimeout = \"500ms\"\n"
         )
     };
-    c.write_config(&format!("{}{}", group("trusted", &format!("ca_file = {ca:?}\n")), group("unknown", "")));
+    let with_ca = format!("ca_file = {ca:?}\n");
+    // The certificate names localhost only: asked for by address, the
+    // trusted CA does not save it.
+    c.write_config(&format!(
+        "{}{}{}",
+        group("trusted", "localhost", &with_ca),
+        group("unknown", "localhost", ""),
+        group("misnamed", "127.0.0.1", &with_ca)
+    ));
     c.start();
 
     c.wait_ready("trusted", 1).await;
@@ -201,6 +209,12 @@ async fn an_https_probe_trusts_its_ca_file_and_fails_on_a_certificate_the_system
     assert_eq!(unknown.state, "starting", "{unknown:?}");
     let failed = check(unknown, "readiness").unwrap();
     assert_eq!(failed.last_result, "tls: invalid peer certificate: UnknownIssuer", "{failed:?}");
+
+    let misnamed = check(worker(&listed, "misnamed-1"), "readiness").unwrap();
+    assert!(
+        misnamed.last_result.starts_with("tls: invalid peer certificate: certificate not valid for name \"127.0.0.1\""),
+        "{misnamed:?}"
+    );
 
     let (code, out, err) = c.ctl(&["workers"]);
     assert_eq!(code, Some(0), "{err}");
