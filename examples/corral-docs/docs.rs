@@ -90,6 +90,15 @@ fn man(cmd: clap::Command, section: &str) -> Man {
     Man::new(cmd).section(section).manual(MANUAL).source(format!("corral {VERSION}"))
 }
 
+/// A page's title, NAME and SYNOPSIS, as clap_mangen renders them.
+fn opening(man: &Man) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    Ok(out)
+}
+
 /// A section of paragraphs.
 fn section(roff: &mut Roff, title: &str, paragraphs: &[&str]) {
     roff.control("SH", [title]);
@@ -157,10 +166,7 @@ fn see_also(roff: &mut Roff, pages: &str) {
 fn corrald_page() -> io::Result<String> {
     let cmd = Args::command().name("corrald");
     let man = man(cmd, "8");
-    let mut out = Vec::new();
-    man.render_title(&mut out)?;
-    man.render_name_section(&mut out)?;
-    man.render_synopsis_section(&mut out)?;
+    let mut out = opening(&man)?;
     let mut roff = Roff::new();
     section(
         &mut roff,
@@ -218,10 +224,7 @@ fn corrald_page() -> io::Result<String> {
 fn corralctl_page() -> io::Result<String> {
     let cmd = Cli::command().mut_arg("socket", |a| a.help(corralctl::socket_help_for_everyone()));
     let man = man(cmd.clone(), "1");
-    let mut out = Vec::new();
-    man.render_title(&mut out)?;
-    man.render_name_section(&mut out)?;
-    man.render_synopsis_section(&mut out)?;
+    let mut out = opening(&man)?;
     let mut roff = Roff::new();
     section(
         &mut roff,
