@@ -197,6 +197,11 @@ pub struct Limits {
     /// counted, and the subscriber is told how many. Default 1024; 1 to
     /// 65536.
     pub event_queue: u32,
+    /// The latest events kept for a subscription that asks for a replay
+    /// (and at most `events::MAX_HISTORY_BYTES` of them): how a client sees
+    /// what happened before it could subscribe, the workers adopted on an
+    /// upgrade among them. Default 256; 0 (none kept) to 65536.
+    pub event_history: u32,
 }
 
 /// What `limits.max_audit_argument` is unless the config says otherwise:
@@ -237,6 +242,7 @@ impl Default for Limits {
             max_scopes: 256,
             max_subscribers: 64,
             event_queue: 1024,
+            event_history: 256,
         }
     }
 }
@@ -561,6 +567,7 @@ struct RawLimits {
     max_scopes: Option<u32>,
     max_subscribers: Option<u32>,
     event_queue: Option<u32>,
+    event_history: Option<u32>,
 }
 
 impl RawLimits {
@@ -634,6 +641,7 @@ impl RawLimits {
             })?,
             max_subscribers: count("max_subscribers", self.max_subscribers, d.max_subscribers, 1..=4096)?,
             event_queue: count("event_queue", self.event_queue, d.event_queue, 1..=65536)?,
+            event_history: count("event_history", self.event_history, d.event_history, 0..=65536)?,
         })
     }
 }

@@ -328,6 +328,7 @@ fn event_to_json(event: &proto::Event) -> Value {
     object.insert("time_ms".to_owned(), json!(event.time_ms));
     object.insert("group".to_owned(), json!(event.group));
     object.insert("worker".to_owned(), json!(event.worker));
+    object.insert("replayed".to_owned(), json!(event.replayed));
     let (kind, fields) = match &event.kind {
         Some(kind) => event_fields(kind),
         None => ("unknown", json!({})),

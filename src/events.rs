@@ -8,6 +8,10 @@
 //! room, and is dropped and counted otherwise. A subscriber that catches up
 //! is told first how many it missed (a `Lagged` event). So a subscriber
 //! that does not read costs corrald at most its queue, never its pace.
+//!
+//! The latest events are also kept, bounded, for a subscriber that asks
+//! for them: what happens before anyone can subscribe (the workers
+//! adopted on an upgrade, corrald starting) would otherwise reach no one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +28,10 @@ use crate::target::Target;
 /// number: events carry text from requests (a `limit`'s properties), so a
 /// count alone would not bound the memory.
 pub const MAX_QUEUE_BYTES: usize = 1 << 20;
+
+/// Bytes of past events kept for replay, whatever their number, for the
+/// same reason.
+pub const MAX_HISTORY_BYTES: usize = 1 << 20;
 
 /// Why an event did not reach a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +62,15 @@ pub struct Events {
 
 struct Inner {
     subscribers: Mutex<Vec<Arc<Subscriber>>>,
-    /// Read without the lock, so emitting with nobody listening costs one
-    /// atomic load.
+    /// Read without the lock, so emitting with nobody listening and no
+    /// history kept costs one atomic load.
     count: AtomicUsize,
     max_subscribers: usize,
     queue: usize,
+    /// Locked only with `subscribers` held, so that a new subscriber's
+    /// replay and its live events neither overlap nor leave a gap.
+    history: Mutex<History>,
+    history_len: usize,
     closed: AtomicBool,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
@@ -68,6 +80,13 @@ struct Subscriber {
     holder: Holder,
     queue: Mutex<Queue>,
     wake: Notify,
+}
+
+/// The latest events, oldest first, and their encoded size.
+#[derive(Default)]
+struct History {
+    events: VecDeque<proto::Event>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -105,14 +124,16 @@ pub struct Subscription {
 
 impl Events {
     /// A broadcaster for at most `max_subscribers` subscribers, each with
-    /// room for `queue` events.
-    pub fn new(max_subscribers: usize, queue: usize) -> Events {
+    /// room for `queue` events, that keeps the latest `history` events.
+    pub fn new(max_subscribers: usize, queue: usize, history: usize) -> Events {
         Events {
             inner: Arc::new(Inner {
                 subscribers: Mutex::new(Vec::new()),
                 count: AtomicUsize::new(0),
                 max_subscribers,
                 queue: queue.max(1),
+                history: Mutex::default(),
+                history_len: history,
                 closed: AtomicBool::new(false),
                 dropped: Default::default(),
             }),
@@ -133,9 +154,10 @@ impl Events {
         self.inner.count.load(Ordering::Relaxed)
     }
 
-    /// Adds a subscriber for the events `filter` lets through, or says why
-    /// not.
-    pub fn subscribe(&self, filter: Target, holder: Holder) -> Result<Subscription, String> {
+    /// Adds a subscriber for the events `filter` lets through, its queue
+    /// holding first the latest `replay` of them from the history (as
+    /// many as fit), or says why not.
+    pub fn subscribe(&self, filter: Target, holder: Holder, replay: usize) -> Result<Subscription, String> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err("corrald is stopping: no new subscriptions".into());
         }
@@ -164,21 +186,64 @@ impl Events {
             }
         }
         let subscriber = Arc::new(Subscriber { filter, holder, queue: Mutex::default(), wake: Notify::new() });
+        if replay > 0 {
+            self.replay(&subscriber, replay);
+        }
         subscribers.push(subscriber.clone());
         self.inner.count.store(subscribers.len(), Ordering::Relaxed);
         Ok(Subscription { subscriber, events: self.clone() })
     }
 
-    /// Hands `kind` to every subscriber whose filter lets it through.
-    /// `group` and `worker` are empty for corrald-wide events.
+    /// Queues for a new subscriber the latest `count` events of the
+    /// history that it wants and that fit in its queue, oldest first.
+    /// Called with the subscribers locked.
+    fn replay(&self, subscriber: &Subscriber, count: usize) {
+        let history = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
+        let count = count.min(self.inner.queue);
+        let mut queue = subscriber.lock();
+        for event in history.events.iter().rev().filter(|e| subscriber.wants(e)) {
+            let event = proto::Event { replayed: true, ..event.clone() };
+            let size = event.encoded_len();
+            if queue.events.len() == count || queue.bytes + size > MAX_QUEUE_BYTES {
+                break;
+            }
+            queue.bytes += size;
+            queue.events.push_front(event);
+        }
+    }
+
+    /// Keeps `event` in the history, the oldest going past its bounds.
+    /// Called with the subscribers locked.
+    fn remember(&self, event: &proto::Event, size: usize) {
+        let mut history = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.events.push_back(event.clone());
+        history.bytes += size;
+        while history.events.len() > self.inner.history_len || history.bytes > MAX_HISTORY_BYTES {
+            let Some(old) = history.events.pop_front() else { break };
+            history.bytes -= old.encoded_len();
+        }
+    }
+
+    /// Keeps `kind` in the history and hands it to every subscriber whose
+    /// filter lets it through. `group` and `worker` are empty for
+    /// corrald-wide events.
     pub fn emit(&self, group: &str, worker: &str, kind: Kind) {
-        if !self.listened() {
+        if self.inner.history_len == 0 && !self.listened() {
             return;
         }
-        let event =
-            proto::Event { time_ms: now_ms(), group: group.to_string(), worker: worker.to_string(), kind: Some(kind) };
+        let event = proto::Event {
+            time_ms: now_ms(),
+            group: group.to_string(),
+            worker: worker.to_string(),
+            replayed: false,
+            kind: Some(kind),
+        };
         let size = event.encoded_len();
-        for subscriber in self.subscribers().iter() {
+        let subscribers = self.subscribers();
+        if self.inner.history_len > 0 {
+            self.remember(&event, size);
+        }
+        for subscriber in subscribers.iter() {
             if !subscriber.wants(&event) {
                 continue;
             }
@@ -320,8 +385,8 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_and_the_subscriber_is_told_first() {
-        let events = Events::new(4, 3);
-        let mut sub = events.subscribe(Target::All, ADMIN).unwrap();
+        let events = Events::new(4, 3, 0);
+        let mut sub = events.subscribe(Target::All, ADMIN, 0).unwrap();
         for n in 0..10 {
             events.emit("web", "web-0", ready(n));
         }
@@ -346,8 +411,8 @@ mod tests {
 
     #[test]
     fn a_queue_holds_a_bounded_number_of_bytes_whatever_the_count() {
-        let events = Events::new(1, 1 << 16);
-        let mut sub = events.subscribe(Target::All, ADMIN).unwrap();
+        let events = Events::new(1, 1 << 16, 0);
+        let mut sub = events.subscribe(Target::All, ADMIN, 0).unwrap();
         let big = || Kind::Failed(proto::WorkerFailed { reason: "x".repeat(64 << 10) });
         for _ in 0..32 {
             events.emit("web", "web-0", big());
@@ -369,47 +434,47 @@ mod tests {
 
     #[test]
     fn readers_leave_a_quarter_to_admins_and_one_reader_an_eighth_to_the_others() {
-        let events = Events::new(16, 8);
+        let events = Events::new(16, 8, 0);
         let reader = |uid| Holder { uid, admin: false };
         let mut held = Vec::new();
         for _ in 0..2 {
-            held.push(events.subscribe(Target::All, reader(1000)).unwrap());
+            held.push(events.subscribe(Target::All, reader(1000), 0).unwrap());
         }
-        let greedy = events.subscribe(Target::All, reader(1000)).err().unwrap();
+        let greedy = events.subscribe(Target::All, reader(1000), 0).err().unwrap();
         assert!(greedy.contains("uid 1000 holds 2 subscriptions"), "{greedy}");
         for uid in 1001..1006 {
             for _ in 0..2 {
-                held.push(events.subscribe(Target::All, reader(uid)).unwrap());
+                held.push(events.subscribe(Target::All, reader(uid), 0).unwrap());
             }
         }
-        let late = events.subscribe(Target::All, reader(2000)).err().unwrap();
+        let late = events.subscribe(Target::All, reader(2000), 0).err().unwrap();
         assert!(late.contains("12 of 16 subscriptions are open; the rest are kept for admins"), "{late}");
         for _ in 0..4 {
-            held.push(events.subscribe(Target::All, ADMIN).unwrap());
+            held.push(events.subscribe(Target::All, ADMIN, 0).unwrap());
         }
-        assert!(events.subscribe(Target::All, ADMIN).err().unwrap().contains("16 subscriptions are open"));
+        assert!(events.subscribe(Target::All, ADMIN, 0).err().unwrap().contains("16 subscriptions are open"));
         held.truncate(1);
-        assert!(events.subscribe(Target::All, reader(1000)).is_ok());
+        assert!(events.subscribe(Target::All, reader(1000), 0).is_ok());
     }
 
     #[test]
     fn subscribers_are_bounded_and_a_gone_one_frees_its_place() {
-        let events = Events::new(2, 8);
-        let first = events.subscribe(Target::All, ADMIN).unwrap();
-        let _second = events.subscribe(Target::All, ADMIN).unwrap();
-        let refused = events.subscribe(Target::All, ADMIN).err().unwrap();
+        let events = Events::new(2, 8, 0);
+        let first = events.subscribe(Target::All, ADMIN, 0).unwrap();
+        let _second = events.subscribe(Target::All, ADMIN, 0).unwrap();
+        let refused = events.subscribe(Target::All, ADMIN, 0).err().unwrap();
         assert!(refused.contains("limits.max_subscribers"), "{refused}");
         events.emit("", "", ready(1));
         drop(first);
         assert_eq!(events.dropped()[1], (DropReason::Unsubscribed, 1));
-        assert!(events.subscribe(Target::All, ADMIN).is_ok());
+        assert!(events.subscribe(Target::All, ADMIN, 0).is_ok());
     }
 
     #[test]
     fn a_slow_subscriber_costs_another_nothing() {
-        let events = Events::new(2, 1);
-        let _slow = events.subscribe(Target::All, ADMIN).unwrap();
-        let mut quick = events.subscribe(Target::All, ADMIN).unwrap();
+        let events = Events::new(2, 1, 0);
+        let _slow = events.subscribe(Target::All, ADMIN, 0).unwrap();
+        let mut quick = events.subscribe(Target::All, ADMIN, 0).unwrap();
         for n in 0..5 {
             events.emit("web", "web-0", ready(n));
             assert_eq!(pid(&take(&mut quick).unwrap()), n);
@@ -419,9 +484,9 @@ mod tests {
 
     #[test]
     fn filters_let_through_their_target_and_corrald_wide_events() {
-        let events = Events::new(4, 16);
-        let mut group = events.subscribe(Target::Group("web".into()), ADMIN).unwrap();
-        let mut worker = events.subscribe(Target::Worker(SlotKey::new("web", 1)), ADMIN).unwrap();
+        let events = Events::new(4, 16, 0);
+        let mut group = events.subscribe(Target::Group("web".into()), ADMIN, 0).unwrap();
+        let mut worker = events.subscribe(Target::Worker(SlotKey::new("web", 1)), ADMIN, 0).unwrap();
         events.emit("web", "web-0", ready(1));
         events.emit("web", "web-1", ready(2));
         events.emit("db", "db-1", ready(3));
@@ -442,9 +507,45 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_is_the_latest_wanted_events_oldest_first_then_live_ones_without_a_gap() {
+        let events = Events::new(4, 16, 8);
+        for n in 0..12 {
+            events.emit(if n % 2 == 0 { "web" } else { "db" }, "", ready(n));
+        }
+        // The history kept the last 8 (4 to 11); the web ones of those are
+        // 4, 6, 8, 10, and three were asked for.
+        let mut web = events.subscribe(Target::Group("web".into()), ADMIN, 3).unwrap();
+        events.emit("web", "web-0", ready(12));
+        let seen: Vec<_> = (0..4).map(|_| take(&mut web).unwrap()).collect();
+        assert_eq!(seen.iter().map(pid).collect::<Vec<_>>(), [6, 8, 10, 12]);
+        assert_eq!(seen.iter().map(|e| e.replayed).collect::<Vec<_>>(), [true, true, true, false]);
+        // Without a replay, only what comes after.
+        let mut live = events.subscribe(Target::All, ADMIN, 0).unwrap();
+        events.emit("db", "", ready(13));
+        assert_eq!(pid(&take(&mut live).unwrap()), 13);
+    }
+
+    #[test]
+    fn a_replay_fits_the_subscriber_s_queue_and_the_history_its_bytes() {
+        let events = Events::new(4, 2, 1000);
+        for n in 0..5 {
+            events.emit("web", "web-0", ready(n));
+        }
+        let mut sub = events.subscribe(Target::All, ADMIN, 100).unwrap();
+        assert_eq!([pid(&take(&mut sub).unwrap()), pid(&take(&mut sub).unwrap())], [3, 4]);
+        let big = || Kind::Failed(proto::WorkerFailed { reason: "x".repeat(64 << 10) });
+        for _ in 0..40 {
+            events.emit("web", "web-0", big());
+        }
+        let history = events.inner.history.lock().unwrap();
+        assert!(history.bytes <= MAX_HISTORY_BYTES && history.events.len() == 15, "{}", history.events.len());
+        assert_eq!(history.bytes, history.events.iter().map(|e| e.encoded_len()).sum::<usize>());
+    }
+
+    #[test]
     fn nothing_is_subscribed_after_close() {
-        let events = Events::new(4, 4);
+        let events = Events::new(4, 4, 0);
         events.close();
-        assert!(events.subscribe(Target::All, ADMIN).is_err());
+        assert!(events.subscribe(Target::All, ADMIN, 0).is_err());
     }
 }

@@ -18,14 +18,18 @@ use corral::proto::{self, event::Kind, request::Command as Cmd, response::Conten
 const NO_SCOPES: &str = "scopes = \"off\"\n";
 
 fn subscribe(target: &str) -> Cmd {
-    Cmd::Subscribe(proto::Subscribe { target: target.into() })
+    Cmd::Subscribe(proto::Subscribe { target: target.into(), replay: 0 })
 }
 
 /// A subscription on a connection of its own, once corrald said
 /// "subscribed": nothing emitted after that is missed.
 async fn subscribed(c: &Corrald, target: &str) -> Client {
+    subscribed_with(c, Cmd::Subscribe(proto::Subscribe { target: target.into(), replay: 0 })).await
+}
+
+async fn subscribed_with(c: &Corrald, request: Cmd) -> Client {
     let mut client = c.client().await;
-    client.send(subscribe(target)).await.expect("send Subscribe");
+    client.send(request).await.expect("send Subscribe");
     let first = next_answer(&mut client).await;
     assert_eq!((first.status(), first.message.as_str()), (Status::Processing, "subscribed"), "{first:?}");
     client
@@ -247,13 +251,21 @@ async fn an_upgrade_ends_the_stream_with_ok_and_the_new_corrald_serves_subscript
     assert!(matches!(kind(&upgrading), Kind::Corrald(s) if s.state == "upgrading"), "{upgrading:?}");
     let last = final_answer(&mut events).await;
     assert_eq!(last.status(), Status::Ok, "{last:?}");
-    // The same process, its workers taken over: a new subscription sees
-    // the worker that ran before the upgrade exit.
+    // The same process, its workers taken over before it served the
+    // socket: a subscription that asks for a replay is told of the
+    // adoption, then sees the worker that ran before the upgrade exit.
     c.wait_stderr("the new corrald to adopt the worker", |log| {
         log.contains("adopted the workers of an earlier corrald")
     })
     .await;
-    let mut again = subscribed(&c, "web-1").await;
+    let mut again = subscribed_with(&c, Cmd::Subscribe(proto::Subscribe { target: "web-1".into(), replay: 16 })).await;
+    let replayed = events_until(&mut again, |e| matches!(kind(e), Kind::Corrald(s) if s.state == "starting")).await;
+    assert!(replayed.iter().all(|e| e.replayed), "{replayed:?}");
+    let adopted = replayed.iter().find_map(|e| match kind(e) {
+        Kind::Spawned(s) if e.worker == "web-1" => Some(*s),
+        _ => None,
+    });
+    assert_eq!(adopted, Some(proto::WorkerSpawned { pid, adopted: true }), "{replayed:?}");
     let (_, stopped) = c.call(stop("web-1", false)).await;
     assert_eq!(stopped.status(), Status::Ok, "{stopped:?}");
     events_until_all(

@@ -165,7 +165,7 @@ async fn events_tell_a_placement_and_a_stop_through_systemd() {
     c.wait_ready("web", 2).await;
     assert!(c.status().await.scopes_active, "{}", NEEDS_SYSTEMD);
     let mut events = c.client().await;
-    events.send(Cmd::Subscribe(proto::Subscribe { target: "web".into() })).await.expect("subscribe");
+    events.send(Cmd::Subscribe(proto::Subscribe { target: "web".into(), replay: 0 })).await.expect("subscribe");
     assert_eq!(next_answer(&mut events).await.message, "subscribed");
 
     let (_, last) = c.call(Cmd::Restart(proto::Restart { target: "web-1".into(), ..Default::default() })).await;

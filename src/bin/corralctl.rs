@@ -184,7 +184,9 @@ fn to_request(cmd: Cmd) -> Result<request::Command, String> {
         Cmd::LoadState { path } => request::Command::LoadState(proto::LoadState { path: state_name(&path)? }),
         Cmd::Shutdown => request::Command::Shutdown(proto::Shutdown {}),
         Cmd::Audit(AuditCmd::Reopen) => request::Command::AuditReopen(proto::AuditReopen {}),
-        Cmd::Events { target: t } => request::Command::Subscribe(proto::Subscribe { target: target(t) }),
+        Cmd::Events { target: t, replay } => {
+            request::Command::Subscribe(proto::Subscribe { target: target(t), replay })
+        }
         Cmd::Upgrade { binary } => request::Command::Upgrade(proto::Upgrade {
             binary: binary.map(|b| wire_path(&b)).transpose()?.unwrap_or_default(),
         }),

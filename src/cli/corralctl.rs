@@ -134,6 +134,9 @@ pub enum Cmd {
         /// Only this group's or worker's events (and corrald-wide ones)
         #[arg(add = ArgValueCandidates::new(complete::groups_and_workers))]
         target: Option<String>,
+        /// First print up to N of the latest events corrald kept (limits.event_history), such as the workers adopted on an upgrade
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        replay: u32,
     },
     /// Watch groups and workers live, full screen, and stop, restart or scale them with keys
     Top {

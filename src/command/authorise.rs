@@ -252,7 +252,7 @@ mod tests {
         let tier = |c: Command| describe(&c).tier;
         assert_eq!(tier(Command::Status(proto::StatusRequest {})), Tier::Read);
         assert_eq!(tier(Command::Metrics(proto::Metrics {})), Tier::Read);
-        assert_eq!(tier(Command::Subscribe(proto::Subscribe { target: "web".into() })), Tier::Read);
+        assert_eq!(tier(Command::Subscribe(proto::Subscribe { target: "web".into(), replay: 0 })), Tier::Read);
         assert_eq!(tier(Command::Scale(proto::Scale { group: "web".into(), count: 3 })), Tier::Operate);
         assert_eq!(tier(Command::SaveState(proto::SaveState { path: "nightly".into() })), Tier::Operate);
         assert_eq!(tier(Command::SaveState(proto::SaveState { path: "/root/x".into() })), Tier::Admin);

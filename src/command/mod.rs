@@ -668,7 +668,7 @@ fn subscribe(
             return None;
         }
     };
-    let subscription = match events.subscribe(filter, holder) {
+    let subscription = match events.subscribe(filter, holder, request.replay as usize) {
         Ok(subscription) => subscription,
         Err(why) => {
             reply.failure(why, None);

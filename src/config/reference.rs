@@ -373,6 +373,15 @@ pub const KEYS: &[Key] = &[
         "Events waiting for one subscriber to read them (and at most 1 MiB of them). Past it events are dropped \
          and counted by reason, and the subscriber is told how many when it reads again.",
     ),
+    ranged(
+        "limits.event_history",
+        Kind::Integer,
+        Value("256"),
+        ("0 to 65536", Some("0"), Some("65536")),
+        "The latest events kept (and at most 1 MiB of them) for a subscription that asks for a replay \
+         (corralctl events --replay): how a client sees what happened before it subscribed, such as the workers \
+         adopted on an upgrade. 0 keeps none.",
+    ),
     key(
         "groups.NAME.command",
         Kind::String,

@@ -616,7 +616,7 @@ async fn subscriber(socket: Arc<PathBuf>, relist: Arc<Notify>, tx: mpsc::Unbound
 
 async fn subscription(socket: &Path, relist: &Notify, tx: &mpsc::UnboundedSender<Msg>) -> Result<(), CtlError> {
     let mut client = Client::connect(socket).await?;
-    client.send(request::Command::Subscribe(proto::Subscribe { target: String::new() })).await?;
+    client.send(request::Command::Subscribe(proto::Subscribe::default())).await?;
     while let Some(answer) = client.recv().await? {
         if answer.status() != Status::Processing {
             return Ok(());

@@ -138,7 +138,9 @@ impl Supervisor {
                 launch::JOURNAL_STREAM_SOCKET
             );
         }
-        let events = Events::new(config.limits.max_subscribers as usize, config.limits.event_queue as usize);
+        let limits = &config.limits;
+        let events =
+            Events::new(limits.max_subscribers as usize, limits.event_queue as usize, limits.event_history as usize);
         output.tell(events.clone());
         Supervisor {
             usage: start_sampler(config.usage_interval),

@@ -182,3 +182,19 @@ def test_events_follow_a_stop_from_another_connection(corrald: Corrald) -> None:
     assert "drained" in exited.description or exited.code == 0, exited
     request = next(e.request for e in seen if e.WhichOneof("kind") == "request")
     assert (request.command, request.uid, request.outcome) == ("Stop", os.getuid(), "ok"), request
+
+
+def test_a_replay_tells_what_happened_before_the_subscription(corrald: Corrald) -> None:
+    with Client(corrald.socket) as watcher, Client(corrald.socket) as operator:
+        pid = next(w.pid for w in operator.workers() if w.id == "web-1")
+        events = watcher.events("web-1", replay=64)
+        operator.stop("web-1").result()
+        replayed: list[pb.Event] = []
+        for event in events:
+            if not event.replayed:
+                break
+            replayed.append(event)
+
+    assert all(e.worker in ("web-1", "") for e in replayed), replayed
+    spawned = [e.spawned for e in replayed if e.WhichOneof("kind") == "spawned"]
+    assert [s.pid for s in spawned] == [pid], replayed

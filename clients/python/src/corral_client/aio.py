@@ -171,11 +171,11 @@ class AsyncClient:
     async def metrics(self) -> str:
         return await self._call({"metrics": pb.Metrics()}, _core.metrics_of)
 
-    async def events(self, target: str = "") -> AsyncIterator[pb.Event]:
+    async def events(self, target: str = "", replay: int = 0) -> AsyncIterator[pb.Event]:
         """`Client.events`, awaited: returns once corrald has taken the
         subscription, then `async for event in ...` follows it:
         `async for event in await client.events("web")`."""
-        call = self._call({"subscribe": pb.Subscribe(target=target)}, _core.same)
+        call = self._call({"subscribe": pb.Subscribe(target=target, replay=replay)}, _core.same)
         first = await call._next(_core.CLIENT_TIMEOUT)
         if call.final is not None:
             _core.raise_if_failed(first)

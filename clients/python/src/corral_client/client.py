@@ -170,7 +170,7 @@ class Client:
         `corralctl metrics` prints them."""
         return self._call({"metrics": pb.Metrics()}, _core.metrics_of).result()
 
-    def events(self, target: str = "") -> Iterator[pb.Event]:
+    def events(self, target: str = "", replay: int = 0) -> Iterator[pb.Event]:
         """Follows corrald's events (a `Subscribe`), every one or those of a
         group or worker (with corrald-wide ones). Returns once corrald has
         taken the subscription, so nothing that happens after is missed; a
@@ -179,8 +179,11 @@ class Client:
         takes between them, and ends when corrald ends the stream
         (shutdown, restart, upgrade: its final OK). To stop following,
         close the client. A subscriber that reads too slowly is sent a
-        `lagged` event saying how many it missed."""
-        call = self._call({"subscribe": pb.Subscribe(target=target)}, _core.same)
+        `lagged` event saying how many it missed. With `replay`, up to that
+        many of the latest events corrald kept come first, each with
+        `replayed` set (what happened before the subscription, the workers
+        adopted on an upgrade among them)."""
+        call = self._call({"subscribe": pb.Subscribe(target=target, replay=replay)}, _core.same)
         first = next(call.responses())
         if call.final is not None:
             _core.raise_if_failed(first)
