@@ -9,9 +9,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -149,3 +151,49 @@ def test_each_running_worker_s_cpu_and_memory_are_there(served: tuple[Corrald, s
     assert value(samples, "corral_worker_tasks", **labels) >= 1
     stopped = [k for k in samples if k[0] == "corral_worker_memory_bytes" and ("worker", "web-2") in k[1]]
     assert stopped == [], "a stopped worker has no usage"
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """All the endpoint sends before it closes; b"" for a close unanswered."""
+    got = b""
+    try:
+        while chunk := conn.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
+GET = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_the_http_endpoint_is_bounded_and_frees_what_it_held(served: tuple[Corrald, str]) -> None:
+    _, url = served
+    # A request head past 8 KiB is refused, not buffered.
+    with _connect(url) as big:
+        big.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 << 10) + b"\r\n\r\n")
+        assert not _answer(big).startswith(b"HTTP/1.1 200"), "an oversized head was served"
+    # 16 connections that never finish their head hold every place: one
+    # more is closed unanswered, whatever it asks.
+    silent = [_connect(url) for _ in range(16)]
+    for conn in silent:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\n")
+    with _connect(url) as extra:
+        extra.sendall(GET)
+        assert _answer(extra) == b"", "a 17th connection was served"
+    # corrald closes a silent one once its head is late (5 s), by itself.
+    assert _answer(silent[0]) == b"", "a silent connection was answered"
+    for conn in silent:
+        conn.close()
+
+    def served_again() -> bool | None:
+        with _connect(url) as conn:
+            conn.sendall(GET)
+            return True if _answer(conn).startswith(b"HTTP/1.1 200") else None
+
+    poll("the endpoint to serve once the silent connections are gone", served_again)
