@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 # No __pycache__ of report.py and audit_section.py in the source tree.
 sys.dont_write_bytecode = True
 
-SECTIONS = ["ready", "anchors", "supervisord", "stop", "status", "audit", "journal"]
+SECTIONS = ["ready", "anchors", "supervisord", "stop", "status", "observe", "audit", "journal"]
 
 # systemd 252 with dbus defaults keeps about 506 live scopes with a
 # Controller (issue 11); past that, systemd drops its API bus connection
@@ -74,6 +74,8 @@ def plan(args):
     if "status" in only:
         for n in n_small:
             jobs.append(("status", f"{n}", False))
+    if "observe" in only:
+        jobs.append(("observe", f"{max(n_big)}", False))
     if "audit" in only:
         jobs.append(("audit", "", False))
     if "journal" in only:
@@ -296,6 +298,88 @@ def socket_restart(ctx, key, n):
 
 def max_n(ctx):
     return 20 if ctx.quick else 1000
+
+
+# What each way of watching the fleet adds to corrald's idle cost: the
+# top-level keys and the group's own tables, and whether a client follows
+# the events stream. Intervals are the documented defaults.
+OBSERVE_MODES = {
+    "off": ('usage_interval = "0"', "", False),
+    "events": ('usage_interval = "0"', "", True),
+    "usage": ('usage_interval = "5s"', "", False),
+    "pings": ('usage_interval = "0"', '[groups.w.ping]\ninterval = "10s"\n', False),
+    "tcp": ('usage_interval = "0"', '[groups.w.health.liveness]\ntcp = "127.0.0.1:{port}"\ninterval = "10s"\n', False),
+    "exec": ('usage_interval = "0"', '[groups.w.health.liveness]\nexec = ["/bin/true"]\ninterval = "10s"\n', False),
+    "all": (
+        'usage_interval = "5s"',
+        '[groups.w.ping]\ninterval = "10s"\n[groups.w.health.liveness]\ntcp = "127.0.0.1:{port}"\ninterval = "10s"\n',
+        True,
+    ),
+}
+
+
+def tcp_listener():
+    """What the tcp probes connect to: accepts and closes, off corrald."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def follow_events():
+    """A subscriber that reads everything, once corrald said subscribed."""
+    p = subprocess.Popen(["/usr/bin/corralctl", "events", "--json"], stdout=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    if '"subscribed"' not in first:
+        p.kill()
+        raise RuntimeError(f"corralctl events began with {first!r}")
+    threading.Thread(target=lambda: p.stdout.read(), daemon=True).start()
+    return p
+
+
+def section_observe(ctx, param):
+    """corrald's CPU at idle with each way of watching the fleet on (events
+    followed, usage sampled, pings, probes) against all of them off, and
+    what a listing costs and weighs with and without what they add."""
+    n = int(param)
+    install(ctx)
+    port = tcp_listener()
+    window = 2.0 if ctx.quick else 20.0
+    for _ in range(ctx.repeat):
+        for mode, (top, tables, events) in OBSERVE_MODES.items():
+            write_config(f'scopes = "required"\n{top}', worker_group("w", n) + tables.format(port=port))
+            ms, err = start_corrald(180)
+            status = corralctl_status() if err is None else None
+            if status and ready_count(status)[0] < n:
+                err = f"{ready_count(status)[0]}/{n} ready"
+            pid = main_pid("corrald.service")
+            follower = None
+            try:
+                if err is None:
+                    follower = follow_events() if events else None
+                    t0 = proc_ticks(pid)
+                    time.sleep(window)  # the measuring window itself
+                    ctx.emit(f"observe.cpu.{mode}.{n}", (proc_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / window * 100)
+                    if mode in ("off", "all"):
+                        lw = bench_json(ctx, "list-workers", "--socket", SOCKET, "--repeat", "5")
+                        ctx.emit(f"observe.list.{mode}.{n}", statistics.median(lw["ms"]), workers=lw["workers"])
+                        for form, json_flag in (("table", []), ("json", ["--json"])):
+                            out = run(["/usr/bin/corralctl", *json_flag, "workers"], 60).stdout
+                            ctx.emit(f"observe.bytes.{form}.{mode}.{n}", len(out.encode()))
+                else:
+                    ctx.emit(f"observe.cpu.{mode}.{n}", fail=err)
+            finally:
+                if follower:
+                    follower.kill()
+                stop_corrald()
 
 
 def section_raw(ctx, param):

@@ -24,6 +24,10 @@ def pct(v):
     return f"{v:.2f} %"
 
 
+def kib(v):
+    return f"{v / 1024:.0f} KiB"
+
+
 def plain(v):
     return f"{v:.1f}"
 
@@ -80,6 +84,23 @@ def rows_for(ns, stops, lines):
     rows += [
         (s, "corrald idle CPU over a fixed window", f"idle_cpu.{n}", pct, None, "< 0.5 % of a core", lambda v, r: v < 0.5),
         (s, "ListWorkers, all parts to the final OK (median of 5)", f"list.{n}", ms, None, "< 20 ms", lambda v, r: v < 20),
+    ]
+    s = f"Watching the fleet, N = {n} idle workers (one group scope; default intervals; tests/bench/bench.py OBSERVE_MODES)"
+    off = f"observe.cpu.off.{n}"
+    rows += [
+        (s, "corrald idle CPU, nothing watched (usage_interval = 0, no pings, no probes, no subscriber)", off, pct, None, "", None),
+        (s, "... one `corralctl events --json` following", f"observe.cpu.events.{n}", pct, off, "", None),
+        (s, "... usage sampled every 5 s (the default)", f"observe.cpu.usage.{n}", pct, off, "", None),
+        (s, "... pings every 10 s", f"observe.cpu.pings.{n}", pct, off, "", None),
+        (s, "... a tcp liveness probe every 10 s", f"observe.cpu.tcp.{n}", pct, off, "", None),
+        (s, "... an exec liveness probe (/bin/true) every 10 s", f"observe.cpu.exec.{n}", pct, off, "", None),
+        (s, "... events, usage, pings and the tcp probe together", f"observe.cpu.all.{n}", pct, off, "", None),
+        (s, "ListWorkers, nothing watched (median of 5)", f"observe.list.off.{n}", ms, None, "", None),
+        (s, "ListWorkers, usage and health in it (median of 5)", f"observe.list.all.{n}", ms, f"observe.list.off.{n}", "", None),
+        (s, "`corralctl workers`, nothing watched", f"observe.bytes.table.off.{n}", kib, None, "", None),
+        (s, "`corralctl workers`, usage and health in it", f"observe.bytes.table.all.{n}", kib, f"observe.bytes.table.off.{n}", "", None),
+        (s, "`corralctl --json workers`, nothing watched", f"observe.bytes.json.off.{n}", kib, None, "", None),
+        (s, "`corralctl --json workers`, usage and health in it", f"observe.bytes.json.all.{n}", kib, f"observe.bytes.json.off.{n}", "", None),
     ]
     for n in stops:
         s = f"Stop and start at the socket, N = {n} idle protocol workers (request frame to final OK)"
