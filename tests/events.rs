@@ -266,6 +266,9 @@ async fn an_upgrade_ends_the_stream_with_ok_and_the_new_corrald_serves_subscript
         _ => None,
     });
     assert_eq!(adopted, Some(proto::WorkerSpawned { pid, adopted: true }), "{replayed:?}");
+    // Then ready, as a forked worker would be (no scope here, so no placed).
+    let web1: Vec<&Kind> = replayed.iter().filter(|e| e.worker == "web-1").map(kind).collect();
+    assert!(matches!(web1.as_slice(), [Kind::Spawned(_), Kind::Ready(r)] if r.pid == pid), "{replayed:?}");
     let (_, stopped) = c.call(stop("web-1", false)).await;
     assert_eq!(stopped.status(), Status::Ok, "{stopped:?}");
     events_until_all(

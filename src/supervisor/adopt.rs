@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::fleet::{GroupPhase, Proc, SlotState};
 use super::runtime::{self, RuntimeWorker};
 use super::{process, ProcIo, Supervisor};
-use crate::proto;
+use crate::proto::{self, event::Kind};
 use crate::target::SlotKey;
 
 impl Supervisor {
@@ -123,7 +123,13 @@ impl Supervisor {
                     handle: ProcIo { tx, shared },
                 };
                 self.fleet.adopted(&key, proc);
-                self.tell(&key, proto::event::Kind::Spawned(proto::WorkerSpawned { pid: w.pid, adopted: true }));
+                // What a forked worker's start tells, so a subscriber
+                // follows an adopted one the same way.
+                self.tell(&key, Kind::Spawned(proto::WorkerSpawned { pid: w.pid, adopted: true }));
+                if let Some(unit) = &w.scope {
+                    self.tell(&key, Kind::Placed(proto::WorkerPlaced { pid: w.pid, unit: unit.clone() }));
+                }
+                self.tell(&key, Kind::Ready(proto::WorkerReady { pid: w.pid }));
                 self.next_generation = self.next_generation.max(w.generation + 1);
                 true
             }
