@@ -48,7 +48,28 @@ def ratio_ge(limit):
     return lambda v, r: None if r is None else r >= limit
 
 
-def rows_for(ns, stops, lines):
+def watching_rows(n):
+    """The observe section: each way of watching the fleet against none."""
+    s = f"Watching the fleet, N = {n} idle workers (one group scope; default intervals; tests/bench/bench.py OBSERVE_MODES)"
+    off = f"observe.cpu.off.{n}"
+    return [
+        (s, "corrald idle CPU, nothing watched (usage_interval = 0, no pings, no probes, no subscriber)", off, pct, None, "", None),
+        (s, "... one `corralctl events --json` following", f"observe.cpu.events.{n}", pct, off, "", None),
+        (s, "... usage sampled every 5 s (the default)", f"observe.cpu.usage.{n}", pct, off, "", None),
+        (s, "... pings every 10 s", f"observe.cpu.pings.{n}", pct, off, "", None),
+        (s, "... a tcp liveness probe every 10 s", f"observe.cpu.tcp.{n}", pct, off, "", None),
+        (s, "... an exec liveness probe (/bin/true) every 10 s", f"observe.cpu.exec.{n}", pct, off, "", None),
+        (s, "... events, usage, pings and the tcp probe together", f"observe.cpu.all.{n}", pct, off, "", None),
+        (s, "ListWorkers, nothing watched (median of 5)", f"observe.list.off.{n}", ms, None, "", None),
+        (s, "ListWorkers, usage and health in it (median of 5)", f"observe.list.all.{n}", ms, f"observe.list.off.{n}", "", None),
+        (s, "`corralctl workers`, nothing watched", f"observe.bytes.table.off.{n}", kib, None, "", None),
+        (s, "`corralctl workers`, usage and health in it", f"observe.bytes.table.all.{n}", kib, f"observe.bytes.table.off.{n}", "", None),
+        (s, "`corralctl --json workers`, nothing watched", f"observe.bytes.json.off.{n}", kib, None, "", None),
+        (s, "`corralctl --json workers`, usage and health in it", f"observe.bytes.json.all.{n}", kib, f"observe.bytes.json.off.{n}", "", None),
+    ]
+
+
+def rows_for(ns, stops, lines, watched):
     """(section, label, key, format, anchor key, goal text, goal check)"""
     rows = []
     for n in ns:
@@ -85,23 +106,8 @@ def rows_for(ns, stops, lines):
         (s, "corrald idle CPU over a fixed window", f"idle_cpu.{n}", pct, None, "< 0.5 % of a core", lambda v, r: v < 0.5),
         (s, "ListWorkers, all parts to the final OK (median of 5)", f"list.{n}", ms, None, "< 20 ms", lambda v, r: v < 20),
     ]
-    s = f"Watching the fleet, N = {n} idle workers (one group scope; default intervals; tests/bench/bench.py OBSERVE_MODES)"
-    off = f"observe.cpu.off.{n}"
-    rows += [
-        (s, "corrald idle CPU, nothing watched (usage_interval = 0, no pings, no probes, no subscriber)", off, pct, None, "", None),
-        (s, "... one `corralctl events --json` following", f"observe.cpu.events.{n}", pct, off, "", None),
-        (s, "... usage sampled every 5 s (the default)", f"observe.cpu.usage.{n}", pct, off, "", None),
-        (s, "... pings every 10 s", f"observe.cpu.pings.{n}", pct, off, "", None),
-        (s, "... a tcp liveness probe every 10 s", f"observe.cpu.tcp.{n}", pct, off, "", None),
-        (s, "... an exec liveness probe (/bin/true) every 10 s", f"observe.cpu.exec.{n}", pct, off, "", None),
-        (s, "... events, usage, pings and the tcp probe together", f"observe.cpu.all.{n}", pct, off, "", None),
-        (s, "ListWorkers, nothing watched (median of 5)", f"observe.list.off.{n}", ms, None, "", None),
-        (s, "ListWorkers, usage and health in it (median of 5)", f"observe.list.all.{n}", ms, f"observe.list.off.{n}", "", None),
-        (s, "`corralctl workers`, nothing watched", f"observe.bytes.table.off.{n}", kib, None, "", None),
-        (s, "`corralctl workers`, usage and health in it", f"observe.bytes.table.all.{n}", kib, f"observe.bytes.table.off.{n}", "", None),
-        (s, "`corralctl --json workers`, nothing watched", f"observe.bytes.json.off.{n}", kib, None, "", None),
-        (s, "`corralctl --json workers`, usage and health in it", f"observe.bytes.json.all.{n}", kib, f"observe.bytes.json.off.{n}", "", None),
-    ]
+    for n in watched:
+        rows += watching_rows(n)
     for n in stops:
         s = f"Stop and start at the socket, N = {n} idle protocol workers (request frame to final OK)"
         goal = {100: 20, 1000: 100}.get(n)
@@ -193,6 +199,7 @@ def report(results, out, meta_path):
     ns = sizes(keys, r"(?:ready\.\w+|raw|fork|sup\.running)\.(\d+)") or [20]
     stops = sizes(keys, r"stop\.(\d+)") or [20]
     lines = sizes(keys, r"journal\.\w+\.(\d+)") or [20000]
+    watched = sizes(keys, r"observe\.cpu\.\w+\.(\d+)")
     meta = {}
     with open(meta_path) as f:
         for line in f:
@@ -217,7 +224,7 @@ def report(results, out, meta_path):
         "",
     ]
     current = None
-    for section, label, key, fmt, anchor, goal, check in rows_for(ns, stops, lines):
+    for section, label, key, fmt, anchor, goal, check in rows_for(ns, stops, lines, watched):
         if key not in keys:
             continue
         if section != current:
