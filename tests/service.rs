@@ -535,6 +535,39 @@ fn worker_pids() -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// `corralctl --json events TARGET --replay 64`'s events, up to the first
+/// that `last` accepts; then corralctl is killed.
+fn replayed_events(target: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use std::io::{BufRead, BufReader};
+    let mut child = KillOnDrop(
+        std::process::Command::new(CORRALCTL)
+            .args(["--json", "events", target, "--replay", "64"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn corralctl events"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    loop {
+        let line = rx.recv_timeout(PATIENCE).expect("corralctl events to print the replay in time");
+        let answer: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let Some(event) = answer.get("event") else { continue };
+        let done = last(event);
+        events.push(event.clone());
+        if done {
+            return events;
+        }
+    }
+}
+
 /// How many processes each of corral's scopes holds.
 fn scope_process_counts() -> Vec<(String, usize)> {
     let units = systemctl(&["list-units", "--no-legend", "--plain", "corral-*.scope"]);
@@ -601,6 +634,17 @@ fn systemctl_restart_keeps_every_worker_and_a_plain_stop_drains_them() {
     assert_eq!(worker_pids(), before, "the restart kept the same 20 processes");
     let work = WorkLog::read(Path::new(log));
     assert!(work.exits.is_empty(), "no worker stopped for the restart: {:?}", work.exits);
+    // The new corrald adopted them before it served the socket; a replay
+    // tells each as a forked worker's start is told, its scope included.
+    let pid = before["jobs-1"];
+    let told = replayed_events("jobs-1", |e| e["kind"] == "ready");
+    let kinds: Vec<(&str, u64, &str)> = told
+        .iter()
+        .filter(|e| e["worker"] == "jobs-1")
+        .map(|e| (e["kind"].as_str().unwrap(), e["pid"].as_u64().unwrap(), e["unit"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(kinds, [("spawned", pid, ""), ("placed", pid, "corral-jobs-1.scope"), ("ready", pid, "")], "{told:?}");
+    assert!(told.iter().all(|e| e["replayed"] == true && (e["kind"] != "spawned" || e["adopted"] == true)));
 
     systemctl(&["stop", "corrald.service"]);
     let work = WorkLog::read(Path::new(log));
