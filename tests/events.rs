@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 use common::*;
 use corral::ctl::Client;
@@ -292,14 +290,7 @@ async fn subscriptions_are_bounded() {
 
 /// Lines of a child's stdout as they come, each within the test's patience.
 fn line_reader(stdout: std::process::ChildStdout) -> impl FnMut() -> String {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.expect("read corralctl's output")).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(stdout);
     move || rx.recv_timeout(PATIENCE).expect("a line from corralctl events in time")
 }
 

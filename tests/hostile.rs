@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -149,15 +148,7 @@ impl Helper {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn the helper");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(child.stdout.take().unwrap());
         Helper { child: KillOnDrop(child), lines, stderr }
     }
 

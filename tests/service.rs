@@ -538,7 +538,6 @@ fn worker_pids() -> std::collections::BTreeMap<String, u64> {
 /// `corralctl --json events TARGET --replay 64`'s events, up to the first
 /// that `last` accepts; then corralctl is killed.
 fn replayed_events(target: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-    use std::io::{BufRead, BufReader};
     let mut child = KillOnDrop(
         std::process::Command::new(CORRALCTL)
             .args(["--json", "events", target, "--replay", "64"])
@@ -546,15 +545,7 @@ fn replayed_events(target: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
             .spawn()
             .expect("spawn corralctl events"),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(child.0.stdout.take().unwrap());
     let mut events = Vec::new();
     loop {
         let line = rx.recv_timeout(PATIENCE).expect("corralctl events to print the replay in time");

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -239,15 +238,7 @@ async fn without_a_terminal_top_prints_the_table_every_interval_or_once() {
         .spawn()
         .expect("spawn corralctl top");
     let mut child = KillOnDrop(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(child.0.stdout.take().unwrap());
     let mut headers = 0;
     while headers < 3 {
         let line = rx.recv_timeout(PATIENCE).expect("a table every interval");

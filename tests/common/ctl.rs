@@ -1,12 +1,28 @@
 //! Commands run to their end, bounded: corralctl on a test's socket, as
 //! root or as another user, and any other program.
 
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 
 use super::poll::poll_blocking;
 use super::{needs_root, path_str, Corrald, CORRALCTL, PATIENCE};
+
+/// The lines a child prints on stdout, as they come: read on a thread of
+/// their own, which ends when the child closes its stdout or the receiver
+/// is dropped. Take each with `recv_timeout(PATIENCE)`.
+pub fn stdout_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
 
 /// corralctl on `socket`: its exit code, stdout and stderr.
 pub fn corralctl(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
