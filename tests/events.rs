@@ -1,7 +1,8 @@
 //! The events stream against a real corrald: what a subscriber sees of a
 //! killed worker, of a request and of a reload, what its filter lets
 //! through, that one that does not read holds nothing up and is told what
-//! it missed, that a shutdown ends the stream with OK, and that
+//! it missed, that a replay of any size gets at most its queue, that a
+//! shutdown ends the stream with OK, and that
 //! `corralctl events --json` prints JSON lines live.
 
 mod common;
@@ -286,6 +287,23 @@ async fn subscriptions_are_bounded() {
     assert!(refused.message.contains("limits.max_subscribers"), "{refused:?}");
     let (_, bad) = c.call(subscribe("no/such")).await;
     assert_eq!(bad.status(), Status::Failure, "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_any_size_gets_at_most_the_subscriber_s_queue() {
+    let mut c = Corrald::new(&format!("{NO_SCOPES}[limits]\nevent_queue = 2\n{}", demo_group("web", 3, &[], "")));
+    c.start();
+    c.wait_ready("web", 3).await;
+    // Three spawned and three ready were kept; the queue holds two.
+    let mut greedy =
+        subscribed_with(&c, Cmd::Subscribe(proto::Subscribe { target: String::new(), replay: u32::MAX })).await;
+    let (_, stopped) = c.call(stop("web-1", false)).await;
+    assert_eq!(stopped.status(), Status::Ok, "{stopped:?}");
+    let first = [next_event(&mut greedy).await, next_event(&mut greedy).await];
+    assert!(first.iter().all(|e| e.replayed), "{first:?}");
+    let after = next_event(&mut greedy).await;
+    assert!(!after.replayed, "a third replayed event past a queue of 2: {after:?}");
+    assert!(c.status().await.groups.iter().any(|g| g.name == "web"), "corrald answers after the replay");
 }
 
 /// Lines of a child's stdout as they come, each within the test's patience.
