@@ -356,10 +356,10 @@ def section_observe(ctx, param):
     for _ in range(ctx.repeat):
         for mode, (top, tables, events) in OBSERVE_MODES.items():
             write_config(f'scopes = "required"\n{top}', worker_group("w", n) + tables.format(port=port))
-            ms, err = start_corrald(180)
-            status = corralctl_status() if err is None else None
-            if status and ready_count(status)[0] < n:
-                err = f"{ready_count(status)[0]}/{n} ready"
+            _, err = start_corrald(180)
+            ready = ready_count(corralctl_status())[0] if err is None else 0
+            if err is None and ready < n:
+                err = f"{ready}/{n} ready"
             pid = main_pid("corrald.service")
             follower = None
             try:
